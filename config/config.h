@@ -1,0 +1,140 @@
+// Typed Bulwark configuration: every proxy.yaml key with the default the SPEC gives it.
+// Plain values, copied freely; a loaded Config is immutable and shared read-only by threads.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace bulwark::config {
+
+using Duration = std::chrono::milliseconds;
+using namespace std::chrono_literals;
+
+inline constexpr std::uint64_t kKiB = 1024;
+inline constexpr std::uint64_t kMiB = 1024 * kKiB;
+inline constexpr std::uint64_t kGiB = 1024 * kMiB;
+
+// "host:port" or "[v6]:port"; port 0 asks the kernel for a free port.
+struct ListenAddress {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8080;
+  std::string toString() const;
+  bool operator==(const ListenAddress&) const = default;
+};
+
+struct ServerConfig {
+  ListenAddress listen{"127.0.0.1", 8080};
+  ListenAddress admin_listen{"0.0.0.0", 9090};
+  int workers = 0;  // 0 = one per core
+  std::uint64_t max_request_body = 32 * kMiB;
+  int max_connections = 10000;
+  Duration shutdown_grace = 30s;
+  // Extensions beyond the SPEC's list (documented in the README): a client must finish
+  // sending a request head within header_timeout; an idle keep-alive connection is
+  // closed after idle_timeout.
+  Duration header_timeout = 10s;
+  Duration idle_timeout = 75s;
+  bool operator==(const ServerConfig&) const = default;
+};
+
+struct UpstreamConfig {
+  std::string name;
+  std::string base_url;  // scheme://host[:port][/prefix], no trailing slash after loading
+  std::string api_key;   // non-empty: replaces the client's Authorization
+  std::vector<std::pair<std::string, std::string>> headers;  // extra request headers
+  std::string ca_file;                                       // empty = system store
+  int max_inflight = 0;                                      // 0 = unlimited
+  bool operator==(const UpstreamConfig&) const = default;
+};
+
+struct TimeoutsConfig {
+  Duration connect = 5s;
+  Duration first_byte = 120s;
+  Duration idle = 120s;
+  Duration total = 600s;
+  bool operator==(const TimeoutsConfig&) const = default;
+};
+
+enum class Jitter { kFull, kEqual, kDecorrelated, kNone };
+
+struct OutcomePolicy {
+  bool retry = false;
+  bool breaker = false;
+  bool operator==(const OutcomePolicy&) const = default;
+};
+
+struct RetryBudgetConfig {
+  double ratio = 0.2;
+  double min_per_second = 10;
+  Duration window = 10s;
+  bool operator==(const RetryBudgetConfig&) const = default;
+};
+
+struct RetryConfig {
+  int max_attempts = 3;
+  Duration base_delay = 1s;
+  Duration max_delay = 30s;
+  double exponential_base = 2;
+  Jitter jitter = Jitter::kFull;
+  bool honor_retry_after = true;
+  Duration max_retry_after = 60s;
+  bool failover = true;
+  RetryBudgetConfig budget;
+  std::vector<std::string> non_retryable_429_codes{"insufficient_quota",
+                                                   "billing_hard_limit_reached"};
+  // Keys: a status code ("429"), a class ("5xx"), or connect_error / timeout / reset /
+  // stream_error. Anything not listed: {retry: false, breaker: false}.
+  std::map<std::string, OutcomePolicy> policies{
+      {"408", {true, false}},          {"409", {true, false}},    {"429", {true, false}},
+      {"5xx", {true, true}},           {"401", {false, false}},   {"403", {false, false}},
+      {"connect_error", {true, true}}, {"timeout", {true, true}}, {"reset", {true, true}},
+      {"stream_error", {true, true}},
+  };
+  bool operator==(const RetryConfig&) const = default;
+};
+
+enum class BreakerScope { kUpstream, kUpstreamModel };
+
+struct CircuitBreakerConfig {
+  BreakerScope scope = BreakerScope::kUpstream;
+  int failure_threshold = 5;
+  double failure_rate_threshold = 0.5;
+  Duration window = 30s;
+  int min_requests = 20;
+  Duration recovery_timeout = 60s;
+  Duration max_recovery_timeout = 5min;
+  int half_open_max_probes = 1;
+  bool operator==(const CircuitBreakerConfig&) const = default;
+};
+
+enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
+enum class LogFormat { kJson, kText };
+
+struct LogConfig {
+  LogLevel level = LogLevel::kInfo;
+  LogFormat format = LogFormat::kJson;
+  bool operator==(const LogConfig&) const = default;
+};
+
+struct MetricsConfig {
+  int max_model_labels = 50;
+  bool operator==(const MetricsConfig&) const = default;
+};
+
+struct Config {
+  ServerConfig server;
+  std::vector<UpstreamConfig> upstreams;  // priority order; never empty after loading
+  TimeoutsConfig timeouts;
+  RetryConfig retry;
+  CircuitBreakerConfig circuit_breaker;
+  LogConfig log;
+  MetricsConfig metrics;
+  // Lets a SIGHUP reload tell what changed, and tests compare whole configs.
+  bool operator==(const Config&) const = default;
+};
+
+}  // namespace bulwark::config

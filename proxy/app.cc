@@ -1,0 +1,138 @@
+#include "proxy/app.h"
+
+#include <csignal>
+#include <thread>
+
+#include "config/loader.h"
+#include "proxy/observe/logger.h"
+#include "proxy/server/listen_socket.h"
+#include "proxy/version.h"
+
+namespace bulwark {
+
+App::App(std::string config_path, config::Config config)
+    : config_path_(std::move(config_path)), config_store_(std::move(config)) {}
+
+App::~App() {
+  for (auto& w : workers_) w->stop();
+  workers_.clear();
+  admin_.reset();
+  signal_events_.clear();
+  shutdown_poll_.reset();
+  shutdown_deadline_.reset();
+  base_.reset();
+}
+
+int App::run() {
+  std::shared_ptr<const config::Config> cfg = config_store_.current();
+  observe::Logger::get().configure(cfg->log.level, cfg->log.format);
+  base_.reset(event_base_new());
+
+  int workers = cfg->server.workers;
+  if (workers == 0) workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  server::ListenSockets sockets = server::openListenSockets(cfg->server.listen, workers);
+  if (!sockets.error.empty()) {
+    observe::logError("cannot start", {{"error", sockets.error}});
+    return 1;
+  }
+  admin_ = std::make_unique<admin::AdminServer>(base_.get(), ready_);
+  std::string admin_error = admin_->listen(cfg->server.admin_listen);
+  if (!admin_error.empty()) {
+    observe::logError("cannot start", {{"error", admin_error}});
+    return 1;
+  }
+
+  for (int i = 0; i < workers; ++i) {
+    workers_.push_back(
+        std::make_unique<Worker>(i, sockets.fds[i], config_store_, open_connections_));
+  }
+  for (auto& w : workers_) w->start();
+
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+    signal_events_.emplace_back(evsignal_new(base_.get(), sig, &App::onSignal, this));
+    evsignal_add(signal_events_.back().get(), nullptr);
+  }
+  ready_.store(true);
+  std::string listen = sockets.bound.toString();
+  std::string admin_listen = admin_->bound().toString();
+  observe::logInfo("listening", {{"listen", listen},
+                                 {"admin_listen", admin_listen},
+                                 {"workers", workers},
+                                 {"version", version()},
+                                 {"upstreams", static_cast<int>(cfg->upstreams.size())}});
+
+  event_base_dispatch(base_.get());
+
+  std::size_t cut = 0;
+  for (auto& w : workers_) {
+    w->stop();
+    w->join();
+    cut += w->connectionsLeft();
+  }
+  if (cut > 0) {
+    observe::logWarn("shutdown_grace reached; connections cut", {{"connections", cut}});
+  }
+  observe::logInfo("stopped");
+  return 0;
+}
+
+void App::onSignal(evutil_socket_t signal, short, void* arg) {
+  auto* self = static_cast<App*>(arg);
+  if (signal == SIGHUP) {
+    self->reload();
+  } else {
+    self->beginShutdown(signal == SIGTERM ? "SIGTERM" : "SIGINT");
+  }
+}
+
+void App::beginShutdown(const char* signal_name) {
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  ready_.store(false);
+  std::shared_ptr<const config::Config> cfg = config_store_.current();
+  observe::logInfo("shutting down: draining in-flight requests",
+                   {{"signal", signal_name},
+                    {"shutdown_grace_ms", static_cast<long long>(cfg->server.shutdown_grace.count())}});
+  for (auto& w : workers_) w->drain();
+  shutdown_poll_.reset(event_new(base_.get(), -1, EV_PERSIST, &App::onShutdownPoll, this));
+  timeval poll = support::toTimeval(20);
+  evtimer_add(shutdown_poll_.get(), &poll);
+  shutdown_deadline_.reset(evtimer_new(base_.get(), &App::onShutdownDeadline, this));
+  timeval grace = support::toTimeval(cfg->server.shutdown_grace.count());
+  evtimer_add(shutdown_deadline_.get(), &grace);
+}
+
+void App::onShutdownPoll(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<App*>(arg);
+  for (auto& w : self->workers_) {
+    if (!w->finished()) return;
+  }
+  event_base_loopbreak(self->base_.get());
+}
+
+void App::onShutdownDeadline(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<App*>(arg);
+  event_base_loopbreak(self->base_.get());
+}
+
+void App::reload() {
+  config::LoadResult result = config::loadConfigFile(config_path_, config::processEnv());
+  if (!result.ok()) {
+    for (const config::ConfigError& e : result.errors) {
+      observe::logError("reload rejected: invalid configuration; keeping the old one",
+                        {{"error", e.toString()}});
+    }
+    return;
+  }
+  std::shared_ptr<const config::Config> old = config_store_.current();
+  if (!(result.config->server.listen == old->server.listen) ||
+      !(result.config->server.admin_listen == old->server.admin_listen) ||
+      result.config->server.workers != old->server.workers) {
+    observe::logWarn("reload: listen addresses and workers change only on restart");
+  }
+  observe::Logger::get().configure(result.config->log.level, result.config->log.format);
+  config_store_.replace(std::move(*result.config));
+  observe::logInfo("configuration reloaded", {{"path", config_path_}});
+}
+
+}  // namespace bulwark

@@ -1,0 +1,48 @@
+// The running process: listeners, worker threads, the admin listener, and the signal
+// handling of SPEC §7 (SIGTERM/SIGINT drain, SIGHUP reload). Lives on the main thread.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/admin/admin_server.h"
+#include "proxy/config_store.h"
+#include "proxy/support/libevent.h"
+#include "proxy/worker.h"
+
+namespace bulwark {
+
+class App {
+ public:
+  App(std::string config_path, config::Config config);
+  ~App();
+  App(const App&) = delete;
+  App& operator=(const App&) = delete;
+
+  // Runs until shut down; returns the process exit code.
+  int run();
+
+ private:
+  static void onSignal(evutil_socket_t signal, short, void* arg);
+  static void onShutdownPoll(evutil_socket_t, short, void* arg);
+  static void onShutdownDeadline(evutil_socket_t, short, void* arg);
+  void beginShutdown(const char* signal_name);
+  void reload();
+
+  std::string config_path_;
+  ConfigStore config_store_;
+  std::atomic<bool> ready_{false};
+  std::atomic<int> open_connections_{0};
+  support::EventBasePtr base_;
+  std::vector<support::EventPtr> signal_events_;
+  support::EventPtr shutdown_poll_;
+  support::EventPtr shutdown_deadline_;
+  std::unique_ptr<admin::AdminServer> admin_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  bool shutting_down_ = false;
+};
+
+}  // namespace bulwark

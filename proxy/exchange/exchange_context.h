@@ -1,0 +1,24 @@
+// What one worker gives every exchange it runs: its upstream client and event loop, and
+// the configuration snapshot current when a request arrives.
+#pragma once
+
+#include <memory>
+
+#include "config/config.h"
+#include "proxy/upstream/upstream_client.h"
+
+namespace bulwark::exchange {
+
+struct ExchangeContext {
+  upstream::UpstreamClient& upstream_client;
+  event_base* base;
+  // The live configuration; an exchange keeps the snapshot it started with.
+  std::shared_ptr<const config::Config> (*current_config)(void* arg);
+  void* current_config_arg;
+
+  std::shared_ptr<const config::Config> config() const {
+    return current_config(current_config_arg);
+  }
+};
+
+}  // namespace bulwark::exchange

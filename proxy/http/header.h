@@ -1,0 +1,28 @@
+// An HTTP header field as received or to be sent, and case-insensitive lookup helpers.
+// Plain values; no I/O.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bulwark::http {
+
+struct Header {
+  std::string name;
+  std::string value;
+};
+
+using Headers = std::vector<Header>;
+
+bool equalsIgnoreCase(std::string_view a, std::string_view b);
+
+// The first header with this name, if any.
+std::optional<std::string_view> findHeader(const Headers& headers, std::string_view name);
+
+// True when a comma-separated header value holds `token` (case-insensitive), e.g.
+// Connection: keep-alive, Upgrade.
+bool headerHasToken(std::string_view value, std::string_view token);
+
+}  // namespace bulwark::http

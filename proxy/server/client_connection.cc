@@ -1,0 +1,307 @@
+#include "proxy/server/client_connection.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <string>
+#include <utility>
+
+#include "proxy/http/openai_error.h"
+#include "proxy/observe/logger.h"
+#include "proxy/server/client_server.h"
+
+namespace bulwark::server {
+
+namespace {
+// Unparsed input kept while a request is active (pipelined requests). Past this, reading
+// pauses until the current response is done.
+constexpr size_t kMaxBufferedInput = 1024 * 1024;
+
+bool isFramingHeader(std::string_view name) {
+  return http::equalsIgnoreCase(name, "content-length") ||
+         http::equalsIgnoreCase(name, "transfer-encoding") ||
+         http::equalsIgnoreCase(name, "connection");
+}
+}  // namespace
+
+ClientConnection::ClientConnection(ClientServer& server, event_base* base, evutil_socket_t fd,
+                                   const ConnectionLimits& limits, RequestHandler& handler)
+    : server_(server), limits_(limits), handler_(handler), parser_(limits.parser) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // SSE chunks go out at once
+  bev_.reset(bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE));
+  timer_.reset(evtimer_new(base, &ClientConnection::timerCallback, this));
+  kick_.reset(event_new(base, -1, 0, &ClientConnection::kickCallback, this));
+  bufferevent_setcb(bev_.get(), &ClientConnection::readCallback, &ClientConnection::writeCallback,
+                    &ClientConnection::eventCallback, this);
+  bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxBufferedInput);
+  timeval write_timeout = support::toTimeval(limits_.idle_timeout_ms);
+  bufferevent_set_timeouts(bev_.get(), nullptr, &write_timeout);
+  bufferevent_enable(bev_.get(), EV_READ | EV_WRITE);
+  armTimer(limits_.idle_timeout_ms);
+}
+
+ClientConnection::~ClientConnection() {
+  // Cancel the request first: it may still hold this connection as its sink.
+  active_.reset();
+}
+
+void ClientConnection::armTimer(long long millis) {
+  timeval tv = support::toTimeval(millis);
+  evtimer_add(timer_.get(), &tv);
+}
+
+void ClientConnection::kick() { event_active(kick_.get(), 0, 0); }
+
+void ClientConnection::destroy() { server_.release(this); }
+
+void ClientConnection::readCallback(bufferevent*, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  switch (self->phase_) {
+    case Phase::kActive:
+      return;  // pipelined bytes wait in the input buffer; reading goes on to see EOF
+    case Phase::kClosing:
+      evbuffer_drain(bufferevent_get_input(self->bev_.get()), SIZE_MAX);
+      return;
+    case Phase::kReadingBody:
+      self->armTimer(self->limits_.header_timeout_ms);  // a gap between body bytes
+      break;
+    default:
+      break;
+  }
+  self->processInput();
+}
+
+bool ClientConnection::processInput() {
+  evbuffer* input = bufferevent_get_input(bev_.get());
+  while (phase_ == Phase::kIdle || phase_ == Phase::kReadingHead ||
+         phase_ == Phase::kReadingBody) {
+    evbuffer_iovec vec;
+    if (evbuffer_peek(input, -1, nullptr, &vec, 1) < 1 || vec.iov_len == 0) break;
+    if (phase_ == Phase::kIdle) {
+      phase_ = Phase::kReadingHead;
+      armTimer(limits_.header_timeout_ms);  // the whole head must arrive within this
+    }
+    size_t consumed = 0;
+    ParseStatus status = parser_.feed(static_cast<const char*>(vec.iov_base), vec.iov_len,
+                                      &consumed);
+    evbuffer_drain(input, consumed);
+    if (parser_.takeExpectContinue()) {
+      static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+      bufferevent_write(bev_.get(), kContinue, sizeof kContinue - 1);
+    }
+    if (phase_ == Phase::kReadingHead && parser_.headComplete()) {
+      phase_ = Phase::kReadingBody;
+      armTimer(limits_.header_timeout_ms);
+    }
+    switch (status) {
+      case ParseStatus::kNeedMore:
+        if (consumed == 0) return true;
+        continue;
+      case ParseStatus::kComplete:
+        startRequest(parser_.takeRequest());
+        return true;
+      case ParseStatus::kBadRequest:
+        keep_alive_ = false;
+        sendError(400, "bad_request", "malformed HTTP request: " + parser_.errorDetail());
+        return true;
+      case ParseStatus::kHeadersTooLarge:
+        keep_alive_ = false;
+        sendError(431, "bad_request", parser_.errorDetail());
+        return true;
+      case ParseStatus::kBodyTooLarge:
+        keep_alive_ = false;
+        sendError(413, "request_too_large",
+                  "request body is larger than server.max_request_body (" +
+                      std::to_string(limits_.parser.max_body) + " bytes)");
+        return true;
+    }
+  }
+  return true;
+}
+
+void ClientConnection::startRequest(HttpRequest request) {
+  evtimer_del(timer_.get());
+  phase_ = Phase::kActive;
+  head_sent_ = false;
+  chunked_ = false;
+  no_body_ = false;
+  response_done_ = false;
+  response_aborted_ = false;
+  request_is_head_ = request.method == "HEAD";
+  request_minor_ = request.http_major == 1 ? request.http_minor : 1;
+  keep_alive_ = request.keep_alive && !draining_;
+  if (request.method == "CONNECT" || request.path.empty()) {
+    keep_alive_ = false;
+    sendError(400, "bad_request", "CONNECT is not supported: Bulwark only forwards to its upstreams");
+    return;
+  }
+  active_ = handler_.handle(std::move(request), *this);
+}
+
+void ClientConnection::sendError(int status, std::string_view code, std::string_view message) {
+  if (phase_ != Phase::kActive) {
+    // An error found while reading: answer it as if it were a request's response.
+    evtimer_del(timer_.get());
+    phase_ = Phase::kActive;
+    head_sent_ = false;
+    chunked_ = false;
+    response_done_ = false;
+    request_is_head_ = false;
+  }
+  std::string body = http::openAiErrorBody(code, message);
+  http::Headers headers{{"Content-Type", "application/json"}, {"x-should-retry", "false"}};
+  sendHead(status, headers, body.size());
+  sendBody(body.data(), body.size());
+  finish();
+}
+
+void ClientConnection::rejectAndClose(int status, std::string_view code,
+                                      std::string_view message) {
+  keep_alive_ = false;
+  sendError(status, code, message);
+}
+
+bool ClientConnection::drain() {
+  draining_ = true;
+  keep_alive_ = false;
+  return phase_ == Phase::kIdle;
+}
+
+void ClientConnection::sendHead(int status, const http::Headers& headers,
+                                std::optional<std::uint64_t> content_length) {
+  if (phase_ != Phase::kActive || head_sent_ || response_done_) return;
+  head_sent_ = true;
+  no_body_ = request_is_head_ || status < 200 || status == 204 || status == 304;
+  evbuffer* out = bufferevent_get_output(bev_.get());
+  evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http::reasonPhrase(status));
+  for (const http::Header& h : headers) {
+    if (isFramingHeader(h.name)) continue;
+    if (h.name.find_first_of("\r\n") != std::string::npos ||
+        h.value.find_first_of("\r\n") != std::string::npos) {
+      continue;
+    }
+    evbuffer_add(out, h.name.data(), h.name.size());
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, h.value.data(), h.value.size());
+    evbuffer_add(out, "\r\n", 2);
+  }
+  if (no_body_) {
+    if (request_is_head_ && content_length) {
+      evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+                          static_cast<unsigned long long>(*content_length));
+    }
+  } else if (content_length) {
+    evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+                        static_cast<unsigned long long>(*content_length));
+  } else if (request_minor_ >= 1) {
+    chunked_ = true;
+    evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+  } else {
+    keep_alive_ = false;  // HTTP/1.0 without a length: the close ends the body
+  }
+  if (!keep_alive_) {
+    evbuffer_add_printf(out, "Connection: close\r\n");
+  } else if (request_minor_ == 0) {
+    evbuffer_add_printf(out, "Connection: keep-alive\r\n");
+  }
+  evbuffer_add(out, "\r\n", 2);
+}
+
+void ClientConnection::sendBody(const char* data, std::size_t len) {
+  if (phase_ != Phase::kActive || !head_sent_ || response_done_ || no_body_ || len == 0) return;
+  evbuffer* out = bufferevent_get_output(bev_.get());
+  if (chunked_) {
+    evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_add(out, data, len);
+    evbuffer_add(out, "\r\n", 2);
+  } else {
+    evbuffer_add(out, data, len);
+  }
+}
+
+void ClientConnection::finish() {
+  if (phase_ != Phase::kActive || response_done_) return;
+  if (chunked_) {
+    evbuffer_add(bufferevent_get_output(bev_.get()), "0\r\n\r\n", 5);
+  }
+  response_done_ = true;
+  kick();
+}
+
+void ClientConnection::abort() {
+  if (phase_ != Phase::kActive || response_done_) return;
+  response_done_ = true;
+  response_aborted_ = true;
+  keep_alive_ = false;
+  kick();
+}
+
+std::size_t ClientConnection::pendingOutput() const {
+  return evbuffer_get_length(bufferevent_get_output(bev_.get()));
+}
+
+void ClientConnection::onDrained(std::function<void()> callback) {
+  drained_callback_ = std::move(callback);
+}
+
+void ClientConnection::kickCallback(evutil_socket_t, short, void* arg) {
+  static_cast<ClientConnection*>(arg)->afterResponse();
+}
+
+void ClientConnection::afterResponse() {
+  if (phase_ != Phase::kActive || !response_done_) return;
+  drained_callback_ = nullptr;
+  active_.reset();
+  if (!keep_alive_ || draining_) {
+    closeAfterFlush();
+    return;
+  }
+  phase_ = Phase::kIdle;
+  armTimer(limits_.idle_timeout_ms);
+  processInput();  // a pipelined request may be waiting
+}
+
+void ClientConnection::closeAfterFlush() {
+  phase_ = Phase::kClosing;
+  evtimer_del(timer_.get());
+  if (pendingOutput() == 0) {
+    destroy();
+    return;
+  }
+  // The write callback closes once the output is flushed; the write timeout bounds the wait.
+  evbuffer_drain(bufferevent_get_input(bev_.get()), SIZE_MAX);
+}
+
+void ClientConnection::writeCallback(bufferevent*, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  if (self->phase_ == Phase::kClosing) {
+    self->destroy();
+    return;
+  }
+  if (self->drained_callback_) {
+    std::function<void()> callback = self->drained_callback_;
+    callback();
+  }
+}
+
+void ClientConnection::eventCallback(bufferevent*, short what, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+    if (self->phase_ == Phase::kActive && !self->response_done_) {
+      observe::logDebug("client left before its response completed");
+    }
+    self->destroy();  // cancels the active request, if any
+  }
+}
+
+void ClientConnection::timerCallback(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  if (self->phase_ == Phase::kReadingHead || self->phase_ == Phase::kReadingBody) {
+    observe::logDebug("client too slow sending its request; connection dropped");
+  }
+  self->destroy();
+}
+
+}  // namespace bulwark::server

@@ -1,0 +1,100 @@
+// One accepted client connection: reads and parses requests (one at a time, pipelined ones
+// queued in the input buffer), enforces the server limits, frames responses, and notices a
+// client that leaves at any moment. Lives on one worker thread; owned by its ClientServer.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string_view>
+
+#include "proxy/server/request_handler.h"
+#include "proxy/server/request_parser.h"
+#include "proxy/server/response_sink.h"
+#include "proxy/support/libevent.h"
+
+namespace bulwark::server {
+
+class ClientServer;
+
+struct ConnectionLimits {
+  ParserLimits parser;
+  long long header_timeout_ms = 10000;
+  long long idle_timeout_ms = 75000;
+};
+
+class ClientConnection final : public ResponseSink {
+ public:
+  ClientConnection(ClientServer& server, event_base* base, evutil_socket_t fd,
+                   const ConnectionLimits& limits, RequestHandler& handler);
+  ~ClientConnection() override;
+  ClientConnection(const ClientConnection&) = delete;
+  ClientConnection& operator=(const ClientConnection&) = delete;
+
+  // Answers with one of Bulwark's own errors and closes (used for max_connections).
+  void rejectAndClose(int status, std::string_view code, std::string_view message);
+  // Draining: a busy connection closes after its current response. Returns true when the
+  // connection is idle and should be released now.
+  bool drain();
+  bool busy() const { return active_ != nullptr; }
+
+  // ResponseSink
+  void sendHead(int status, const http::Headers& headers,
+                std::optional<std::uint64_t> content_length) override;
+  void sendBody(const char* data, std::size_t len) override;
+  void finish() override;
+  void abort() override;
+  std::size_t pendingOutput() const override;
+  void onDrained(std::function<void()> callback) override;
+
+ private:
+  enum class Phase {
+    kIdle,         // waiting for the first byte of the next request
+    kReadingHead,  // part of a request head received
+    kReadingBody,  // head complete, body arriving
+    kActive,       // request handed to the exchange; response pending or streaming
+    kClosing,      // flushing the last bytes, then closing
+  };
+
+  static void readCallback(bufferevent* bev, void* arg);
+  static void writeCallback(bufferevent* bev, void* arg);
+  static void eventCallback(bufferevent* bev, short what, void* arg);
+  static void timerCallback(evutil_socket_t, short, void* arg);
+  static void kickCallback(evutil_socket_t, short, void* arg);
+
+  // Parses buffered input; returns false when the connection was destroyed.
+  bool processInput();
+  void startRequest(HttpRequest request);
+  void sendError(int status, std::string_view code, std::string_view message);
+  void closeAfterFlush();
+  void destroy();
+  void armTimer(long long millis);
+  void kick();
+  void afterResponse();
+
+  ClientServer& server_;
+  ConnectionLimits limits_;
+  RequestHandler& handler_;
+  RequestParser parser_;
+  support::BuffereventPtr bev_;
+  support::EventPtr timer_;
+  support::EventPtr kick_;
+  Phase phase_ = Phase::kIdle;
+  std::unique_ptr<ActiveRequest> active_;
+
+  // Response state of the active request.
+  bool head_sent_ = false;
+  bool chunked_ = false;
+  bool no_body_ = false;  // HEAD request, 1xx/204/304
+  bool keep_alive_ = true;
+  bool response_done_ = false;
+  bool response_aborted_ = false;
+  bool request_is_head_ = false;
+  int request_minor_ = 1;
+  bool draining_ = false;
+  std::function<void()> drained_callback_;
+  bool drain_wanted_ = false;
+};
+
+}  // namespace bulwark::server

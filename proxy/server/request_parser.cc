@@ -1,0 +1,203 @@
+#include "proxy/server/request_parser.h"
+
+#include <climits>
+#include <cstring>
+#include <utility>
+
+namespace bulwark::server {
+
+namespace {
+RequestParser* self(http_parser* p) { return static_cast<RequestParser*>(p->data); }
+}  // namespace
+
+RequestParser::RequestParser(const ParserLimits& limits) : limits_(limits) {
+  http_parser_init(&parser_, HTTP_REQUEST);
+  parser_.data = this;
+  http_parser_settings_init(&settings_);
+  settings_.on_message_begin = &RequestParser::onMessageBegin;
+  settings_.on_url = &RequestParser::onUrl;
+  settings_.on_header_field = &RequestParser::onHeaderField;
+  settings_.on_header_value = &RequestParser::onHeaderValue;
+  settings_.on_headers_complete = &RequestParser::onHeadersComplete;
+  settings_.on_body = &RequestParser::onBody;
+  settings_.on_message_complete = &RequestParser::onMessageComplete;
+}
+
+ParseStatus RequestParser::feed(const char* data, std::size_t len, std::size_t* consumed) {
+  *consumed = 0;
+  if (failure_ != ParseStatus::kNeedMore) return failure_;
+  if (parser_.upgrade) {
+    // After an Upgrade/CONNECT request the byte stream is no longer HTTP.
+    failure_ = ParseStatus::kBadRequest;
+    error_detail_ = "data after an upgrade request";
+    return failure_;
+  }
+  std::size_t n = http_parser_execute(&parser_, &settings_, data, len);
+  enum http_errno err = HTTP_PARSER_ERRNO(&parser_);
+  if (err == HPE_PAUSED) {
+    http_parser_pause(&parser_, 0);
+    err = HPE_OK;
+  }
+  *consumed = n;
+  if (failure_ != ParseStatus::kNeedMore) return failure_;
+  if (err != HPE_OK) {
+    failure_ = err == HPE_HEADER_OVERFLOW ? ParseStatus::kHeadersTooLarge : ParseStatus::kBadRequest;
+    error_detail_ = http_errno_description(err);
+    return failure_;
+  }
+  if (complete_) return ParseStatus::kComplete;
+  return ParseStatus::kNeedMore;
+}
+
+ParseStatus RequestParser::finish() {
+  if (failure_ != ParseStatus::kNeedMore) return failure_;
+  if (!in_message_) return ParseStatus::kNeedMore;
+  http_parser_execute(&parser_, &settings_, nullptr, 0);
+  if (complete_) return ParseStatus::kComplete;
+  failure_ = ParseStatus::kBadRequest;
+  error_detail_ = "connection closed in the middle of a request";
+  return failure_;
+}
+
+HttpRequest RequestParser::takeRequest() {
+  complete_ = false;
+  return std::move(ready_);
+}
+
+bool RequestParser::takeExpectContinue() {
+  return std::exchange(expect_continue_pending_, false);
+}
+
+bool RequestParser::countHeaderBytes(size_t len) {
+  header_bytes_ += len;
+  if (header_bytes_ > limits_.max_header_bytes) {
+    failure_ = ParseStatus::kHeadersTooLarge;
+    error_detail_ = "request head too large";
+    return false;
+  }
+  return true;
+}
+
+int RequestParser::onMessageBegin(http_parser* p) {
+  RequestParser* r = self(p);
+  r->current_ = HttpRequest{};
+  r->header_bytes_ = 0;
+  r->last_was_value_ = false;
+  r->in_message_ = true;
+  r->head_complete_ = false;
+  return 0;
+}
+
+int RequestParser::onUrl(http_parser* p, const char* at, size_t len) {
+  RequestParser* r = self(p);
+  if (!r->countHeaderBytes(len)) return -1;
+  r->current_.target.append(at, len);
+  return 0;
+}
+
+int RequestParser::onHeaderField(http_parser* p, const char* at, size_t len) {
+  RequestParser* r = self(p);
+  if (!r->countHeaderBytes(len)) return -1;
+  if (r->last_was_value_ || r->current_.headers.empty()) {
+    if (r->current_.headers.size() >= r->limits_.max_headers) {
+      r->failure_ = ParseStatus::kHeadersTooLarge;
+      r->error_detail_ = "too many request headers";
+      return -1;
+    }
+    r->current_.headers.emplace_back();
+  }
+  r->current_.headers.back().name.append(at, len);
+  r->last_was_value_ = false;
+  return 0;
+}
+
+int RequestParser::onHeaderValue(http_parser* p, const char* at, size_t len) {
+  RequestParser* r = self(p);
+  if (!r->countHeaderBytes(len)) return -1;
+  r->current_.headers.back().value.append(at, len);
+  r->last_was_value_ = true;
+  return 0;
+}
+
+int RequestParser::onHeadersComplete(http_parser* p) {
+  RequestParser* r = self(p);
+  return r->finishHead() ? 0 : -1;
+}
+
+bool RequestParser::finishHead() {
+  HttpRequest& req = current_;
+  req.method = http_method_str(static_cast<http_method>(parser_.method));
+  req.http_major = parser_.http_major;
+  req.http_minor = parser_.http_minor;
+  req.keep_alive = http_should_keep_alive(&parser_) != 0;
+  head_complete_ = true;
+
+  if (parser_.method == HTTP_CONNECT) {
+    req.path.clear();  // the connection layer refuses CONNECT
+  } else if (!req.target.empty() && req.target.front() == '/') {
+    req.path = req.target;
+  } else {
+    // Absolute form: only the path and query are kept; the host never chooses the upstream.
+    http_parser_url url;
+    http_parser_url_init(&url);
+    if (http_parser_parse_url(req.target.data(), req.target.size(), 0, &url) != 0 ||
+        !(url.field_set & (1 << UF_HOST))) {
+      failure_ = ParseStatus::kBadRequest;
+      error_detail_ = "unsupported request target";
+      return false;
+    }
+    if (url.field_set & (1 << UF_PATH)) {
+      req.path = req.target.substr(url.field_data[UF_PATH].off, url.field_data[UF_PATH].len);
+    } else {
+      req.path = "/";
+    }
+    if (url.field_set & (1 << UF_QUERY)) {
+      req.path += '?';
+      req.path += req.target.substr(url.field_data[UF_QUERY].off, url.field_data[UF_QUERY].len);
+    }
+  }
+
+  // The body limit is checked before any body byte is read, so an oversized request is
+  // refused at once (and nothing of it is ever sent upstream).
+  if ((parser_.flags & F_CHUNKED) == 0 && parser_.content_length != ULLONG_MAX &&
+      parser_.content_length > limits_.max_body) {
+    failure_ = ParseStatus::kBodyTooLarge;
+    error_detail_ = "request body too large";
+    return false;
+  }
+  if (auto expect = http::findHeader(req.headers, "expect")) {
+    if (http::equalsIgnoreCase(*expect, "100-continue") && req.http_minor >= 1) {
+      expect_continue_pending_ = true;
+    }
+  }
+  return true;
+}
+
+int RequestParser::onBody(http_parser* p, const char* at, size_t len) {
+  RequestParser* r = self(p);
+  if (r->current_.body.size() + len > r->limits_.max_body) {
+    r->failure_ = ParseStatus::kBodyTooLarge;
+    r->error_detail_ = "request body too large";
+    return -1;
+  }
+  if (r->current_.body.empty() && r->parser_.content_length != ULLONG_MAX &&
+      (r->parser_.flags & F_CHUNKED) == 0) {
+    // Content-Length is known: one allocation for the whole body.
+    r->current_.body.reserve(len + r->parser_.content_length);
+  }
+  r->current_.body.append(at, len);
+  return 0;
+}
+
+int RequestParser::onMessageComplete(http_parser* p) {
+  RequestParser* r = self(p);
+  r->expect_continue_pending_ = false;
+  r->ready_ = std::move(r->current_);
+  r->complete_ = true;
+  r->in_message_ = false;
+  if (p->upgrade) r->ready_.keep_alive = false;
+  http_parser_pause(p, 1);  // one request at a time: the rest waits in the input buffer
+  return 0;
+}
+
+}  // namespace bulwark::server

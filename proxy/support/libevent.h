@@ -1,0 +1,43 @@
+// unique_ptr owners for libevent objects, so teardown order is visible in types.
+#pragma once
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+
+#include <memory>
+
+namespace bulwark::support {
+
+struct EventBaseDeleter {
+  void operator()(event_base* b) const { event_base_free(b); }
+};
+struct EventDeleter {
+  void operator()(event* e) const { event_free(e); }
+};
+struct BuffereventDeleter {
+  void operator()(bufferevent* b) const { bufferevent_free(b); }
+};
+struct ListenerDeleter {
+  void operator()(evconnlistener* l) const { evconnlistener_free(l); }
+};
+struct EvhttpDeleter {
+  void operator()(evhttp* h) const { evhttp_free(h); }
+};
+
+using EventBasePtr = std::unique_ptr<event_base, EventBaseDeleter>;
+using EventPtr = std::unique_ptr<event, EventDeleter>;
+using BuffereventPtr = std::unique_ptr<bufferevent, BuffereventDeleter>;
+using ListenerPtr = std::unique_ptr<evconnlistener, ListenerDeleter>;
+using EvhttpPtr = std::unique_ptr<evhttp, EvhttpDeleter>;
+
+inline timeval toTimeval(long long millis) {
+  timeval tv;
+  tv.tv_sec = static_cast<time_t>(millis / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((millis % 1000) * 1000);
+  return tv;
+}
+
+}  // namespace bulwark::support

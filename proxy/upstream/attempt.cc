@@ -1,0 +1,263 @@
+#include "proxy/upstream/attempt.h"
+
+#include <charconv>
+#include <string_view>
+
+#include "proxy/upstream/upstream_client.h"
+
+namespace bulwark::upstream {
+
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' ||
+                        s.back() == '\n')) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+TransferError classifyCurlCode(CURLcode code, bool request_sent) {
+  switch (code) {
+    case CURLE_OK:
+      return TransferError::kNone;
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_OPERATION_TIMEDOUT:  // only the connect timeout is set on the handle
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+      return TransferError::kConnect;
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_RANGE_ERROR:
+      return TransferError::kProtocol;
+    default:
+      // A failure before the request went out means the upstream never saw it.
+      return request_sent ? TransferError::kReset : TransferError::kConnect;
+  }
+}
+
+}  // namespace
+
+const char* transferErrorName(TransferError e) {
+  switch (e) {
+    case TransferError::kNone: return "none";
+    case TransferError::kConnect: return "connect_error";
+    case TransferError::kFirstByteTimeout: return "first_byte_timeout";
+    case TransferError::kIdleTimeout: return "idle_timeout";
+    case TransferError::kReset: return "reset";
+    case TransferError::kProtocol: return "protocol_error";
+    case TransferError::kInternal: return "internal_error";
+  }
+  return "unknown";
+}
+
+Attempt::Attempt(UpstreamClient& client, AttemptObserver& observer, AttemptRequest request)
+    : client_(client), observer_(observer), request_(std::move(request)) {
+  timer_.reset(evtimer_new(client_.base(), &Attempt::onTimeout, this));
+  deferred_.reset(event_new(client_.base(), -1, 0, &Attempt::onDeferredFailure, this));
+}
+
+Attempt::~Attempt() {
+  if (!done_) {
+    done_ = true;
+    detach();
+  }
+  client_.releaseHandle(handle_);
+}
+
+void Attempt::start() {
+  handle_ = client_.acquireHandle();
+  if (handle_ == nullptr || !configure() || !client_.add(handle_)) {
+    event_active(deferred_.get(), 0, 0);
+    return;
+  }
+  in_multi_ = true;
+}
+
+bool Attempt::configure() {
+  CURL* h = handle_;
+  bool ok = true;
+  auto set = [&ok](CURLcode rc) { ok = ok && rc == CURLE_OK; };
+  set(curl_easy_setopt(h, CURLOPT_URL, request_.url.c_str()));
+  set(curl_easy_setopt(h, CURLOPT_PRIVATE, this));
+  set(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
+  set(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error_buffer_));
+  set(curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https"));
+  set(curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS)));
+  set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                       static_cast<long>(request_.connect_timeout.count())));
+  set(curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L));
+  set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Attempt::headerCallback));
+  set(curl_easy_setopt(h, CURLOPT_HEADERDATA, this));
+  set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Attempt::writeCallback));
+  set(curl_easy_setopt(h, CURLOPT_WRITEDATA, this));
+  set(curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &Attempt::prereqCallback));
+  set(curl_easy_setopt(h, CURLOPT_PREREQDATA, this));
+  if (!request_.ca_file.empty()) set(curl_easy_setopt(h, CURLOPT_CAINFO, request_.ca_file.c_str()));
+
+  const std::string& method = request_.method;
+  bool has_body = request_.body != nullptr && !request_.body->empty();
+  if (method == "HEAD") {
+    set(curl_easy_setopt(h, CURLOPT_NOBODY, 1L));
+  } else if (method == "GET" && !has_body) {
+    set(curl_easy_setopt(h, CURLOPT_HTTPGET, 1L));
+  } else if (has_body || method == "POST" || method == "PUT" || method == "PATCH") {
+    static const std::string kEmpty;
+    const std::string& body = has_body ? *request_.body : kEmpty;
+    set(curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data()));
+    set(curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size())));
+    if (method != "POST") set(curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method.c_str()));
+  } else {
+    set(curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method.c_str()));
+  }
+
+  // The request headers go out as the client sent them (after the exchange's filtering);
+  // curl's own defaults that the client did not ask for are suppressed.
+  curl_slist* list = nullptr;
+  bool has_accept = false;
+  bool has_content_type = false;
+  for (const http::Header& hdr : request_.headers) {
+    has_accept = has_accept || http::equalsIgnoreCase(hdr.name, "accept");
+    has_content_type = has_content_type || http::equalsIgnoreCase(hdr.name, "content-type");
+    std::string line = hdr.name;
+    if (hdr.value.empty()) {
+      line += ';';  // curl's syntax for a header with an empty value
+    } else {
+      line += ": ";
+      line += hdr.value;
+    }
+    list = curl_slist_append(list, line.c_str());
+  }
+  if (!has_accept) list = curl_slist_append(list, "Accept:");
+  if (!has_content_type) list = curl_slist_append(list, "Content-Type:");
+  list = curl_slist_append(list, "Expect:");
+  header_list_.reset(list);
+  set(curl_easy_setopt(h, CURLOPT_HTTPHEADER, list));
+  return ok && list != nullptr;
+}
+
+void Attempt::armTimer(std::chrono::milliseconds timeout) {
+  timeval tv = support::toTimeval(timeout.count());
+  evtimer_add(timer_.get(), &tv);
+}
+
+int Attempt::prereqCallback(void* clientp, char*, char*, int, int) {
+  // Connected (or reusing a connection) and about to send: the first-byte clock starts.
+  auto* self = static_cast<Attempt*>(clientp);
+  self->timer_error_ = TransferError::kFirstByteTimeout;
+  self->armTimer(self->request_.first_byte_timeout);
+  return CURL_PREREQFUNC_OK;
+}
+
+size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* userdata) {
+  auto* self = static_cast<Attempt*>(userdata);
+  size_t len = size * nmemb;
+  if (self->head_done_) return len;  // trailers are not forwarded
+  std::string_view line(data, len);
+  ResponseHead& head = self->head_;
+  if (line.starts_with("HTTP/")) {
+    head = ResponseHead{};  // a new status line (after a 1xx, a fresh head)
+    size_t space = line.find(' ');
+    if (space != std::string_view::npos) {
+      std::string_view code = line.substr(space + 1, 3);
+      std::from_chars(code.data(), code.data() + code.size(), head.status);
+    }
+    return len;
+  }
+  std::string_view trimmed = trim(line);
+  if (trimmed.empty()) {
+    if (head.status >= 200) {
+      if (http::findHeader(head.headers, "transfer-encoding")) head.content_length.reset();
+      self->head_done_ = true;
+      self->observer_.onHead(head);
+    }
+    return len;
+  }
+  if (line.front() == ' ' || line.front() == '\t') {
+    if (!head.headers.empty()) {
+      head.headers.back().value += ' ';
+      head.headers.back().value += trimmed;
+    }
+    return len;
+  }
+  size_t colon = trimmed.find(':');
+  if (colon == std::string_view::npos) return len;
+  http::Header h{std::string(trim(trimmed.substr(0, colon))),
+                 std::string(trim(trimmed.substr(colon + 1)))};
+  if (http::equalsIgnoreCase(h.name, "content-length")) {
+    std::uint64_t n = 0;
+    auto [ptr, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), n);
+    if (ec == std::errc() && ptr == h.value.data() + h.value.size()) head.content_length = n;
+  }
+  head.headers.push_back(std::move(h));
+  return len;
+}
+
+size_t Attempt::writeCallback(char* data, size_t size, size_t nmemb, void* userdata) {
+  auto* self = static_cast<Attempt*>(userdata);
+  size_t len = size * nmemb;
+  self->body_started_ = true;
+  if (self->observer_.onData(data, len) == AttemptObserver::Flow::kPause) {
+    // A slow client: the idle clock stops until it has drained.
+    self->paused_ = true;
+    evtimer_del(self->timer_.get());
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  self->timer_error_ = TransferError::kIdleTimeout;
+  self->armTimer(self->request_.idle_timeout);
+  return len;
+}
+
+void Attempt::resume() {
+  if (!paused_ || done_) return;
+  paused_ = false;
+  timer_error_ = TransferError::kIdleTimeout;
+  armTimer(request_.idle_timeout);
+  curl_easy_pause(handle_, CURLPAUSE_CONT);  // may deliver the held bytes right here
+}
+
+void Attempt::onTimeout(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Attempt*>(arg);
+  self->finish(self->timer_error_, self->timer_error_ == TransferError::kFirstByteTimeout
+                                       ? "no response within timeouts.first_byte"
+                                       : "no data within timeouts.idle");
+}
+
+void Attempt::onDeferredFailure(evutil_socket_t, short, void* arg) {
+  static_cast<Attempt*>(arg)->finish(TransferError::kInternal, "could not start the transfer");
+}
+
+void Attempt::onCurlDone(CURLcode result) {
+  curl_off_t pretransfer = 0;
+  curl_easy_getinfo(handle_, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
+  TransferError error = classifyCurlCode(result, pretransfer > 0);
+  if (error == TransferError::kNone && !head_done_) error = TransferError::kProtocol;
+  std::string detail = error_buffer_[0] != '\0' ? error_buffer_ : curl_easy_strerror(result);
+  finish(error, detail);
+}
+
+void Attempt::finish(TransferError error, const std::string& detail) {
+  if (done_) return;
+  done_ = true;
+  detach();
+  observer_.onDone(error, detail);  // may destroy this attempt: nothing after this line
+}
+
+void Attempt::detach() {
+  evtimer_del(timer_.get());
+  if (in_multi_) {
+    client_.remove(handle_);
+    in_multi_ = false;
+  }
+}
+
+}  // namespace bulwark::upstream

@@ -1,0 +1,113 @@
+// One attempt = one upstream HTTP exchange on one pooled curl easy handle. Reports the
+// response head, streams body bytes (with pause/resume for a slow client), and enforces the
+// per-attempt timeouts. It only moves bytes and reports what happened: no policy here.
+// Single-threaded (the worker's loop). Destroying a running attempt cancels it.
+#pragma once
+
+#include <curl/curl.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "proxy/http/header.h"
+#include "proxy/support/curl.h"
+#include "proxy/support/libevent.h"
+
+namespace bulwark::upstream {
+
+class UpstreamClient;
+
+// How an attempt ended, at the transport level.
+enum class TransferError {
+  kNone,             // the response arrived whole
+  kConnect,          // DNS, TCP or TLS failed: nothing reached the upstream
+  kFirstByteTimeout, // no first body byte within timeouts.first_byte
+  kIdleTimeout,      // a gap between body bytes longer than timeouts.idle
+  kReset,            // the connection closed or broke mid-exchange
+  kProtocol,         // the upstream's reply was not valid HTTP
+  kInternal,         // Bulwark could not start the transfer
+};
+const char* transferErrorName(TransferError e);
+
+struct AttemptRequest {
+  std::string url;     // absolute, built from a configured base_url only
+  std::string method;  // "POST"
+  http::Headers headers;
+  const std::string* body = nullptr;  // not owned; must outlive the attempt
+  std::string ca_file;
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds first_byte_timeout{120000};
+  std::chrono::milliseconds idle_timeout{120000};
+};
+
+struct ResponseHead {
+  int status = 0;
+  http::Headers headers;  // as received, in order
+  std::optional<std::uint64_t> content_length;
+};
+
+class AttemptObserver {
+ public:
+  enum class Flow { kContinue, kPause };
+  virtual ~AttemptObserver() = default;
+  // The final (non-1xx) response head. Called from inside a curl callback: do not destroy
+  // the attempt here.
+  virtual void onHead(const ResponseHead& head) = 0;
+  // Body bytes. Return kPause to leave them unconsumed: the same bytes are offered again
+  // after resume(). Called from inside a curl callback: do not destroy the attempt here.
+  virtual Flow onData(const char* data, std::size_t len) = 0;
+  // The attempt is over (never called from inside a curl callback); the observer may
+  // destroy the attempt from here.
+  virtual void onDone(TransferError error, const std::string& detail) = 0;
+};
+
+class Attempt {
+ public:
+  Attempt(UpstreamClient& client, AttemptObserver& observer, AttemptRequest request);
+  ~Attempt();
+  Attempt(const Attempt&) = delete;
+  Attempt& operator=(const Attempt&) = delete;
+
+  // Starts the transfer; on failure, onDone(kInternal) is called from the event loop.
+  void start();
+  // Continues a transfer paused by onData returning kPause.
+  void resume();
+  bool paused() const { return paused_; }
+  bool receivedBody() const { return body_started_; }
+
+ private:
+  friend class UpstreamClient;
+
+  static size_t headerCallback(char* data, size_t size, size_t nmemb, void* userdata);
+  static size_t writeCallback(char* data, size_t size, size_t nmemb, void* userdata);
+  static int prereqCallback(void* clientp, char* conn_primary_ip, char* conn_local_ip,
+                            int conn_primary_port, int conn_local_port);
+  static void onTimeout(evutil_socket_t, short, void* arg);
+  static void onDeferredFailure(evutil_socket_t, short, void* arg);
+
+  void onCurlDone(CURLcode result);
+  void finish(TransferError error, const std::string& detail);
+  void detach();
+  bool configure();
+  void armTimer(std::chrono::milliseconds timeout);
+
+  UpstreamClient& client_;
+  AttemptObserver& observer_;
+  AttemptRequest request_;
+  CURL* handle_ = nullptr;  // borrowed from the client's pool while running
+  bool in_multi_ = false;
+  support::CurlSlistPtr header_list_;
+  support::EventPtr timer_;
+  support::EventPtr deferred_;
+  TransferError timer_error_ = TransferError::kFirstByteTimeout;
+  ResponseHead head_;
+  bool head_done_ = false;
+  bool body_started_ = false;
+  bool paused_ = false;
+  bool done_ = false;
+  char error_buffer_[CURL_ERROR_SIZE] = {};
+};
+
+}  // namespace bulwark::upstream

@@ -1,0 +1,5 @@
+#include "proxy/version.h"
+
+namespace bulwark {
+const char* version() { return BULWARK_VERSION; }
+}  // namespace bulwark

@@ -1,0 +1,82 @@
+#include "proxy/worker.h"
+
+#include "proxy/observe/logger.h"
+
+namespace bulwark {
+
+namespace {
+server::ConnectionLimits limitsFrom(const config::Config& cfg) {
+  server::ConnectionLimits limits;
+  limits.parser.max_body = cfg.server.max_request_body;
+  limits.header_timeout_ms = cfg.server.header_timeout.count();
+  limits.idle_timeout_ms = cfg.server.idle_timeout.count();
+  return limits;
+}
+}  // namespace
+
+Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
+               std::atomic<int>& open_connections)
+    : index_(index), config_store_(config_store), base_(event_base_new()) {
+  drain_event_.reset(event_new(base_.get(), -1, 0, &Worker::onDrain, this));
+  stop_event_.reset(event_new(base_.get(), -1, 0, &Worker::onStop, this));
+  drain_poll_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::onDrainPoll, this));
+  upstream_client_ = std::make_unique<upstream::UpstreamClient>(base_.get());
+  context_.reset(new exchange::ExchangeContext{*upstream_client_, base_.get(),
+                                               &Worker::currentConfig, this});
+  handler_ = std::make_unique<exchange::ExchangeHandler>(*context_);
+  std::shared_ptr<const config::Config> cfg = config_store_.current();
+  server_ = std::make_unique<server::ClientServer>(base_.get(), listen_fd, limitsFrom(*cfg),
+                                                   *handler_, open_connections,
+                                                   cfg->server.max_connections);
+}
+
+Worker::~Worker() {
+  join();
+  // Teardown order: connections (and their exchanges and attempts), then curl, then events.
+  server_.reset();
+  handler_.reset();
+  context_.reset();
+  upstream_client_.reset();
+  drain_poll_.reset();
+  stop_event_.reset();
+  drain_event_.reset();
+  base_.reset();
+}
+
+std::shared_ptr<const config::Config> Worker::currentConfig(void* arg) {
+  return static_cast<Worker*>(arg)->config_store_.current();
+}
+
+void Worker::start() { thread_ = std::thread([this] { run(); }); }
+
+void Worker::run() {
+  event_base_dispatch(base_.get());
+  connections_left_ = server_->connectionCount();
+  finished_.store(true);
+}
+
+void Worker::drain() { event_active(drain_event_.get(), 0, 0); }
+void Worker::stop() { event_active(stop_event_.get(), 0, 0); }
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::onDrain(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Worker*>(arg);
+  self->server_->drain();
+  timeval tv = support::toTimeval(20);
+  evtimer_add(self->drain_poll_.get(), &tv);
+  onDrainPoll(-1, 0, arg);
+}
+
+void Worker::onDrainPoll(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Worker*>(arg);
+  if (self->server_->connectionCount() == 0) event_base_loopbreak(self->base_.get());
+}
+
+void Worker::onStop(evutil_socket_t, short, void* arg) {
+  event_base_loopbreak(static_cast<Worker*>(arg)->base_.get());
+}
+
+}  // namespace bulwark

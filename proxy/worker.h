@@ -1,0 +1,59 @@
+// One event-loop thread: its own event_base, its SO_REUSEPORT listener and client
+// connections, its curl multi handle, and the exchanges between them. The public methods
+// are the only ones safe to call from other threads.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <thread>
+
+#include "proxy/config_store.h"
+#include "proxy/exchange/exchange.h"
+#include "proxy/exchange/exchange_context.h"
+#include "proxy/server/client_server.h"
+#include "proxy/support/libevent.h"
+#include "proxy/upstream/upstream_client.h"
+
+namespace bulwark {
+
+class Worker {
+ public:
+  Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
+         std::atomic<int>& open_connections);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  void start();
+  // Stop accepting; exit the loop once every connection is closed.
+  void drain();
+  // Exit the loop now; whatever is in flight is cut.
+  void stop();
+  void join();
+  bool finished() const { return finished_.load(); }
+  // Connections still open when the loop ended (valid after join()).
+  std::size_t connectionsLeft() const { return connections_left_; }
+
+ private:
+  static std::shared_ptr<const config::Config> currentConfig(void* arg);
+  static void onDrain(evutil_socket_t, short, void* arg);
+  static void onStop(evutil_socket_t, short, void* arg);
+  static void onDrainPoll(evutil_socket_t, short, void* arg);
+  void run();
+
+  int index_;
+  ConfigStore& config_store_;
+  support::EventBasePtr base_;
+  support::EventPtr drain_event_;
+  support::EventPtr stop_event_;
+  support::EventPtr drain_poll_;
+  std::unique_ptr<upstream::UpstreamClient> upstream_client_;
+  std::unique_ptr<exchange::ExchangeContext> context_;
+  std::unique_ptr<exchange::ExchangeHandler> handler_;
+  std::unique_ptr<server::ClientServer> server_;
+  std::thread thread_;
+  std::atomic<bool> finished_{false};
+  std::size_t connections_left_ = 0;
+};
+
+}  // namespace bulwark

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything Bulwark needs to build, run and test, from Debian 12 packages.
+# Idempotent: does nothing when every package is already there. Run as root.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git ca-certificates curl
+  libevent-dev libcurl4-openssl-dev libhttp-parser-dev rapidjson-dev
+  prometheus-cpp-dev libyaml-cpp-dev
+  libgtest-dev libgmock-dev
+  python3
+)
+# Node.js runs the end-to-end tests through the official openai npm package.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,74 @@
+#include "proxy/exchange/forwarding.h"
+
+#include <gtest/gtest.h>
+
+namespace bulwark::exchange {
+namespace {
+
+config::UpstreamConfig upstream(std::string api_key = "") {
+  config::UpstreamConfig u;
+  u.name = "openai";
+  u.base_url = "https://api.openai.com";
+  u.api_key = std::move(api_key);
+  return u;
+}
+
+bool has(const http::Headers& h, std::string_view name) {
+  return http::findHeader(h, name).has_value();
+}
+
+TEST(ForwardingTest, StripsHopByHopAndHostKeepsTheRest) {
+  http::Headers client{{"Host", "evil.example"},       {"Connection", "keep-alive, X-Secret"},
+                       {"Keep-Alive", "timeout=5"},    {"TE", "trailers"},
+                       {"Trailer", "x"},               {"Transfer-Encoding", "chunked"},
+                       {"Upgrade", "websocket"},       {"Proxy-Authorization", "Basic x"},
+                       {"X-Secret", "named by Connection"}, {"Content-Length", "12"},
+                       {"Expect", "100-continue"},     {"Authorization", "Bearer sk-client"},
+                       {"OpenAI-Organization", "org"}, {"Content-Type", "application/json"}};
+  http::Headers out = upstreamRequestHeaders(client, upstream());
+  for (const char* gone : {"Host", "Connection", "Keep-Alive", "TE", "Trailer", "Transfer-Encoding",
+                           "Upgrade", "Proxy-Authorization", "X-Secret", "Content-Length",
+                           "Expect"}) {
+    EXPECT_FALSE(has(out, gone)) << gone;
+  }
+  EXPECT_EQ(*http::findHeader(out, "authorization"), "Bearer sk-client");
+  EXPECT_EQ(*http::findHeader(out, "openai-organization"), "org");
+  EXPECT_EQ(*http::findHeader(out, "content-type"), "application/json");
+}
+
+TEST(ForwardingTest, UpstreamApiKeyReplacesAuthorization) {
+  http::Headers out =
+      upstreamRequestHeaders({{"authorization", "Bearer sk-client"}}, upstream("sk-up"));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].value, "Bearer sk-up");
+}
+
+TEST(ForwardingTest, UpstreamExtraHeadersOverrideTheClients) {
+  config::UpstreamConfig u = upstream();
+  u.headers = {{"OpenAI-Organization", "org-configured"}};
+  http::Headers out = upstreamRequestHeaders({{"openai-organization", "org-client"}}, u);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].value, "org-configured");
+}
+
+TEST(ForwardingTest, ResponseKeepsOpenAiHeadersDropsFraming) {
+  http::Headers out = clientResponseHeaders({{"x-request-id", "req_1"},
+                                             {"x-ratelimit-remaining-requests", "9"},
+                                             {"openai-processing-ms", "12"},
+                                             {"Content-Length", "10"},
+                                             {"Transfer-Encoding", "chunked"},
+                                             {"Keep-Alive", "timeout=5"},
+                                             {"Proxy-Foo", "x"}});
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].name, "x-request-id");
+}
+
+TEST(ForwardingTest, UrlJoinsBaseAndPath) {
+  config::UpstreamConfig u = upstream();
+  EXPECT_EQ(upstreamUrl(u, "/v1/models?x=1"), "https://api.openai.com/v1/models?x=1");
+  u.base_url = "http://127.0.0.1:9/prefix/";
+  EXPECT_EQ(upstreamUrl(u, "/v1/models"), "http://127.0.0.1:9/prefix/v1/models");
+}
+
+}  // namespace
+}  // namespace bulwark::exchange

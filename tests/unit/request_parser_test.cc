@@ -1,0 +1,150 @@
+#include "proxy/server/request_parser.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace bulwark::server {
+namespace {
+
+struct Fed {
+  ParseStatus status;
+  std::size_t consumed;
+};
+
+Fed feedAll(RequestParser& parser, const std::string& bytes) {
+  std::size_t consumed = 0;
+  ParseStatus status = parser.feed(bytes.data(), bytes.size(), &consumed);
+  return {status, consumed};
+}
+
+TEST(RequestParserTest, ParsesAPostWithBody) {
+  RequestParser parser{ParserLimits{}};
+  std::string raw =
+      "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+      "Authorization: Bearer sk-1\r\n\r\nhello";
+  Fed fed = feedAll(parser, raw);
+  ASSERT_EQ(fed.status, ParseStatus::kComplete);
+  EXPECT_EQ(fed.consumed, raw.size());
+  HttpRequest req = parser.takeRequest();
+  EXPECT_EQ(req.method, "POST");
+  EXPECT_EQ(req.path, "/v1/chat/completions?x=1");
+  EXPECT_EQ(req.body, "hello");
+  EXPECT_TRUE(req.keep_alive);
+  ASSERT_EQ(req.headers.size(), 3u);
+  EXPECT_EQ(req.headers[2].name, "Authorization");
+  EXPECT_EQ(req.headers[2].value, "Bearer sk-1");
+}
+
+TEST(RequestParserTest, StopsAfterEachPipelinedRequest) {
+  RequestParser parser{ParserLimits{}};
+  std::string first = "GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n";
+  std::string second = "GET /v1/models/gpt HTTP/1.1\r\nHost: a\r\n\r\n";
+  std::string both = first + second;
+  Fed fed = feedAll(parser, both);
+  ASSERT_EQ(fed.status, ParseStatus::kComplete);
+  EXPECT_EQ(fed.consumed, first.size());
+  EXPECT_EQ(parser.takeRequest().path, "/v1/models");
+  fed = feedAll(parser, both.substr(fed.consumed));
+  ASSERT_EQ(fed.status, ParseStatus::kComplete);
+  EXPECT_EQ(parser.takeRequest().path, "/v1/models/gpt");
+}
+
+TEST(RequestParserTest, DecodesChunkedBodies) {
+  RequestParser parser{ParserLimits{}};
+  Fed fed = feedAll(parser,
+                    "POST /v1/embeddings HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+  ASSERT_EQ(fed.status, ParseStatus::kComplete);
+  EXPECT_EQ(parser.takeRequest().body, "abcde");
+}
+
+TEST(RequestParserTest, AbsoluteFormKeepsOnlyPathAndQuery) {
+  RequestParser parser{ParserLimits{}};
+  Fed fed = feedAll(parser, "GET http://evil.example:9/v1/models?a=b HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_EQ(fed.status, ParseStatus::kComplete);
+  EXPECT_EQ(parser.takeRequest().path, "/v1/models?a=b");
+}
+
+TEST(RequestParserTest, RejectsOversizedContentLengthBeforeTheBody) {
+  ParserLimits limits;
+  limits.max_body = 10;
+  RequestParser parser{limits};
+  Fed fed = feedAll(parser, "POST /v1/x HTTP/1.1\r\nContent-Length: 11\r\n\r\n");
+  EXPECT_EQ(fed.status, ParseStatus::kBodyTooLarge);
+}
+
+TEST(RequestParserTest, RejectsOversizedChunkedBody) {
+  ParserLimits limits;
+  limits.max_body = 4;
+  RequestParser parser{limits};
+  Fed fed = feedAll(parser,
+                    "POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n");
+  EXPECT_EQ(fed.status, ParseStatus::kBodyTooLarge);
+}
+
+TEST(RequestParserTest, RejectsHugeHeads) {
+  ParserLimits limits;
+  limits.max_header_bytes = 100;
+  RequestParser parser{limits};
+  Fed fed = feedAll(parser, "GET / HTTP/1.1\r\nX-Big: " + std::string(200, 'a') + "\r\n\r\n");
+  EXPECT_EQ(fed.status, ParseStatus::kHeadersTooLarge);
+}
+
+TEST(RequestParserTest, RejectsTooManyHeaders) {
+  ParserLimits limits;
+  limits.max_headers = 3;
+  RequestParser parser{limits};
+  std::string raw = "GET / HTTP/1.1\r\n";
+  for (int i = 0; i < 5; ++i) raw += "X-" + std::to_string(i) + ": v\r\n";
+  Fed fed = feedAll(parser, raw + "\r\n");
+  EXPECT_EQ(fed.status, ParseStatus::kHeadersTooLarge);
+}
+
+TEST(RequestParserTest, RejectsSmugglingShapes) {
+  for (const char* raw : {
+           "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+           "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+           "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+           "GARBAGE\r\n\r\n",
+       }) {
+    RequestParser parser{ParserLimits{}};
+    EXPECT_EQ(feedAll(parser, raw).status, ParseStatus::kBadRequest) << raw;
+  }
+}
+
+TEST(RequestParserTest, Http10DefaultsToClose) {
+  RequestParser parser{ParserLimits{}};
+  ASSERT_EQ(feedAll(parser, "GET /v1/models HTTP/1.0\r\n\r\n").status, ParseStatus::kComplete);
+  HttpRequest req = parser.takeRequest();
+  EXPECT_FALSE(req.keep_alive);
+  EXPECT_EQ(req.http_minor, 0);
+}
+
+TEST(RequestParserTest, ReportsExpectContinueOnce) {
+  RequestParser parser{ParserLimits{}};
+  Fed fed = feedAll(parser,
+                    "POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+  EXPECT_EQ(fed.status, ParseStatus::kNeedMore);
+  EXPECT_TRUE(parser.takeExpectContinue());
+  EXPECT_FALSE(parser.takeExpectContinue());
+  EXPECT_EQ(feedAll(parser, "hi").status, ParseStatus::kComplete);
+}
+
+TEST(RequestParserTest, ByteAtATimeGivesTheSameRequest) {
+  RequestParser parser{ParserLimits{}};
+  std::string raw = "PUT /v1/files/f HTTP/1.1\r\nA: 1\r\nContent-Length: 3\r\n\r\nxyz";
+  ParseStatus status = ParseStatus::kNeedMore;
+  for (char c : raw) {
+    std::size_t consumed = 0;
+    status = parser.feed(&c, 1, &consumed);
+    ASSERT_EQ(consumed, 1u);
+  }
+  ASSERT_EQ(status, ParseStatus::kComplete);
+  HttpRequest req = parser.takeRequest();
+  EXPECT_EQ(req.method, "PUT");
+  EXPECT_EQ(req.body, "xyz");
+}
+
+}  // namespace
+}  // namespace bulwark::server
