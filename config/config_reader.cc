@@ -1,0 +1,427 @@
+#include "config/config_reader.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "config/units.h"
+
+namespace bulwark::config {
+namespace {
+
+constexpr std::string_view kDurationExpected = "a duration such as 250ms, 2s, 1m or 1h";
+constexpr std::string_view kSizeExpected = "a size such as 1048576, 512KiB, 32MiB or 1GiB";
+constexpr std::string_view kListenExpected = "an address such as 127.0.0.1:8080 or [::1]:8080";
+
+template <typename E>
+struct NamedValue {
+  std::string_view name;
+  E value;
+};
+
+constexpr std::array<NamedValue<Jitter>, 4> kJitterNames{{
+    {"full", Jitter::kFull},
+    {"equal", Jitter::kEqual},
+    {"decorrelated", Jitter::kDecorrelated},
+    {"none", Jitter::kNone},
+}};
+
+constexpr std::array<NamedValue<BreakerScope>, 2> kScopeNames{{
+    {"upstream", BreakerScope::kUpstream},
+    {"upstream_model", BreakerScope::kUpstreamModel},
+}};
+
+constexpr std::array<NamedValue<LogLevel>, 4> kLogLevelNames{{
+    {"debug", LogLevel::kDebug},
+    {"info", LogLevel::kInfo},
+    {"warn", LogLevel::kWarn},
+    {"error", LogLevel::kError},
+}};
+
+constexpr std::array<NamedValue<LogFormat>, 2> kLogFormatNames{{
+    {"json", LogFormat::kJson},
+    {"text", LogFormat::kText},
+}};
+
+constexpr std::array<std::string_view, 4> kNamedOutcomes{"connect_error", "timeout", "reset",
+                                                         "stream_error"};
+
+// Framing and routing headers: a configured value would corrupt the request or its target.
+constexpr std::array<std::string_view, 4> kManagedHeaders{"host", "content-length",
+                                                          "transfer-encoding", "connection"};
+
+// " (got 1.5)": the offending number, for range errors.
+std::string got(double value) {
+  std::array<char, 32> buffer{};
+  auto [end, error] = std::to_chars(buffer.data(), buffer.data() + buffer.size(), value);
+  return " (got " + std::string(buffer.data(), end) + ")";
+}
+
+// ---- Field readers: one per value kind, with the range the key allows. ----
+
+void readInt(MappingReader& reader, std::string_view key, int& out, int min) {
+  reader.read(key, out, parseInteger, "an integer");
+  reader.check(key, out >= min, "must be at least " + std::to_string(min) + got(out));
+}
+
+void readNumber(MappingReader& reader, std::string_view key, double& out) {
+  reader.read(key, out, parseNumber, "a number");
+}
+
+void readBool(MappingReader& reader, std::string_view key, bool& out) {
+  reader.read(key, out, parseBool, "true or false");
+}
+
+void readDuration(MappingReader& reader, std::string_view key, Duration& out) {
+  reader.read(key, out, parseDuration, kDurationExpected);
+}
+
+void readPositiveDuration(MappingReader& reader, std::string_view key, Duration& out) {
+  readDuration(reader, key, out);
+  reader.check(key, out > Duration::zero(), "must be greater than 0s");
+}
+
+void readListen(MappingReader& reader, std::string_view key, ListenAddress& out) {
+  reader.read(key, out, parseListenAddress, kListenExpected);
+}
+
+template <typename E, std::size_t N>
+void readEnum(MappingReader& reader, std::string_view key, E& out,
+              const std::array<NamedValue<E>, N>& names) {
+  std::string expected = "one of";
+  for (const NamedValue<E>& named : names) {
+    expected += (&named == &names.front() ? " " : ", ") + std::string(named.name);
+  }
+  auto parse = [&names](std::string_view text) -> std::optional<E> {
+    for (const NamedValue<E>& named : names) {
+      if (named.name == text) return named.value;
+    }
+    return std::nullopt;
+  };
+  reader.read(key, out, parse, expected);
+}
+
+// ---- server ----
+
+bool isWildcardHost(std::string_view host) {
+  return host == "0.0.0.0" || host == "::";
+}
+
+// Two listeners that could not both bind.
+bool overlaps(const ListenAddress& a, const ListenAddress& b) {
+  if (a.port == 0 || a.port != b.port) return false;
+  return a.host == b.host || isWildcardHost(a.host) || isWildcardHost(b.host);
+}
+
+void readServer(MappingReader server, ServerConfig& out) {
+  readListen(server, "listen", out.listen);
+  readListen(server, "admin_listen", out.admin_listen);
+  readInt(server, "workers", out.workers, 0);
+  server.read("max_request_body", out.max_request_body, parseSize, kSizeExpected);
+  readInt(server, "max_connections", out.max_connections, 1);
+  readDuration(server, "shutdown_grace", out.shutdown_grace);
+  readPositiveDuration(server, "header_timeout", out.header_timeout);
+  readPositiveDuration(server, "idle_timeout", out.idle_timeout);
+  server.checkPair("admin_listen", "listen", !overlaps(out.admin_listen, out.listen),
+                   "admin_listen (" + out.admin_listen.toString() +
+                       ") must not use the same port as listen (" + out.listen.toString() + ")");
+  server.finish();
+}
+
+// ---- upstreams ----
+
+bool isUpstreamName(std::string_view name) {
+  if (name.empty()) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+  });
+}
+
+// "host", "host:port", "[v6]" or "[v6]:port".
+bool isAuthority(std::string_view authority) {
+  const std::size_t colon = authority.rfind(':');
+  const std::size_t bracket = authority.rfind(']');
+  const bool has_port =
+      colon != std::string_view::npos && (bracket == std::string_view::npos || colon > bracket);
+  std::optional<ListenAddress> address =
+      parseListenAddress(has_port ? std::string(authority) : std::string(authority) + ":1");
+  return address && address->port != 0;
+}
+
+// What is wrong with a base_url, if anything. Never quotes the URL: it may carry a secret.
+std::optional<std::string> baseUrlProblem(std::string_view url) {
+  std::string_view rest;
+  if (url.starts_with("http://")) {
+    rest = url.substr(7);
+  } else if (url.starts_with("https://")) {
+    rest = url.substr(8);
+  } else {
+    return "must start with http:// or https://";
+  }
+  const bool has_control = std::any_of(url.begin(), url.end(), [](char c) {
+    return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f;
+  });
+  if (has_control) return "must not contain spaces or control characters";
+  if (url.find_first_of("?#") != std::string_view::npos) {
+    return "must not have a query (?) or a fragment (#)";
+  }
+  const std::string_view authority = rest.substr(0, rest.find('/'));
+  if (authority.find('@') != std::string_view::npos) {
+    return "must not carry credentials; use api_key or headers";
+  }
+  if (!isAuthority(authority)) return "must have a valid host and optional port";
+  return std::nullopt;
+}
+
+bool hasLineBreak(std::string_view text) {
+  return text.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
+}
+
+// An RFC 9110 token.
+bool isHeaderName(std::string_view name) {
+  constexpr std::string_view kTokenPunctuation = "!#$%&'*+-.^_`|~";
+  if (name.empty()) return false;
+  return std::all_of(name.begin(), name.end(), [&](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) ||
+           kTokenPunctuation.find(c) != std::string_view::npos;
+  });
+}
+
+std::string lowercase(std::string_view text) {
+  std::string out(text);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+void readHeaders(MappingReader headers, std::vector<std::pair<std::string, std::string>>& out) {
+  std::vector<std::string> seen;
+  for (const std::string& name : headers.keys()) {
+    std::string value;
+    headers.readString(name, value);
+    const std::string folded = lowercase(name);
+    const bool managed =
+        std::find(kManagedHeaders.begin(), kManagedHeaders.end(), folded) != kManagedHeaders.end();
+    const bool repeated = std::find(seen.begin(), seen.end(), folded) != seen.end();
+    headers.check(name, isHeaderName(name), "is not a valid HTTP header name");
+    headers.check(name, !managed, "is set by Bulwark and cannot be configured");
+    headers.check(name, !repeated, "duplicate header (names are case-insensitive)");
+    headers.check(name, !hasLineBreak(value), "header value must not contain line breaks");
+    seen.push_back(folded);
+    out.emplace_back(name, std::move(value));
+  }
+  headers.finish();
+}
+
+UpstreamConfig readUpstream(MappingReader upstream, const std::vector<UpstreamConfig>& earlier) {
+  UpstreamConfig out;
+  if (upstream.require("name")) {
+    upstream.readString("name", out.name);
+    upstream.check("name", isUpstreamName(out.name),
+                   "must be non-empty and use only letters, digits, '.', '_' and '-'");
+    auto same = std::find_if(earlier.begin(), earlier.end(),
+                             [&](const UpstreamConfig& other) { return other.name == out.name; });
+    if (same != earlier.end()) {
+      upstream.check("name", false,
+                     "duplicate upstream name, already used by upstreams[" +
+                         std::to_string(same - earlier.begin()) + "]");
+    }
+  }
+  if (upstream.require("base_url")) {
+    upstream.readString("base_url", out.base_url);
+    if (std::optional<std::string> problem = baseUrlProblem(out.base_url)) {
+      upstream.check("base_url", false, *problem);
+    }
+    while (out.base_url.ends_with('/')) out.base_url.pop_back();
+  }
+  upstream.readString("api_key", out.api_key);
+  upstream.check("api_key", !hasLineBreak(out.api_key), "must not contain line breaks");
+  readHeaders(upstream.section("headers"), out.headers);
+  upstream.readString("ca_file", out.ca_file);
+  readInt(upstream, "max_inflight", out.max_inflight, 0);
+  upstream.finish();
+  return out;
+}
+
+UpstreamConfig defaultUpstream(const EnvLookup& env) {
+  UpstreamConfig openai;
+  openai.name = "openai";
+  openai.base_url = "https://api.openai.com";
+  openai.api_key = expandEnv("${OPENAI_API_KEY:-}", env, nullptr).value_or("");
+  return openai;
+}
+
+void readUpstreams(MappingReader& root, std::vector<UpstreamConfig>& out) {
+  const YAML::Node* list = root.find("upstreams");
+  if (list == nullptr) {
+    out.push_back(defaultUpstream(root.context().env()));
+    return;
+  }
+  if (!list->IsSequence() || list->size() == 0) {
+    const std::string found = list->IsSequence() ? "an empty list" : describeNode(*list);
+    root.fail("upstreams", "expected a non-empty list of upstreams, got " + found);
+    return;
+  }
+  std::size_t index = 0;
+  for (const YAML::Node& item : *list) {
+    const std::string path = "upstreams[" + std::to_string(index++) + "]";
+    const YAML::Mark mark = item.IsNull() ? list->Mark() : item.Mark();
+    UpstreamConfig upstream = readUpstream(MappingReader(root.context(), &item, mark, path), out);
+    out.push_back(std::move(upstream));
+  }
+}
+
+// ---- timeouts ----
+
+void readTimeouts(MappingReader timeouts, TimeoutsConfig& out) {
+  readPositiveDuration(timeouts, "connect", out.connect);
+  readPositiveDuration(timeouts, "first_byte", out.first_byte);
+  readPositiveDuration(timeouts, "idle", out.idle);
+  readPositiveDuration(timeouts, "total", out.total);
+  timeouts.finish();
+}
+
+// ---- retry ----
+
+void readBudget(MappingReader budget, RetryBudgetConfig& out) {
+  readNumber(budget, "ratio", out.ratio);
+  budget.check("ratio", out.ratio >= 0 && out.ratio <= 1,
+               "must be between 0 and 1" + got(out.ratio));
+  readNumber(budget, "min_per_second", out.min_per_second);
+  budget.check("min_per_second", out.min_per_second >= 0,
+               "must be at least 0" + got(out.min_per_second));
+  readPositiveDuration(budget, "window", out.window);
+  budget.finish();
+}
+
+// A list that replaces the default one when given.
+void readCodeList(MappingReader& retry, std::string_view key, std::vector<std::string>& out) {
+  const YAML::Node* list = retry.find(key);
+  if (list == nullptr) return;
+  if (!list->IsSequence()) {
+    retry.fail(key, "expected a list of error codes such as [insufficient_quota], got " +
+                        describeNode(*list));
+    return;
+  }
+  std::vector<std::string> codes;
+  std::size_t index = 0;
+  for (const YAML::Node& item : *list) {
+    const std::string path = retry.pathOf(key) + "[" + std::to_string(index++) + "]";
+    const YAML::Mark mark = item.IsNull() ? list->Mark() : item.Mark();
+    std::optional<std::string> code =
+        retry.context().expandedScalar(item, mark, path, "an error code");
+    if (code && code->empty()) retry.context().addError(path, mark, "must not be empty");
+    if (code && !code->empty()) codes.push_back(*std::move(code));
+  }
+  out = std::move(codes);
+}
+
+// "429", "5xx", connect_error, ...: the outcomes the exchange classifies attempts into.
+bool isOutcomeKey(std::string_view key) {
+  if (std::find(kNamedOutcomes.begin(), kNamedOutcomes.end(), key) != kNamedOutcomes.end()) {
+    return true;
+  }
+  if (key.size() != 3 || key[0] < '1' || key[0] > '5') return false;
+  if (key.substr(1) == "xx") return true;
+  return std::isdigit(static_cast<unsigned char>(key[1])) &&
+         std::isdigit(static_cast<unsigned char>(key[2]));
+}
+
+// Entries in the file override the defaults key by key; unlisted default keys stay.
+void readPolicies(MappingReader policies, std::map<std::string, OutcomePolicy>& out) {
+  for (const std::string& key : policies.keys()) {
+    if (!isOutcomeKey(key)) {
+      policies.find(key);
+      policies.fail(key,
+                    "unknown outcome; expected a status code (\"429\"), a status class "
+                    "(\"5xx\"), connect_error, timeout, reset or stream_error");
+      continue;
+    }
+    MappingReader entry = policies.section(key);
+    OutcomePolicy policy;
+    if (entry.require("retry")) readBool(entry, "retry", policy.retry);
+    if (entry.require("breaker")) readBool(entry, "breaker", policy.breaker);
+    entry.finish();
+    out[key] = policy;
+  }
+  policies.finish();
+}
+
+void readRetry(MappingReader retry, RetryConfig& out) {
+  readInt(retry, "max_attempts", out.max_attempts, 1);
+  readDuration(retry, "base_delay", out.base_delay);
+  readDuration(retry, "max_delay", out.max_delay);
+  retry.checkPair("max_delay", "base_delay", out.max_delay >= out.base_delay,
+                  "max_delay (" + formatDuration(out.max_delay) +
+                      ") must not be less than base_delay (" + formatDuration(out.base_delay) +
+                      ")");
+  readNumber(retry, "exponential_base", out.exponential_base);
+  retry.check("exponential_base", out.exponential_base >= 1,
+              "must be at least 1" + got(out.exponential_base));
+  readEnum(retry, "jitter", out.jitter, kJitterNames);
+  readBool(retry, "honor_retry_after", out.honor_retry_after);
+  readDuration(retry, "max_retry_after", out.max_retry_after);
+  readBool(retry, "failover", out.failover);
+  readBudget(retry.section("budget"), out.budget);
+  readCodeList(retry, "non_retryable_429_codes", out.non_retryable_429_codes);
+  readPolicies(retry.section("policies"), out.policies);
+  retry.finish();
+}
+
+// ---- circuit_breaker, log, metrics ----
+
+void readCircuitBreaker(MappingReader breaker, CircuitBreakerConfig& out) {
+  readEnum(breaker, "scope", out.scope, kScopeNames);
+  readInt(breaker, "failure_threshold", out.failure_threshold, 1);
+  readNumber(breaker, "failure_rate_threshold", out.failure_rate_threshold);
+  breaker.check("failure_rate_threshold",
+                out.failure_rate_threshold > 0 && out.failure_rate_threshold <= 1,
+                "must be greater than 0 and at most 1" + got(out.failure_rate_threshold));
+  readPositiveDuration(breaker, "window", out.window);
+  readInt(breaker, "min_requests", out.min_requests, 1);
+  readPositiveDuration(breaker, "recovery_timeout", out.recovery_timeout);
+  readDuration(breaker, "max_recovery_timeout", out.max_recovery_timeout);
+  breaker.checkPair("max_recovery_timeout", "recovery_timeout",
+                    out.max_recovery_timeout >= out.recovery_timeout,
+                    "max_recovery_timeout (" + formatDuration(out.max_recovery_timeout) +
+                        ") must not be less than recovery_timeout (" +
+                        formatDuration(out.recovery_timeout) + ")");
+  readInt(breaker, "half_open_max_probes", out.half_open_max_probes, 1);
+  breaker.finish();
+}
+
+void readLog(MappingReader log, LogConfig& out) {
+  readEnum(log, "level", out.level, kLogLevelNames);
+  readEnum(log, "format", out.format, kLogFormatNames);
+  log.finish();
+}
+
+void readMetrics(MappingReader metrics, MetricsConfig& out) {
+  readInt(metrics, "max_model_labels", out.max_model_labels, 0);
+  metrics.finish();
+}
+
+}  // namespace
+
+Config readConfig(LoadContext& context, const YAML::Node& document) {
+  Config config;
+  MappingReader root(context, &document, document.Mark(), "");
+  readServer(root.section("server"), config.server);
+  readUpstreams(root, config.upstreams);
+  readTimeouts(root.section("timeouts"), config.timeouts);
+  readRetry(root.section("retry"), config.retry);
+  readCircuitBreaker(root.section("circuit_breaker"), config.circuit_breaker);
+  readLog(root.section("log"), config.log);
+  readMetrics(root.section("metrics"), config.metrics);
+  root.finish();
+  return config;
+}
+
+}  // namespace bulwark::config
