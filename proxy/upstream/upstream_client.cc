@@ -53,6 +53,7 @@ bool UpstreamClient::add(CURL* handle) {
 
 void UpstreamClient::remove(CURL* handle) { curl_multi_remove_handle(multi_.get(), handle); }
 
+
 int UpstreamClient::socketCallback(CURL*, curl_socket_t fd, int what, void* clientp, void*) {
   auto* self = static_cast<UpstreamClient*>(clientp);
   if (what == CURL_POLL_REMOVE) {

@@ -1,0 +1,978 @@
+#!/usr/bin/env python3
+"""A scriptable fake OpenAI upstream for Bulwark's tests, demo and benchmarks.
+
+It speaks HTTP/1.1 through its own small parser on asyncio streams, so it can misbehave at
+byte level: stall before the head, drop or reset the connection, cut an event stream. It
+records every request it receives and notices when its client (Bulwark) goes away.
+
+In process (tests):
+
+    with FakeUpstream() as fake:                  # 127.0.0.1, port 0, own thread and loop
+        fake.push({"status": 503})                 # next request gets a 503
+        fake.push({"sse": ["a", "b"], "gap": 0.5}) # the one after: an event stream
+        ...
+        req, = fake.wait_for_requests(1, timeout=5)
+        fake.wait_peer_closed(req, timeout=1)
+
+From another process:
+
+    python3 fake_upstream.py --port 0 [--mode ok|flaky|fast] [--tls-cert C --tls-key K]
+
+prints one JSON line {"port": N} once listening, then serves until SIGTERM/SIGINT. Control API
+(never recorded, never consumes actions): POST /__fake/script (a JSON action or list of them),
+GET /__fake/requests, POST /__fake/reset, GET /__fake/stats.
+
+Actions (dicts, or Action): see the Action class. With an empty queue the default action
+applies: GET .../models -> a model list, .../embeddings -> an embedding list, a JSON body with
+"stream": true -> an SSE chat stream, anything else -> a chat completion with usage. Every
+response carries x-request-id: req_<n> (n counts requests since the last reset) unless the
+action sets its own. A request header `X-Fake-Delay: <seconds>` adds to the action's delay, so
+a client can make one request of a pipelined or concurrent batch slower than the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import http
+import json
+import random
+import signal
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+from typing import Any, Iterable
+
+__all__ = [
+    "Action",
+    "FakeUpstream",
+    "Request",
+    "DEFAULT_CONTENT",
+    "DEFAULT_MODEL",
+    "chat_completion",
+    "chat_chunk",
+    "openai_error",
+]
+
+DEFAULT_CONTENT = "Hello from the fake upstream."
+DEFAULT_MODEL = "gpt-4o-mini"
+MAX_HEAD_BYTES = 64 * 1024
+CONTROL_PREFIX = "/__fake/"
+
+
+# --- OpenAI-shaped bodies -------------------------------------------------------------------
+
+
+def chat_completion(content: str = DEFAULT_CONTENT, model: str = DEFAULT_MODEL,
+                    id: str = "chatcmpl-fake", prompt_tokens: int = 9,
+                    completion_tokens: int = 7) -> dict:
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": 1764338400,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content, "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def chat_chunk(content: str | None = None, *, role: str | None = None,
+               finish_reason: str | None = None, model: str = DEFAULT_MODEL,
+               id: str = "chatcmpl-fake", usage: dict | None = None) -> dict:
+    """One `chat.completion.chunk` object, as sent in `data:` lines of a chat stream."""
+    delta: dict[str, Any] = {}
+    if role is not None:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    chunk: dict[str, Any] = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": 1764338400,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                     "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        chunk["choices"] = []
+        chunk["usage"] = usage
+    return chunk
+
+
+def openai_error(message: str, type: str = "server_error", code: str | None = None,
+                 param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _error_for_status(status: int) -> dict:
+    if status == 429:
+        return openai_error("Rate limit reached (fake upstream).", "requests", "rate_limit_exceeded")
+    if status == 401:
+        return openai_error("Incorrect API key provided (fake upstream).",
+                            "invalid_request_error", "invalid_api_key")
+    if 400 <= status < 500:
+        return openai_error(f"Fake upstream answered {status}.", "invalid_request_error")
+    return openai_error(f"The server had an error while processing your request ({status}).",
+                        "server_error")
+
+
+# --- actions and records --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Action:
+    """What the fake does with one request. Timing fields are seconds (float)."""
+
+    status: int = 200
+    headers: list = dataclasses.field(default_factory=list)  # [(name, value)], duplicates ok
+    body: Any = None            # bytes | str | dict/list (JSON). None: an OpenAI-shaped default
+    content_type: str | None = None  # default application/json (text/event-stream for sse)
+    delay: float = 0.0          # before the response head (aborted if the peer leaves)
+    body_delay: float = 0.0     # between head and body (or first SSE chunk)
+    drop: bool = False          # close (FIN) right after reading the request, no response
+    reset: bool = False         # like drop but RST; with sse+cut_after/truncate: RST at the cut
+    hang: bool = False          # never answer; returns when the peer leaves
+    sse: list | None = None     # events: str -> "data: <str>\n\n", dict/list -> data: <json>
+    sse_raw: bool = False       # sse items are sent verbatim ("event: error\ndata: ...\n\n")
+    gap: float = 0.0            # between SSE chunks (also before the cut, if cut_after is set)
+    cut_after: int | None = None  # send this many SSE chunks, then close without the last chunk
+    done: bool = True           # append "data: [DONE]\n\n" to sse
+    chunked: bool = False       # send a non-SSE body with chunked framing
+    truncate: int | None = None  # send only this many body bytes (full Content-Length), close
+    close: bool = False         # close the connection after the response
+    echo: bool = False          # body = JSON description of the received request
+    raw: Any = None             # bytes/str written verbatim instead of a response, then close
+    match: str | None = None    # applies only when the request path starts with this
+
+    @classmethod
+    def of(cls, spec: "Action | dict") -> "Action":
+        if isinstance(spec, Action):
+            return dataclasses.replace(spec)
+        if not isinstance(spec, dict):
+            raise TypeError(f"an action is a dict or Action, not {type(spec).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(spec) - names
+        if unknown:
+            raise ValueError(f"unknown action keys: {sorted(unknown)}")
+        action = cls(**spec)
+        action.headers = _header_pairs(action.headers)
+        if action.sse is not None and not isinstance(action.sse, list):
+            raise ValueError("sse must be a list of events")
+        return action
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != f.default and not (f.name == "headers" and not value):
+                if isinstance(value, bytes):
+                    value = value.decode("utf-8", "replace")
+                out[f.name] = value
+        return out
+
+
+def _header_pairs(headers: Any) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return [(str(name), str(value)) for name, value in headers]
+
+
+@dataclasses.dataclass
+class Request:
+    """One request as the fake received it. Times are time.monotonic()."""
+
+    index: int                     # 1-based arrival order since the last reset
+    conn_id: int                   # which accepted connection carried it
+    method: str
+    target: str                    # request-target as sent (path?query, or absolute form)
+    http_version: str              # "HTTP/1.1"
+    headers: list[tuple[str, str]]  # as received: original case, order, duplicates
+    arrived_at: float              # when the head was parsed
+    body: bytes = b""              # de-chunked
+    chunked: bool = False          # the body came with Transfer-Encoding: chunked
+    complete: bool = False         # the whole body was read
+    peer_closed_at: float | None = None  # the client closed the connection carrying it
+    fake_closed_at: float | None = None  # the fake closed it (drop/reset/cut/close)
+    status: int | None = None      # status sent, None if no head was sent
+    head_sent_at: float | None = None
+    chunks_sent_at: list[float] = dataclasses.field(default_factory=list)  # body chunks/events
+    action: dict | None = None     # the scripted action used, None for the default
+
+    @property
+    def path(self) -> str:
+        target = self.target
+        if "://" in target:
+            rest = target.split("://", 1)[1]
+            target = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+        return target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.split("?", 1)[1] if "?" in self.target else ""
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """First value of a header, case-insensitive."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return default
+
+    def header_all(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key.lower() == name.lower()]
+
+    def header_names(self) -> list[str]:
+        return [key.lower() for key, _ in self.headers]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["headers"] = [list(pair) for pair in self.headers]
+        out["path"] = self.path
+        out["query"] = self.query
+        out["body_len"] = len(self.body)
+        out["body_sha256"] = hashlib.sha256(self.body).hexdigest()
+        out["body_base64"] = base64.b64encode(self.body).decode()
+        try:
+            out["body"] = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            out["body"] = None
+        return out
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _Conn:
+    """One accepted connection: a pump task keeps reading so the peer's leaving is seen."""
+
+    def __init__(self, conn_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.id = conn_id
+        self.reader = reader
+        self.writer = writer
+        self.buf = bytearray()
+        self.eof = False
+        self.we_closed = False
+        self.changed = asyncio.Event()   # new bytes or EOF
+        self.gone = asyncio.Event()      # EOF/reset from the peer
+        self.requests: list[Request] = []
+        self.task: asyncio.Task | None = None
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class FakeUpstream:
+    """A fake OpenAI upstream on its own thread and event loop.
+
+    Thread-safety: push/script/reset/requests/wait_* may be called from any thread.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, mode: str = "ok",
+                 tls_cert: str | None = None, tls_key: str | None = None, seed: int = 1):
+        if mode not in ("ok", "flaky", "fast"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.host = host
+        self.port = port
+        self.mode = mode
+        self._tls_cert = tls_cert
+        self._tls_key = tls_key
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: list[Action] = []
+        self._requests: list[Request] = []
+        self._request_count = 0
+        self._connections = 0
+        self._conn_ids = 0  # never reset, so ids stay unique across reset()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: set[_Conn] = set()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._fast_response: bytes | None = None
+
+    # -- lifecycle
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._tls_cert else "http"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def start(self) -> "FakeUpstream":
+        self._thread = threading.Thread(target=self._run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake upstream did not start within 10 s")
+        if self._start_error is not None:
+            raise RuntimeError(f"fake upstream failed to start: {self._start_error}")
+        return self
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+        if loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._close_all(), loop)
+            try:
+                future.result(5)
+            except Exception:
+                pass
+            loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(5)
+        self._thread = None
+
+    def __enter__(self) -> "FakeUpstream":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._listen())
+        except BaseException as error:  # report to start()
+            self._start_error = error
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _listen(self) -> None:
+        context = None
+        if self._tls_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self._tls_cert, self._tls_key)
+            context.set_alpn_protocols(["http/1.1"])
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, ssl=context, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close_all(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Wake every handler rather than cancelling it: asyncio 3.11's start_server callback
+        # logs a spurious traceback for a cancelled handler task.
+        tasks = []
+        for conn in list(self._conns):
+            conn.we_closed = True
+            conn.writer.transport.abort()
+            conn.gone.set()
+            conn.changed.set()
+            if conn.task is not None:
+                tasks.append(conn.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- scripting (any thread)
+
+    def push(self, action: Action | dict) -> None:
+        """Queue one action for a future request (FIFO)."""
+        parsed = Action.of(action)
+        with self._lock:
+            self._queue.append(parsed)
+
+    def script(self, actions: Iterable[Action | dict]) -> None:
+        """Queue several actions, in order."""
+        parsed = [Action.of(action) for action in actions]
+        with self._lock:
+            self._queue.extend(parsed)
+
+    def reset(self) -> None:
+        """Forget queued actions, recorded requests and counters (connections stay open)."""
+        with self._lock:
+            self._queue.clear()
+            self._requests.clear()
+            self._request_count = 0
+            self._connections = 0
+
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    @property
+    def requests(self) -> list[Request]:
+        """A snapshot of the recorded requests, in arrival order (partial ones included)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def connections_accepted(self) -> int:
+        with self._lock:
+            return self._connections
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0, *,
+                          complete: bool = True) -> list[Request]:
+        """Wait until n requests (with their whole body, unless complete=False) arrived.
+
+        Returns the recorded requests; raises AssertionError on timeout."""
+        def ready() -> bool:
+            got = [r for r in self._requests if r.complete or not complete]
+            return len(got) >= n
+        with self._cond:
+            if not self._cond.wait_for(ready, timeout):
+                raise AssertionError(
+                    f"fake upstream: expected {n} request(s) within {timeout} s, got "
+                    f"{len(self._requests)}: {[(r.method, r.target) for r in self._requests]}")
+            return list(self._requests)
+
+    def wait_peer_closed(self, request: Request, timeout: float = 1.0) -> bool:
+        """Wait until the client closed the connection that carried `request`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: request.peer_closed_at is not None, timeout)
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _next_action(self, request: Request) -> Action | None:
+        with self._lock:
+            if self._queue:
+                head = self._queue[0]
+                if head.match is None or request.path.startswith(head.match):
+                    return self._queue.pop(0)
+        return None
+
+    # -- connection handling (loop thread)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            self._connections += 1
+            self._conn_ids += 1
+            conn_id = self._conn_ids
+        conn = _Conn(conn_id, reader, writer)
+        conn.task = asyncio.current_task()
+        self._conns.add(conn)
+        pump = asyncio.create_task(self._pump(conn))
+        try:
+            while await self._serve_one(conn):
+                pass
+        except _BadRequest as error:
+            body = json.dumps(openai_error(str(error), "invalid_request_error")).encode()
+            await self._write_quietly(conn, _head(error.status, [
+                ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                ("Connection", "close")]) + body)
+        except (ConnectionError, OSError):
+            self._mark_peer_closed(conn)  # a failed write: the peer has gone
+        finally:
+            await self._close(conn)
+            pump.cancel()
+            self._conns.discard(conn)
+
+    async def _pump(self, conn: _Conn) -> None:
+        try:
+            while True:
+                data = await conn.reader.read(65536)
+                if not data:
+                    break
+                conn.buf += data
+                conn.changed.set()
+        except (ConnectionError, OSError, ssl.SSLError):
+            pass
+        conn.eof = True
+        if not conn.we_closed:
+            self._mark_peer_closed(conn)
+        conn.changed.set()
+
+    def _mark_peer_closed(self, conn: _Conn) -> None:
+        now = time.monotonic()
+        for request in conn.requests:
+            if request.peer_closed_at is None and request.fake_closed_at is None:
+                request.peer_closed_at = now
+        conn.gone.set()
+        self._notify()
+
+    async def _read_until(self, conn: _Conn, delimiter: bytes, limit: int) -> bytes | None:
+        start = 0
+        while True:
+            at = conn.buf.find(delimiter, start)
+            if at >= 0:
+                end = at + len(delimiter)
+                data = bytes(conn.buf[:end])
+                del conn.buf[:end]
+                return data
+            if len(conn.buf) > limit:
+                raise _BadRequest(431, "request head too large")
+            if conn.eof:
+                return None
+            start = max(0, len(conn.buf) - len(delimiter) + 1)
+            conn.changed.clear()
+            await conn.changed.wait()
+
+    async def _read_exact(self, conn: _Conn, n: int, sink: bytearray | None = None) -> bytes | None:
+        """Read n bytes; with a sink, append to it as they come (so partial bodies show)."""
+        out = sink if sink is not None else bytearray()
+        remaining = n
+        while remaining > 0:
+            if conn.buf:
+                take = min(remaining, len(conn.buf))
+                out += conn.buf[:take]
+                del conn.buf[:take]
+                remaining -= take
+                continue
+            if conn.eof:
+                return None
+            conn.changed.clear()
+            await conn.changed.wait()
+        return bytes(out)
+
+    async def _wait_gone(self, conn: _Conn, seconds: float | None) -> bool:
+        """Sleep `seconds` (None: forever); True as soon as the peer has left."""
+        if conn.gone.is_set():
+            return True
+        try:
+            await asyncio.wait_for(conn.gone.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _serve_one(self, conn: _Conn) -> bool:
+        """Read one request and answer it. Returns whether to keep the connection."""
+        while conn.buf[:2] == b"\r\n":  # tolerate blank lines between requests
+            del conn.buf[:2]
+        head = await self._read_until(conn, b"\r\n\r\n", MAX_HEAD_BYTES)
+        if head is None:
+            return False
+        method, target, version, headers = _parse_head(head)
+        lower = [(k.lower(), v) for k, v in headers]
+        te = ",".join(v for k, v in lower if k == "transfer-encoding").lower()
+        lengths = [v for k, v in lower if k == "content-length"]
+        chunked = "chunked" in te
+        length = 0
+        if not chunked and lengths:
+            try:
+                length = int(lengths[0].strip())
+            except ValueError:
+                raise _BadRequest(400, "bad Content-Length")
+        path = target.split("?", 1)[0]
+
+        if path.startswith(CONTROL_PREFIX):
+            body = await self._read_body(conn, chunked, length, bytearray())
+            if body is None:
+                return False
+            return await self._control(conn, method, path, body)
+
+        with self._lock:
+            self._request_count += 1
+            request = Request(index=self._request_count, conn_id=conn.id, method=method,
+                              target=target, http_version=version, headers=headers,
+                              arrived_at=time.monotonic(), chunked=chunked)
+            if self.mode != "fast":
+                self._requests.append(request)
+        conn.requests.append(request)
+        if conn.eof and not conn.we_closed and request.peer_closed_at is None:
+            request.peer_closed_at = time.monotonic()
+        self._notify()
+
+        expect = next((v for k, v in lower if k == "expect"), "")
+        if expect.lower() == "100-continue" and (chunked or length > 0):
+            conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await conn.writer.drain()
+
+        sink = bytearray()
+        body = await self._read_body(conn, chunked, length, sink)
+        if body is None:
+            request.body = bytes(sink)
+            return False
+        request.body = body
+        request.complete = True
+        self._notify()
+
+        conn_tokens = ",".join(v for k, v in lower if k == "connection").lower()
+        tokens = {t.strip() for t in conn_tokens.split(",")}
+        keep = ("close" not in tokens) if version == "HTTP/1.1" else ("keep-alive" in tokens)
+
+        action = self._next_action(request)
+        if action is not None:
+            request.action = action.to_dict()
+        else:
+            action = self._default_action(request)
+        return await self._respond(conn, request, action, keep)
+
+    async def _read_body(self, conn: _Conn, chunked: bool, length: int,
+                         sink: bytearray) -> bytes | None:
+        if not chunked:
+            return await self._read_exact(conn, length, sink)
+        while True:
+            line = await self._read_until(conn, b"\r\n", 4096)
+            if line is None:
+                return None
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _BadRequest(400, "bad chunk size")
+            if size == 0:
+                while True:  # trailers, up to the empty line
+                    trailer = await self._read_until(conn, b"\r\n", MAX_HEAD_BYTES)
+                    if trailer is None:
+                        return None
+                    if trailer == b"\r\n":
+                        return bytes(sink)
+            if await self._read_exact(conn, size, sink) is None:
+                return None
+            if await self._read_exact(conn, 2) is None:
+                return None
+
+    # -- responses
+
+    def _default_action(self, request: Request) -> Action:
+        if self.mode == "fast":
+            return Action(body=_FAST_BODY)
+        if self.mode == "flaky":
+            roll = self._rng.random()
+            if roll < 0.15:
+                return Action(status=503)
+            if roll < 0.25:
+                return Action(status=429, headers=[("retry-after-ms", "250")])
+            if roll < 0.30:
+                return Action(drop=True)
+            if roll < 0.35:
+                action = self._ok_action(request)
+                action.delay = 2.0
+                return action
+        return self._ok_action(request)
+
+    def _ok_action(self, request: Request) -> Action:
+        path = request.path
+        payload: Any = None
+        try:
+            payload = json.loads(request.body) if request.body else None
+        except ValueError:
+            payload = None
+        model = payload.get("model", DEFAULT_MODEL) if isinstance(payload, dict) else DEFAULT_MODEL
+        if request.method == "GET" and path.endswith("/models"):
+            return Action(body={"object": "list", "data": [
+                {"id": DEFAULT_MODEL, "object": "model", "created": 1721172741, "owned_by": "system"},
+                {"id": "text-embedding-3-small", "object": "model", "created": 1705948997,
+                 "owned_by": "system"}]})
+        if path.endswith("/embeddings"):
+            inputs = payload.get("input") if isinstance(payload, dict) else None
+            count = len(inputs) if isinstance(inputs, list) else 1
+            return Action(body={"object": "list", "model": model, "data": [
+                {"object": "embedding", "index": i, "embedding": [0.0023, -0.0091, 0.0154]}
+                for i in range(count)], "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+        if isinstance(payload, dict) and payload.get("stream") is True:
+            cid = f"chatcmpl-fake-{request.index}"
+            events: list = [chat_chunk("", role="assistant", model=model, id=cid)]
+            events += [chat_chunk(piece, model=model, id=cid)
+                       for piece in ("Hello", " from the", " fake upstream.")]
+            events.append(chat_chunk(finish_reason="stop", model=model, id=cid))
+            options = payload.get("stream_options") or {}
+            if isinstance(options, dict) and options.get("include_usage"):
+                events.append(chat_chunk(model=model, id=cid, usage={
+                    "prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}))
+            return Action(sse=events)
+        return Action(body=chat_completion(model=model, id=f"chatcmpl-fake-{request.index}"))
+
+    async def _respond(self, conn: _Conn, request: Request, action: Action, keep: bool) -> bool:
+        delay = action.delay + _float_or_zero(request.header("x-fake-delay"))
+        if delay and await self._wait_gone(conn, delay):
+            return False
+        if action.hang:
+            await self._wait_gone(conn, None)
+            return False
+        if action.reset and action.sse is None and action.truncate is None:
+            self._abort(conn, request)
+            return False
+        if action.drop:
+            await self._close(conn, request)
+            return False
+        if action.raw is not None:
+            raw = action.raw.encode() if isinstance(action.raw, str) else bytes(action.raw)
+            await self._write_quietly(conn, raw)
+            request.head_sent_at = time.monotonic()
+            await self._close(conn, request)
+            return False
+
+        keep = keep and not action.close
+        headers = list(action.headers)
+        names = {name.lower() for name, _ in headers}
+        if "x-request-id" not in names:
+            headers.append(("x-request-id", f"req_{request.index}"))
+        if action.sse is not None:
+            body = b""
+            if "content-type" not in names:
+                headers.append(("Content-Type", action.content_type or "text/event-stream"))
+            if "cache-control" not in names:
+                headers.append(("Cache-Control", "no-cache"))
+        else:
+            body = self._body_bytes(request, action)
+            if "content-type" not in names and body:
+                headers.append(("Content-Type", action.content_type or "application/json"))
+        streaming = action.sse is not None or action.chunked
+        no_body = request.method == "HEAD" or action.status in (204, 304) or action.status < 200
+        if streaming and "transfer-encoding" not in names:
+            headers.append(("Transfer-Encoding", "chunked"))
+        elif not streaming and "content-length" not in names and action.status not in (204, 304):
+            headers.append(("Content-Length", str(len(body))))
+        if not keep and "connection" not in names:
+            headers.append(("Connection", "close"))
+
+        request.status = action.status
+        conn.writer.write(_head(action.status, headers))
+        await conn.writer.drain()
+        request.head_sent_at = time.monotonic()
+        self._notify()
+        if no_body:
+            return keep
+        if action.body_delay and await self._wait_gone(conn, action.body_delay):
+            return False
+
+        if action.sse is not None:
+            return await self._send_events(conn, request, action, keep)
+        if action.truncate is not None:
+            conn.writer.write(body[:action.truncate])
+            await conn.writer.drain()
+            request.chunks_sent_at.append(time.monotonic())
+            self._cut(conn, request, action)
+            return False
+        if action.chunked:
+            if body:
+                conn.writer.write(b"%x\r\n%s\r\n" % (len(body), body))
+            conn.writer.write(b"0\r\n\r\n")
+        else:
+            conn.writer.write(body)
+        await conn.writer.drain()
+        request.chunks_sent_at.append(time.monotonic())
+        self._notify()
+        return keep
+
+    async def _send_events(self, conn: _Conn, request: Request, action: Action, keep: bool) -> bool:
+        events = [_event_bytes(e, action.sse_raw) for e in action.sse or []]
+        if action.done:
+            events.append(b"data: [DONE]\n\n")
+        cut = action.cut_after
+        sent = events if cut is None else events[:cut]
+        for i, event in enumerate(sent):
+            if i > 0 and action.gap and await self._wait_gone(conn, action.gap):
+                return False
+            if conn.eof:
+                return False
+            conn.writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await conn.writer.drain()
+            request.chunks_sent_at.append(time.monotonic())
+            self._notify()
+        if cut is not None:
+            if sent and action.gap and await self._wait_gone(conn, action.gap):
+                return False
+            self._cut(conn, request, action)
+            return False
+        conn.writer.write(b"0\r\n\r\n")
+        await conn.writer.drain()
+        return keep
+
+    def _body_bytes(self, request: Request, action: Action) -> bytes:
+        body = action.body
+        if action.echo:
+            described = request.to_dict()
+            for key in ("body_base64", "action", "chunks_sent_at"):
+                described.pop(key, None)
+            body = described
+        if body is None:
+            if action.status >= 400:
+                body = _error_for_status(action.status)
+            elif action.status in (204, 304) or action.status < 200:
+                return b""
+            else:
+                body = self._ok_action(request).body
+                if body is None:  # a stream request: answer with a plain completion instead
+                    body = chat_completion()
+        if isinstance(body, bytes):
+            return body
+        if isinstance(body, str):
+            return body.encode()
+        return json.dumps(body).encode()
+
+    def _cut(self, conn: _Conn, request: Request, action: Action) -> None:
+        if action.reset:
+            self._abort(conn, request)
+        else:
+            self._mark_fake_closed(conn, request)
+            conn.writer.close()
+
+    def _abort(self, conn: _Conn, request: Request | None = None) -> None:
+        """Close with RST (SO_LINGER 0)."""
+        sock = conn.writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self._mark_fake_closed(conn, request)
+        conn.writer.transport.abort()
+
+    async def _close(self, conn: _Conn, request: Request | None = None) -> None:
+        if conn.writer.is_closing():
+            return
+        self._mark_fake_closed(conn, request)
+        conn.writer.close()
+        try:
+            await asyncio.wait_for(conn.writer.wait_closed(), 2)
+        except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError):
+            pass
+
+    def _mark_fake_closed(self, conn: _Conn, request: Request | None) -> None:
+        if not conn.eof:
+            conn.we_closed = True
+            now = time.monotonic()
+            for r in conn.requests:
+                if r.fake_closed_at is None and r.peer_closed_at is None:
+                    r.fake_closed_at = now
+
+    async def _write_quietly(self, conn: _Conn, data: bytes) -> None:
+        try:
+            conn.writer.write(data)
+            await conn.writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    # -- control API
+
+    async def _control(self, conn: _Conn, method: str, path: str, body: bytes) -> bool:
+        status, payload = 200, None
+        try:
+            if path == "/__fake/script" and method == "POST":
+                actions = json.loads(body or b"[]")
+                self.script(actions if isinstance(actions, list) else [actions])
+                payload = {"queued": self.queued}
+            elif path == "/__fake/requests" and method == "GET":
+                payload = [r.to_dict() for r in self.requests]
+            elif path == "/__fake/reset" and method == "POST":
+                self.reset()
+                payload = {"ok": True}
+            elif path == "/__fake/stats" and method == "GET":
+                payload = {"connections": self.connections_accepted,
+                           "requests": self._request_count, "queued": self.queued}
+            else:
+                status, payload = 404, openai_error(f"no control endpoint {method} {path}",
+                                                    "invalid_request_error")
+        except (ValueError, TypeError) as error:
+            status, payload = 400, openai_error(str(error), "invalid_request_error")
+        data = json.dumps(payload, default=_json_default).encode()
+        conn.writer.write(_head(status, [("Content-Type", "application/json"),
+                                         ("Content-Length", str(len(data)))]) + data)
+        await conn.writer.drain()
+        return True
+
+
+_FAST_BODY = json.dumps(chat_completion()).encode()
+
+
+def _float_or_zero(text: str | None) -> float:
+    try:
+        return max(0.0, float(text)) if text else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {status} {reason}"] + [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # latin-1 decodes anything; kept for clarity
+        raise _BadRequest(400, "undecodable head")
+    lines = text[:-4].split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise _BadRequest(400, f"bad request line {lines[0]!r}")
+    method, target, version = parts
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise _BadRequest(400, f"bad header line {line!r}")
+        headers.append((name, value.strip(" \t")))
+    return method, target, version, headers
+
+
+def _event_bytes(event: Any, raw: bool) -> bytes:
+    if isinstance(event, bytes):
+        return event
+    if isinstance(event, str):
+        return event.encode() if raw else b"data: " + event.encode() + b"\n\n"
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A scriptable fake OpenAI upstream.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port (default)")
+    parser.add_argument("--mode", choices=["ok", "flaky", "fast"], default="ok",
+                        help="default behaviour with an empty queue: ok = OpenAI-shaped "
+                             "answers; flaky = ~35%% 503/429/drops/slow answers (demo); "
+                             "fast = one fixed answer, nothing recorded (benchmarks)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed for --mode flaky")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+
+    fake = FakeUpstream(args.host, args.port, mode=args.mode, seed=args.seed,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key)
+    fake.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(json.dumps({"port": fake.port}), flush=True)
+    while not stop.wait(3600):
+        pass
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

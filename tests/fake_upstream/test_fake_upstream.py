@@ -1,0 +1,352 @@
+"""Self-tests of the fake upstream: if these fail, every integration test is suspect."""
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from fake_upstream import DEFAULT_CONTENT, FakeUpstream
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def raw_connect(port: int, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, list]:
+    """All bytes until EOF, and (monotonic time, bytes) for each recv."""
+    sock.settimeout(timeout)
+    data, pieces = b"", []
+    while True:
+        try:
+            piece = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not piece:
+            break
+        pieces.append((time.monotonic(), piece))
+        data += piece
+    return data, pieces
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """Decode a chunked body; returns (data, whether the terminating chunk was seen)."""
+    out = b""
+    while body:
+        line, sep, rest = body.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(line, 16)
+        if size == 0:
+            return out, True
+        out += rest[:size]
+        body = rest[size + 2:]
+    return out, False
+
+
+class FakeUpstreamTest(unittest.TestCase):
+    def setUp(self):
+        self.fake = FakeUpstream().start()
+        self.addCleanup(self.fake.stop)
+
+    def client(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection("127.0.0.1", self.fake.port, timeout=5)
+        self.addCleanup(conn.close)
+        return conn
+
+    def test_default_chat_completion(self):
+        conn = self.client()
+        body = b'{"model": "gpt-4o-mini",  "messages": [{"role":"user","content":"hi"}]}'
+        conn.request("POST", "/v1/chat/completions?a=1", body=body,
+                     headers={"Authorization": "Bearer sk-x", "X-Mixed-Case": "v"})
+        resp = conn.getresponse()
+        payload = json.loads(resp.read())
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader("x-request-id"), "req_1")
+        self.assertEqual(payload["object"], "chat.completion")
+        self.assertEqual(payload["choices"][0]["message"]["content"], DEFAULT_CONTENT)
+        self.assertEqual(payload["usage"]["total_tokens"], 16)
+        (req,) = self.fake.wait_for_requests(1)
+        self.assertEqual((req.method, req.target, req.path, req.query),
+                         ("POST", "/v1/chat/completions?a=1", "/v1/chat/completions", "a=1"))
+        self.assertEqual(req.http_version, "HTTP/1.1")
+        self.assertEqual(req.body, body)
+        self.assertIn(("X-Mixed-Case", "v"), req.headers)
+        self.assertEqual(req.header("authorization"), "Bearer sk-x")
+        self.assertTrue(req.complete)
+        self.assertIsNone(req.action)
+
+    def test_default_models_and_stream(self):
+        conn = self.client()
+        conn.request("GET", "/v1/models")
+        resp = conn.getresponse()
+        self.assertEqual(json.loads(resp.read())["object"], "list")
+        conn.request("POST", "/v1/chat/completions", body=b'{"stream": true}')
+        resp = conn.getresponse()
+        self.assertEqual(resp.getheader("content-type"), "text/event-stream")
+        text = resp.read().decode()
+        content = "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+            for line in text.split("\n") if line.startswith("data: {"))
+        self.assertEqual(content, DEFAULT_CONTENT)
+        self.assertTrue(text.endswith("data: [DONE]\n\n"))
+
+    def test_scripted_status_duplicate_headers_and_fifo(self):
+        self.fake.script([
+            {"status": 429, "headers": [("Retry-After", "1"), ("Set-Cookie", "a=1"),
+                                        ("Set-Cookie", "b=2")],
+             "body": {"error": {"code": "rate_limit_exceeded"}}},
+            {"status": 500, "body": "oops", "content_type": "text/plain"},
+        ])
+        conn = self.client()
+        conn.request("GET", "/v1/models")
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 429)
+        self.assertEqual([v for k, v in resp.getheaders() if k == "Set-Cookie"], ["a=1", "b=2"])
+        self.assertEqual(json.loads(resp.read())["error"]["code"], "rate_limit_exceeded")
+        conn.request("GET", "/v1/models")
+        resp = conn.getresponse()
+        self.assertEqual((resp.status, resp.read()), (500, b"oops"))
+        self.assertEqual(resp.getheader("content-type"), "text/plain")
+        conn.request("GET", "/v1/models")
+        self.assertEqual(conn.getresponse().status, 200)  # queue empty: default again
+        self.assertEqual(self.fake.requests[0].action["status"], 429)
+
+    def test_match_only_applies_to_its_path(self):
+        self.fake.push({"match": "/v1/embeddings", "status": 500})
+        conn = self.client()
+        conn.request("GET", "/v1/models")
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(self.fake.queued, 1)
+        conn.request("POST", "/v1/embeddings", body=b"{}")
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual(resp.status, 500)
+        self.assertEqual(self.fake.queued, 0)
+
+    def test_delay_and_body_delay(self):
+        self.fake.push({"delay": 0.3, "body_delay": 0.2, "body": "x"})
+        conn = self.client()
+        started = time.monotonic()
+        conn.request("GET", "/v1/models")
+        resp = conn.getresponse()
+        head_at = time.monotonic()
+        self.assertEqual(resp.read(), b"x")
+        done_at = time.monotonic()
+        self.assertGreaterEqual(head_at - started, 0.28)
+        self.assertGreaterEqual(done_at - head_at, 0.15)
+
+    def test_sse_with_gaps_and_complete_ending(self):
+        self.fake.push({"sse": ["one", {"n": 2}], "gap": 0.2})
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Length: 2\r\n\r\n{}")
+        data, pieces = read_until_closed(sock)
+        sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked", head)
+        self.assertIn(b"Content-Type: text/event-stream", head)
+        events, terminated = dechunk(body)
+        self.assertTrue(terminated)
+        self.assertEqual(events, b'data: one\n\ndata: {"n": 2}\n\ndata: [DONE]\n\n')
+        (req,) = self.fake.requests
+        self.assertEqual(len(req.chunks_sent_at), 3)
+        gaps = [b - a for a, b in zip(req.chunks_sent_at, req.chunks_sent_at[1:])]
+        self.assertTrue(all(g >= 0.18 for g in gaps), gaps)
+        # Each event is its own chunk, flushed at once: the client saw them apart in time.
+        self.assertGreaterEqual(pieces[-1][0] - pieces[0][0], 0.35)
+
+    def test_sse_cut_after_closes_without_final_chunk(self):
+        self.fake.push({"sse": ["a", "b", "c"], "cut_after": 2})
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        data, _ = read_until_closed(sock)
+        sock.close()
+        events, terminated = dechunk(data.partition(b"\r\n\r\n")[2])
+        self.assertEqual(events, b"data: a\n\ndata: b\n\n")
+        self.assertFalse(terminated)
+        (req,) = self.fake.requests
+        self.assertIsNotNone(req.fake_closed_at)
+        self.assertIsNone(req.peer_closed_at)
+
+    def test_sse_raw_events(self):
+        self.fake.push({"sse": ['event: error\ndata: {"error": {}}\n\n'], "sse_raw": True,
+                        "done": False})
+        conn = self.client()
+        conn.request("GET", "/v1/x")
+        self.assertEqual(conn.getresponse().read(), b'event: error\ndata: {"error": {}}\n\n')
+
+    def test_drop_closes_without_response(self):
+        self.fake.push({"drop": True})
+        conn = self.client()
+        conn.request("POST", "/v1/chat/completions", body=b"{}")
+        with self.assertRaises(http.client.RemoteDisconnected):
+            conn.getresponse()
+        (req,) = self.fake.wait_for_requests(1)
+        self.assertTrue(req.complete)
+        self.assertIsNone(req.status)
+
+    def test_reset_sends_rst(self):
+        self.fake.push({"reset": True})
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        with self.assertRaises(ConnectionResetError):
+            sock.settimeout(5)
+            sock.recv(100)
+        sock.close()
+
+    def test_truncated_body(self):
+        self.fake.push({"body": "0123456789", "truncate": 4})
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        data, _ = read_until_closed(sock)
+        sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Length: 10", head)
+        self.assertEqual(body, b"0123")
+
+    def test_peer_closed_detected_while_hanging(self):
+        self.fake.push({"hang": True})
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        (req,) = self.fake.wait_for_requests(1)
+        self.assertFalse(self.fake.wait_peer_closed(req, 0.2))
+        left_at = time.monotonic()
+        sock.close()
+        self.assertTrue(self.fake.wait_peer_closed(req, 1.0))
+        self.assertLess(req.peer_closed_at - left_at, 0.5)
+        self.assertIsNone(req.status)
+
+    def test_peer_closed_detected_during_delay_and_stream(self):
+        for action in ({"delay": 30}, {"sse": ["a"] * 100, "gap": 0.1}):
+            with self.subTest(action=action):
+                self.fake.reset()
+                self.fake.push(action)
+                sock = raw_connect(self.fake.port)
+                sock.sendall(b"GET /v1/x HTTP/1.1\r\nHost: x\r\n\r\n")
+                if "sse" in action:
+                    sock.recv(100)  # the stream has started
+                (req,) = self.fake.wait_for_requests(1)
+                left_at = time.monotonic()
+                sock.close()
+                self.assertTrue(self.fake.wait_peer_closed(req, 1.0))
+                self.assertLess(req.peer_closed_at - left_at, 0.5)
+
+    def test_chunked_request_body(self):
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n")
+        (req,) = self.fake.wait_for_requests(1)
+        sock.close()
+        self.assertEqual(req.body, b"hello, world")
+        self.assertTrue(req.chunked)
+
+    def test_expect_100_continue(self):
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 2\r\n\r\n")
+        self.assertEqual(sock.recv(100), b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"{}")
+        (req,) = self.fake.wait_for_requests(1)
+        sock.close()
+        self.assertEqual(req.body, b"{}")
+
+    def test_keep_alive_and_connection_count(self):
+        conn = self.client()
+        for _ in range(3):
+            conn.request("GET", "/v1/models")
+            conn.getresponse().read()
+        other = self.client()
+        other.request("GET", "/v1/models")
+        other.getresponse().read()
+        reqs = self.fake.wait_for_requests(4)
+        self.assertEqual(self.fake.connections_accepted, 2)
+        self.assertEqual(len({r.conn_id for r in reqs[:3]}), 1)
+        self.assertNotEqual(reqs[0].conn_id, reqs[3].conn_id)
+
+    def test_echo_and_http10(self):
+        self.fake.push({"echo": True})
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"GET /v1/models?q=1 HTTP/1.0\r\nHost: x\r\n\r\n")
+        data, _ = read_until_closed(sock)  # HTTP/1.0 without keep-alive: the fake closes
+        sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"Connection: close", head)
+        echoed = json.loads(body)
+        self.assertEqual((echoed["target"], echoed["http_version"]), ("/v1/models?q=1", "HTTP/1.0"))
+
+    def test_partial_request_is_recorded(self):
+        sock = raw_connect(self.fake.port)
+        sock.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        (req,) = self.fake.wait_for_requests(1, complete=False)
+        sock.close()
+        self.assertTrue(self.fake.wait_peer_closed(req, 1.0))
+        self.assertFalse(req.complete)
+        with self.assertRaises(AssertionError):
+            self.fake.wait_for_requests(1, timeout=0.1)
+
+    @unittest.skipUnless(shutil.which("openssl"), "openssl not installed")
+    def test_tls(self):
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        with FakeUpstream(tls_cert=cert, tls_key=key) as fake:
+            self.assertTrue(fake.base_url.startswith("https://"))
+            context = ssl.create_default_context(cafile=cert)
+            context.check_hostname = False
+            conn = http.client.HTTPSConnection("127.0.0.1", fake.port, context=context, timeout=5)
+            conn.request("GET", "/v1/models")
+            self.assertEqual(conn.getresponse().status, 200)
+            conn.close()
+
+
+class FakeUpstreamCliTest(unittest.TestCase):
+    def test_cli_and_control_api(self):
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fake_upstream.py"), "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def stop():
+            proc.terminate()
+            proc.communicate(timeout=5)
+        self.addCleanup(stop)
+        port = json.loads(proc.stdout.readline())["port"]
+
+        def call(method, path, body=None):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request(method, path, body=None if body is None else json.dumps(body))
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            return resp.status, data
+
+        status, data = call("POST", "/__fake/script", [{"status": 503}, {"status": 429}])
+        self.assertEqual((status, json.loads(data)), (200, {"queued": 2}))
+        self.assertEqual(call("POST", "/v1/chat/completions", {"model": "m"})[0], 503)
+        self.assertEqual(call("GET", "/v1/models")[0], 429)
+        status, data = call("GET", "/__fake/requests")
+        recorded = json.loads(data)
+        self.assertEqual([r["path"] for r in recorded], ["/v1/chat/completions", "/v1/models"])
+        self.assertEqual(json.loads(recorded[0]["body"]), {"model": "m"})
+        self.assertEqual(json.loads(call("GET", "/__fake/stats")[1])["requests"], 2)
+        call("POST", "/__fake/reset")
+        self.assertEqual(json.loads(call("GET", "/__fake/requests")[1]), [])
+        self.assertEqual(call("POST", "/__fake/script", [{"bogus": 1}])[0], 400)
+
+
+if __name__ == "__main__":
+    unittest.main()
