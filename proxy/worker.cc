@@ -1,5 +1,7 @@
 #include "proxy/worker.h"
 
+#include <random>
+
 #include "proxy/observe/logger.h"
 
 namespace bulwark {
@@ -16,12 +18,15 @@ server::ConnectionLimits limitsFrom(const config::Config& cfg) {
 
 Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
                std::atomic<int>& open_connections)
-    : index_(index), config_store_(config_store), base_(event_base_new()) {
+    : index_(index),
+      config_store_(config_store),
+      base_(event_base_new()),
+      random_(std::random_device{}() ^ (static_cast<std::uint64_t>(index) << 32)) {
   drain_event_.reset(event_new(base_.get(), -1, 0, &Worker::onDrain, this));
   stop_event_.reset(event_new(base_.get(), -1, 0, &Worker::onStop, this));
   drain_poll_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::onDrainPoll, this));
   upstream_client_ = std::make_unique<upstream::UpstreamClient>(base_.get());
-  context_.reset(new exchange::ExchangeContext{*upstream_client_, base_.get(),
+  context_.reset(new exchange::ExchangeContext{*upstream_client_, base_.get(), clock_, random_,
                                                &Worker::currentConfig, this});
   handler_ = std::make_unique<exchange::ExchangeHandler>(*context_);
   std::shared_ptr<const config::Config> cfg = config_store_.current();

@@ -10,6 +10,7 @@
 #include "proxy/config_store.h"
 #include "proxy/exchange/exchange.h"
 #include "proxy/exchange/exchange_context.h"
+#include "proxy/resilience/clock.h"
 #include "proxy/server/client_server.h"
 #include "proxy/support/libevent.h"
 #include "proxy/upstream/upstream_client.h"
@@ -47,6 +48,8 @@ class Worker {
   support::EventPtr drain_event_;
   support::EventPtr stop_event_;
   support::EventPtr drain_poll_;
+  resilience::SystemClock clock_;
+  resilience::SeededRandom random_;
   std::unique_ptr<upstream::UpstreamClient> upstream_client_;
   std::unique_ptr<exchange::ExchangeContext> context_;
   std::unique_ptr<exchange::ExchangeHandler> handler_;

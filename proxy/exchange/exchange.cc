@@ -1,16 +1,64 @@
 #include "proxy/exchange/exchange.h"
 
+#include <cstdio>
 #include <utility>
 
 #include "proxy/exchange/forwarding.h"
 #include "proxy/http/openai_error.h"
 #include "proxy/observe/logger.h"
+#include "proxy/resilience/sse_scanner.h"
 
 namespace bulwark::exchange {
 
 namespace {
+
+using observe::LogValue;
+using resilience::Outcome;
+using upstream::TransferError;
+
 // Bytes queued for a slow client before the upstream transfer is paused.
 constexpr std::size_t kPauseThreshold = 64 * 1024;
+// The most Bulwark holds before the commit point: an error body read whole before deciding,
+// or the bytes of a stream's first event. Past it the response is committed as it is.
+constexpr std::size_t kMaxHeldBytes = 64 * 1024;
+
+Outcome outcomeOfTransfer(TransferError error) {
+  switch (error) {
+    case TransferError::kConnect:
+    case TransferError::kInternal:
+      return Outcome::connectError();
+    case TransferError::kFirstByteTimeout:
+    case TransferError::kIdleTimeout:
+      return Outcome::timeout();
+    default:
+      return Outcome::reset();
+  }
+}
+
+std::optional<bool> xShouldRetry(const http::Headers& headers) {
+  auto value = http::findHeader(headers, "x-should-retry");
+  if (!value) return std::nullopt;
+  if (http::equalsIgnoreCase(*value, "true")) return true;
+  if (http::equalsIgnoreCase(*value, "false")) return false;
+  return std::nullopt;
+}
+
+std::string newRequestId(resilience::Random& random) {
+  char buf[17];
+  unsigned long long bits = static_cast<unsigned long long>(random.uniform01() * 4294967296.0);
+  bits = (bits << 32) | static_cast<unsigned long long>(random.uniform01() * 4294967296.0);
+  std::snprintf(buf, sizeof buf, "%016llx", bits);
+  return buf;
+}
+
+long long millisBetween(resilience::SteadyTime from, resilience::SteadyTime to) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(to - from).count();
+}
+
+std::string_view pathWithoutQuery(std::string_view path) {
+  return path.substr(0, path.find('?'));
+}
+
 }  // namespace
 
 Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
@@ -18,22 +66,37 @@ Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
     : context_(context),
       config_(context.config()),
       request_(std::move(request)),
-      sink_(sink) {}
+      sink_(sink),
+      request_id_(newRequestId(context.random)),
+      backoff_(config_->retry, context.random) {}
 
 Exchange::~Exchange() {
   sink_.onDrained(nullptr);
-  attempt_.reset();  // cancels a running transfer
+  attempt_.reset();  // cancels a running transfer; the timers go with their events
 }
 
 void Exchange::start() {
-  upstream_ = &config_->upstreams.front();
+  const config::Config& cfg = *config_;
+  started_ = context_.clock.now();
+  deadline_ = resilience::requestDeadline(cfg.timeouts, request_.headers, started_);
+  max_attempts_ = resilience::attemptsAllowed(cfg.retry, request_.headers);
+  policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
+  upstream_ = &cfg.upstreams.front();
+  wait_timer_.reset(evtimer_new(context_.base, &Exchange::onWaitOver, this));
+  deadline_timer_.reset(evtimer_new(context_.base, &Exchange::onDeadline, this));
+  timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
+  evtimer_add(deadline_timer_.get(), &until_deadline);
   startAttempt();
 }
 
 void Exchange::startAttempt() {
   ++attempts_;
-  has_head_ = false;
   head_ = upstream::ResponseHead{};
+  has_head_ = false;
+  hold_ = Hold::kNone;
+  held_.clear();
+  first_event_is_error_ = false;
+
   upstream::AttemptRequest req;
   req.url = upstreamUrl(*upstream_, request_.path);
   req.method = request_.method;
@@ -47,6 +110,12 @@ void Exchange::startAttempt() {
   attempt_->start();
 }
 
+bool Exchange::isEventStream() const {
+  if (head_.status != 200) return false;
+  auto type = http::findHeader(head_.headers, "content-type");
+  return type && type->size() >= 17 && http::equalsIgnoreCase(type->substr(0, 17), "text/event-stream");
+}
+
 http::Headers Exchange::bulwarkHeaders() const {
   return {{"x-bulwark-attempts", std::to_string(attempts_)},
           {"x-bulwark-upstream", upstream_->name}};
@@ -55,17 +124,17 @@ http::Headers Exchange::bulwarkHeaders() const {
 void Exchange::onHead(const upstream::ResponseHead& head) {
   head_ = head;
   has_head_ = true;
-}
-
-void Exchange::commit(std::optional<std::uint64_t> content_length) {
-  committed_ = true;
-  http::Headers headers = clientResponseHeaders(head_.headers);
-  for (http::Header& h : bulwarkHeaders()) headers.push_back(std::move(h));
-  sink_.sendHead(head_.status, headers, content_length);
+  if (head_.status >= 400) {
+    hold_ = Hold::kErrorBody;
+  } else if (isEventStream()) {
+    hold_ = Hold::kFirstEvent;
+  } else {
+    hold_ = Hold::kNone;
+  }
 }
 
 upstream::AttemptObserver::Flow Exchange::onData(const char* data, std::size_t len) {
-  if (!committed_) commit(head_.content_length);
+  if (!committed_) return holdOrCommit(data, len);
   if (sink_.pendingOutput() >= kPauseThreshold) {
     // The client reads slower than the upstream sends: hold the upstream until it drains.
     sink_.onDrained([this] {
@@ -75,36 +144,223 @@ upstream::AttemptObserver::Flow Exchange::onData(const char* data, std::size_t l
     return Flow::kPause;
   }
   sink_.sendBody(data, len);
+  bytes_sent_ += len;
   return Flow::kContinue;
 }
 
-void Exchange::onDone(upstream::TransferError error, const std::string& detail) {
-  if (error == upstream::TransferError::kNone) {
-    if (!committed_) commit(head_.content_length.value_or(0));
-    sink_.finish();
-    return;
+upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::size_t len) {
+  if (hold_ == Hold::kNone) {
+    commit(head_.content_length);
+    sink_.sendBody(data, len);
+    bytes_sent_ += len;
+    return Flow::kContinue;
   }
-  observe::logWarn("upstream attempt failed",
-                   {{"upstream", upstream_->name},
-                    {"attempt", attempts_},
-                    {"outcome", upstream::transferErrorName(error)},
-                    {"detail", detail}});
+  held_.append(data, len);
+  if (hold_ == Hold::kFirstEvent) {
+    resilience::FirstEvent event = resilience::scanFirstEvent(held_);
+    if (event.complete && event.is_error) {
+      first_event_is_error_ = true;
+      return Flow::kAbort;  // retried (or handed over) as stream_error once the attempt ends
+    }
+    if (!event.complete && held_.size() <= kMaxHeldBytes) return Flow::kContinue;
+  } else if (held_.size() <= kMaxHeldBytes) {
+    return Flow::kContinue;  // an error body: read it whole before deciding
+  }
+  // The commit point: from here on the response belongs to the client.
+  commit(hold_ == Hold::kFirstEvent ? std::nullopt : head_.content_length);
+  sink_.sendBody(held_.data(), held_.size());
+  bytes_sent_ += held_.size();
+  held_.clear();
+  hold_ = Hold::kNone;
+  return Flow::kContinue;
+}
+
+void Exchange::commit(std::optional<std::uint64_t> content_length) {
+  committed_ = true;
+  http::Headers headers = clientResponseHeaders(head_.headers);
+  for (http::Header& h : bulwarkHeaders()) headers.push_back(std::move(h));
+  sink_.sendHead(head_.status, headers, content_length);
+}
+
+void Exchange::onDone(TransferError error, const std::string& detail) {
+  if (finished_) return;
   if (committed_) {
-    sink_.abort();  // the client sees a truncated response, never a silently short one
+    if (error == TransferError::kNone) {
+      finished_ = true;
+      sink_.finish();
+      logAccess(head_.status);
+    } else {
+      interruptStream(std::string(upstream::transferErrorName(error)) + ": " + detail);
+    }
     return;
   }
-  respondWithError(502, "upstream_unavailable",
-                   "the upstream could not be reached: " + std::string(detail));
+  if (error == TransferError::kNone && has_head_) {
+    Outcome outcome = Outcome::fromStatus(head_.status);
+    if (outcome.isSuccess()) {
+      deliverHeldResponse(false);  // a response with an empty body
+    } else {
+      afterFailedAttempt(outcome, detail);
+    }
+    return;
+  }
+  if (error == TransferError::kAborted && first_event_is_error_) {
+    afterFailedAttempt(Outcome::streamError(), "the stream's first event is an error");
+    return;
+  }
+  afterFailedAttempt(outcomeOfTransfer(error), detail);
+}
+
+void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& detail) {
+  const config::RetryConfig& retry = config_->retry;
+  resilience::AttemptFacts facts;
+  facts.outcome = outcome;
+  if (has_head_) facts.x_should_retry = xShouldRetry(head_.headers);
+  if (outcome.kind == Outcome::Kind::kStatus) facts.error_body = held_;
+  facts.policies_apply = policies_apply_;
+  resilience::Verdict verdict = resilience::classifyAttempt(retry, facts);
+
+  resilience::RetryDelay plan;
+  std::string why_not = verdict.reason;
+  if (verdict.retryable) {
+    if (attempts_ >= max_attempts_) {
+      why_not = "max_attempts";
+    } else {
+      std::optional<resilience::Millis> hint;
+      if (has_head_ && outcome.kind == Outcome::Kind::kStatus) {
+        hint = resilience::serverRetryHint(head_.headers, head_.status, context_.clock.wallNow());
+      }
+      resilience::Millis backoff = backoff_.next(attempts_);
+      plan = resilience::planRetryDelay(retry, hint, backoff, context_.clock.now(), deadline_);
+      why_not = plan.why_not;
+    }
+  }
+
+  std::string outcome_name = outcome.name();
+  std::string_view upstream_request_id =
+      has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
+  observe::logWarn("upstream attempt failed",
+                   {{"request_id", request_id_},
+                    {"upstream", upstream_->name},
+                    {"attempt", attempts_},
+                    {"max_attempts", max_attempts_},
+                    {"outcome", outcome_name},
+                    {"retryable", verdict.retryable},
+                    {"breaker_counted", verdict.breaker_counted},
+                    {"delay_ms", plan.retry ? LogValue(static_cast<long long>(plan.delay.count()))
+                                            : LogValue(nullptr)},
+                    {"delay_source", plan.retry ? (plan.source == resilience::RetryDelay::Source::kServer
+                                                       ? "server"
+                                                       : "backoff")
+                                                : ""},
+                    {"not_retried_because", plan.retry ? "" : why_not},
+                    {"upstream_request_id", upstream_request_id},
+                    {"detail", detail}});
+
+  if (plan.retry) {
+    attempt_.reset();
+    timeval wait = support::toTimeval(plan.delay.count());
+    evtimer_add(wait_timer_.get(), &wait);
+    return;
+  }
+  // Giving up: the last upstream response goes to the client as it was, or Bulwark's own
+  // error when there is none.
+  if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
+    deliverHeldResponse(true);
+  } else if (context_.clock.now() >= deadline_) {
+    respondWithError(504, "deadline_exceeded", "timeouts.total was reached before the upstream answered");
+  } else {
+    respondWithError(502, "upstream_unavailable",
+                     "the upstream could not be reached after " + std::to_string(attempts_) +
+                         " attempt(s); last outcome: " + outcome_name);
+  }
+}
+
+void Exchange::deliverHeldResponse(bool gave_up) {
+  committed_ = true;
+  finished_ = true;
+  http::Headers headers;
+  for (http::Header& h : clientResponseHeaders(head_.headers)) {
+    if (gave_up && http::equalsIgnoreCase(h.name, "x-should-retry")) continue;
+    headers.push_back(std::move(h));
+  }
+  if (gave_up) headers.push_back({"x-should-retry", "false"});  // Bulwark already retried
+  for (http::Header& h : bulwarkHeaders()) headers.push_back(std::move(h));
+  std::optional<std::uint64_t> length = held_.size();
+  if (request_.method == "HEAD") length = head_.content_length;
+  if (hold_ == Hold::kFirstEvent) length.reset();  // the stream was cut after its first event
+  sink_.sendHead(head_.status, headers, length);
+  sink_.sendBody(held_.data(), held_.size());
+  bytes_sent_ += held_.size();
+  sink_.finish();
+  logAccess(head_.status);
 }
 
 void Exchange::respondWithError(int status, std::string_view code, std::string_view message) {
   committed_ = true;
+  finished_ = true;
+  attempt_.reset();
   std::string body = http::openAiErrorBody(code, message);
   http::Headers headers{{"Content-Type", "application/json"}, {"x-should-retry", "false"}};
   for (http::Header& h : bulwarkHeaders()) headers.push_back(std::move(h));
   sink_.sendHead(status, headers, body.size());
   sink_.sendBody(body.data(), body.size());
+  bytes_sent_ += body.size();
   sink_.finish();
+  logAccess(status);
+}
+
+void Exchange::interruptStream(const std::string& why) {
+  finished_ = true;
+  observe::logWarn("stream interrupted after the commit point",
+                   {{"request_id", request_id_},
+                    {"upstream", upstream_->name},
+                    {"attempt", attempts_},
+                    {"bytes_sent", bytes_sent_},
+                    {"detail", why}});
+  if (isEventStream()) {
+    // SDKs raise on an error event; a stream that just stopped would look complete.
+    std::string event = "data: " +
+                        http::openAiErrorBody("stream_interrupted",
+                                              "the upstream stream was interrupted: " + why) +
+                        "\n\n";
+    sink_.sendBody(event.data(), event.size());
+  }
+  sink_.abort();
+  attempt_.reset();
+  logAccess(head_.status);
+}
+
+void Exchange::onWaitOver(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Exchange*>(arg);
+  if (!self->finished_) self->startAttempt();
+}
+
+void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Exchange*>(arg);
+  if (self->finished_) return;
+  if (self->committed_) {
+    self->interruptStream("timeouts.total reached");
+    return;
+  }
+  evtimer_del(self->wait_timer_.get());
+  self->respondWithError(504, "deadline_exceeded",
+                         "timeouts.total was reached before the upstream answered");
+}
+
+void Exchange::logAccess(int status) {
+  evtimer_del(deadline_timer_.get());
+  evtimer_del(wait_timer_.get());
+  std::string_view upstream_request_id =
+      has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
+  observe::logInfo("request", {{"request_id", request_id_},
+                               {"method", request_.method},
+                               {"path", pathWithoutQuery(request_.path)},
+                               {"status", status},
+                               {"attempts", attempts_},
+                               {"upstream", upstream_->name},
+                               {"duration_ms", millisBetween(started_, context_.clock.now())},
+                               {"bytes", bytes_sent_},
+                               {"upstream_request_id", upstream_request_id}});
 }
 
 std::unique_ptr<server::ActiveRequest> ExchangeHandler::handle(server::HttpRequest request,

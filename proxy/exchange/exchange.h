@@ -1,16 +1,23 @@
-// One client request's life: attempt the upstream, hold the response head until the first
-// body byte (the commit point), then stream the body through with backpressure.
-// Owned by the client connection; single-threaded; destroying it cancels the attempt.
+// One client request's life (SPEC §3.3-3.7, §3.10-3.12):
+//   attempt -> hold the head (commit point) -> classify -> wait -> attempt ... -> commit.
+// Before the commit point nothing has reached the client, so a failed attempt can still be
+// retried; after it, bytes stream through with backpressure and a failure ends the response
+// honestly. Owned by the client connection; single-threaded; destroying it cancels the
+// attempt or the wait in progress.
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "config/config.h"
 #include "proxy/exchange/exchange_context.h"
+#include "proxy/resilience/backoff.h"
+#include "proxy/resilience/classify.h"
 #include "proxy/server/http_request.h"
 #include "proxy/server/request_handler.h"
 #include "proxy/server/response_sink.h"
+#include "proxy/support/libevent.h"
 #include "proxy/upstream/attempt.h"
 
 namespace bulwark::exchange {
@@ -31,21 +38,49 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void onDone(upstream::TransferError error, const std::string& detail) override;
 
  private:
+  // Why the bytes before the commit point are being held.
+  enum class Hold { kNone, kErrorBody, kFirstEvent };
+
+  static void onWaitOver(evutil_socket_t, short, void* arg);
+  static void onDeadline(evutil_socket_t, short, void* arg);
+
   void startAttempt();
+  Flow holdOrCommit(const char* data, std::size_t len);
   void commit(std::optional<std::uint64_t> content_length);
+  void afterFailedAttempt(const resilience::Outcome& outcome, const std::string& detail);
+  void deliverHeldResponse(bool gave_up);
   void respondWithError(int status, std::string_view code, std::string_view message);
+  void interruptStream(const std::string& why);
+  void logAccess(int status);
   http::Headers bulwarkHeaders() const;
+  bool isEventStream() const;
 
   const ExchangeContext& context_;
   std::shared_ptr<const config::Config> config_;
   server::HttpRequest request_;
   server::ResponseSink& sink_;
+  std::string request_id_;
   const config::UpstreamConfig* upstream_ = nullptr;
+  resilience::SteadyTime started_;
+  resilience::SteadyTime deadline_;
+  int max_attempts_ = 1;
+  bool policies_apply_ = true;
+  resilience::Backoff backoff_;
+  support::EventPtr wait_timer_;
+  support::EventPtr deadline_timer_;
+
+  // The current attempt.
   std::unique_ptr<upstream::Attempt> attempt_;
   int attempts_ = 0;
   upstream::ResponseHead head_;
   bool has_head_ = false;
+  Hold hold_ = Hold::kNone;
+  std::string held_;  // body bytes before the commit point (bounded)
+  bool first_event_is_error_ = false;
+
   bool committed_ = false;
+  bool finished_ = false;
+  std::uint64_t bytes_sent_ = 0;
 };
 
 // The RequestHandler a worker installs: every request becomes an Exchange.

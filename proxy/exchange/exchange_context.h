@@ -1,10 +1,11 @@
-// What one worker gives every exchange it runs: its upstream client and event loop, and
-// the configuration snapshot current when a request arrives.
+// What one worker gives every exchange it runs: its upstream client and event loop, its
+// clock and random source, and the configuration snapshot current when a request arrives.
 #pragma once
 
 #include <memory>
 
 #include "config/config.h"
+#include "proxy/resilience/clock.h"
 #include "proxy/upstream/upstream_client.h"
 
 namespace bulwark::exchange {
@@ -12,6 +13,8 @@ namespace bulwark::exchange {
 struct ExchangeContext {
   upstream::UpstreamClient& upstream_client;
   event_base* base;
+  resilience::Clock& clock;
+  resilience::Random& random;  // the worker's own: single-threaded
   // The live configuration; an exchange keeps the snapshot it started with.
   std::shared_ptr<const config::Config> (*current_config)(void* arg);
   void* current_config_arg;

@@ -56,6 +56,7 @@ const char* transferErrorName(TransferError e) {
     case TransferError::kReset: return "reset";
     case TransferError::kProtocol: return "protocol_error";
     case TransferError::kInternal: return "internal_error";
+    case TransferError::kAborted: return "aborted";
   }
   return "unknown";
 }
@@ -206,11 +207,17 @@ size_t Attempt::writeCallback(char* data, size_t size, size_t nmemb, void* userd
   auto* self = static_cast<Attempt*>(userdata);
   size_t len = size * nmemb;
   self->body_started_ = true;
-  if (self->observer_.onData(data, len) == AttemptObserver::Flow::kPause) {
-    // A slow client: the idle clock stops until it has drained.
-    self->paused_ = true;
-    evtimer_del(self->timer_.get());
-    return CURL_WRITEFUNC_PAUSE;
+  switch (self->observer_.onData(data, len)) {
+    case AttemptObserver::Flow::kContinue:
+      break;
+    case AttemptObserver::Flow::kPause:
+      // A slow client: the idle clock stops until it has drained.
+      self->paused_ = true;
+      evtimer_del(self->timer_.get());
+      return CURL_WRITEFUNC_PAUSE;
+    case AttemptObserver::Flow::kAbort:
+      self->aborted_ = true;
+      return 0;  // curl ends the transfer with CURLE_WRITE_ERROR
   }
   self->timer_error_ = TransferError::kIdleTimeout;
   self->armTimer(self->request_.idle_timeout);
@@ -239,7 +246,8 @@ void Attempt::onDeferredFailure(evutil_socket_t, short, void* arg) {
 void Attempt::onCurlDone(CURLcode result) {
   curl_off_t pretransfer = 0;
   curl_easy_getinfo(handle_, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
-  TransferError error = classifyCurlCode(result, pretransfer > 0);
+  TransferError error =
+      aborted_ ? TransferError::kAborted : classifyCurlCode(result, pretransfer > 0);
   if (error == TransferError::kNone && !head_done_) error = TransferError::kProtocol;
   std::string detail = error_buffer_[0] != '\0' ? error_buffer_ : curl_easy_strerror(result);
   finish(error, detail);

@@ -28,6 +28,7 @@ enum class TransferError {
   kReset,            // the connection closed or broke mid-exchange
   kProtocol,         // the upstream's reply was not valid HTTP
   kInternal,         // Bulwark could not start the transfer
+  kAborted,          // the observer asked to stop (onData returned kAbort)
 };
 const char* transferErrorName(TransferError e);
 
@@ -50,13 +51,14 @@ struct ResponseHead {
 
 class AttemptObserver {
  public:
-  enum class Flow { kContinue, kPause };
+  enum class Flow { kContinue, kPause, kAbort };
   virtual ~AttemptObserver() = default;
   // The final (non-1xx) response head. Called from inside a curl callback: do not destroy
   // the attempt here.
   virtual void onHead(const ResponseHead& head) = 0;
   // Body bytes. Return kPause to leave them unconsumed: the same bytes are offered again
-  // after resume(). Called from inside a curl callback: do not destroy the attempt here.
+  // after resume(); kAbort to end the attempt (onDone(kAborted) follows from the loop).
+  // Called from inside a curl callback: do not destroy the attempt here.
   virtual Flow onData(const char* data, std::size_t len) = 0;
   // The attempt is over (never called from inside a curl callback); the observer may
   // destroy the attempt from here.
@@ -106,6 +108,7 @@ class Attempt {
   bool head_done_ = false;
   bool body_started_ = false;
   bool paused_ = false;
+  bool aborted_ = false;
   bool done_ = false;
   char error_buffer_[CURL_ERROR_SIZE] = {};
 };
