@@ -90,9 +90,10 @@ void App::beginShutdown(const char* signal_name) {
   shutting_down_ = true;
   ready_.store(false);
   std::shared_ptr<const config::Config> cfg = config_store_.current();
-  observe::logInfo("shutting down: draining in-flight requests",
-                   {{"signal", signal_name},
-                    {"shutdown_grace_ms", static_cast<long long>(cfg->server.shutdown_grace.count())}});
+  observe::logInfo(
+      "shutting down: draining in-flight requests",
+      {{"signal", signal_name},
+       {"shutdown_grace_ms", static_cast<long long>(cfg->server.shutdown_grace.count())}});
   for (auto& w : workers_) w->drain();
   shutdown_poll_.reset(event_new(base_.get(), -1, EV_PERSIST, &App::onShutdownPoll, this));
   timeval poll = support::toTimeval(20);

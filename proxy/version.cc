@@ -1,5 +1,7 @@
 #include "proxy/version.h"
 
 namespace bulwark {
-const char* version() { return BULWARK_VERSION; }
+const char* version() {
+  return BULWARK_VERSION;
+}
 }  // namespace bulwark

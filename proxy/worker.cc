@@ -30,9 +30,9 @@ Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
                                                &Worker::currentConfig, this});
   handler_ = std::make_unique<exchange::ExchangeHandler>(*context_);
   std::shared_ptr<const config::Config> cfg = config_store_.current();
-  server_ = std::make_unique<server::ClientServer>(base_.get(), listen_fd, limitsFrom(*cfg),
-                                                   *handler_, open_connections,
-                                                   cfg->server.max_connections);
+  server_ =
+      std::make_unique<server::ClientServer>(base_.get(), listen_fd, limitsFrom(*cfg), *handler_,
+                                             open_connections, cfg->server.max_connections);
 }
 
 Worker::~Worker() {
@@ -52,7 +52,9 @@ std::shared_ptr<const config::Config> Worker::currentConfig(void* arg) {
   return static_cast<Worker*>(arg)->config_store_.current();
 }
 
-void Worker::start() { thread_ = std::thread([this] { run(); }); }
+void Worker::start() {
+  thread_ = std::thread([this] { run(); });
+}
 
 void Worker::run() {
   event_base_dispatch(base_.get());
@@ -60,8 +62,12 @@ void Worker::run() {
   finished_.store(true);
 }
 
-void Worker::drain() { event_active(drain_event_.get(), 0, 0); }
-void Worker::stop() { event_active(stop_event_.get(), 0, 0); }
+void Worker::drain() {
+  event_active(drain_event_.get(), 0, 0);
+}
+void Worker::stop() {
+  event_active(stop_event_.get(), 0, 0);
+}
 
 void Worker::join() {
   if (thread_.joinable()) thread_.join();

@@ -113,7 +113,8 @@ void Exchange::startAttempt() {
 bool Exchange::isEventStream() const {
   if (head_.status != 200) return false;
   auto type = http::findHeader(head_.headers, "content-type");
-  return type && type->size() >= 17 && http::equalsIgnoreCase(type->substr(0, 17), "text/event-stream");
+  return type && type->size() >= 17 &&
+         http::equalsIgnoreCase(type->substr(0, 17), "text/event-stream");
 }
 
 http::Headers Exchange::bulwarkHeaders() const {
@@ -238,23 +239,23 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   std::string outcome_name = outcome.name();
   std::string_view upstream_request_id =
       has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
-  observe::logWarn("upstream attempt failed",
-                   {{"request_id", request_id_},
-                    {"upstream", upstream_->name},
-                    {"attempt", attempts_},
-                    {"max_attempts", max_attempts_},
-                    {"outcome", outcome_name},
-                    {"retryable", verdict.retryable},
-                    {"breaker_counted", verdict.breaker_counted},
-                    {"delay_ms", plan.retry ? LogValue(static_cast<long long>(plan.delay.count()))
-                                            : LogValue(nullptr)},
-                    {"delay_source", plan.retry ? (plan.source == resilience::RetryDelay::Source::kServer
-                                                       ? "server"
-                                                       : "backoff")
-                                                : ""},
-                    {"not_retried_because", plan.retry ? "" : why_not},
-                    {"upstream_request_id", upstream_request_id},
-                    {"detail", detail}});
+  observe::logWarn(
+      "upstream attempt failed",
+      {{"request_id", request_id_},
+       {"upstream", upstream_->name},
+       {"attempt", attempts_},
+       {"max_attempts", max_attempts_},
+       {"outcome", outcome_name},
+       {"retryable", verdict.retryable},
+       {"breaker_counted", verdict.breaker_counted},
+       {"delay_ms",
+        plan.retry ? LogValue(static_cast<long long>(plan.delay.count())) : LogValue(nullptr)},
+       {"delay_source",
+        plan.retry ? (plan.source == resilience::RetryDelay::Source::kServer ? "server" : "backoff")
+                   : ""},
+       {"not_retried_because", plan.retry ? "" : why_not},
+       {"upstream_request_id", upstream_request_id},
+       {"detail", detail}});
 
   if (plan.retry) {
     attempt_.reset();
@@ -267,7 +268,8 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
     deliverHeldResponse(true);
   } else if (context_.clock.now() >= deadline_) {
-    respondWithError(504, "deadline_exceeded", "timeouts.total was reached before the upstream answered");
+    respondWithError(504, "deadline_exceeded",
+                     "timeouts.total was reached before the upstream answered");
   } else {
     respondWithError(502, "upstream_unavailable",
                      "the upstream could not be reached after " + std::to_string(attempts_) +
@@ -311,18 +313,17 @@ void Exchange::respondWithError(int status, std::string_view code, std::string_v
 
 void Exchange::interruptStream(const std::string& why) {
   finished_ = true;
-  observe::logWarn("stream interrupted after the commit point",
-                   {{"request_id", request_id_},
-                    {"upstream", upstream_->name},
-                    {"attempt", attempts_},
-                    {"bytes_sent", bytes_sent_},
-                    {"detail", why}});
+  observe::logWarn("stream interrupted after the commit point", {{"request_id", request_id_},
+                                                                 {"upstream", upstream_->name},
+                                                                 {"attempt", attempts_},
+                                                                 {"bytes_sent", bytes_sent_},
+                                                                 {"detail", why}});
   if (isEventStream()) {
     // SDKs raise on an error event; a stream that just stopped would look complete.
-    std::string event = "data: " +
-                        http::openAiErrorBody("stream_interrupted",
-                                              "the upstream stream was interrupted: " + why) +
-                        "\n\n";
+    std::string event =
+        "data: " +
+        http::openAiErrorBody("stream_interrupted", "the upstream stream was interrupted: " + why) +
+        "\n\n";
     sink_.sendBody(event.data(), event.size());
   }
   sink_.abort();

@@ -24,8 +24,7 @@ namespace bulwark::exchange {
 
 class Exchange final : public server::ActiveRequest, public upstream::AttemptObserver {
  public:
-  Exchange(const ExchangeContext& context, server::HttpRequest request,
-           server::ResponseSink& sink);
+  Exchange(const ExchangeContext& context, server::HttpRequest request, server::ResponseSink& sink);
   ~Exchange() override;
   Exchange(const Exchange&) = delete;
   Exchange& operator=(const Exchange&) = delete;

@@ -5,8 +5,8 @@ namespace bulwark::exchange {
 using http::equalsIgnoreCase;
 
 bool isHopByHopHeader(std::string_view name) {
-  static constexpr std::string_view kHopByHop[] = {
-      "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"};
+  static constexpr std::string_view kHopByHop[] = {"connection", "keep-alive",        "te",
+                                                   "trailer",    "transfer-encoding", "upgrade"};
   for (std::string_view h : kHopByHop) {
     if (equalsIgnoreCase(name, h)) return true;
   }

@@ -14,10 +14,14 @@ namespace bulwark::observe {
 namespace {
 const char* levelName(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return "debug";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kWarn: return "warn";
-    case LogLevel::kError: return "error";
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarn:
+      return "warn";
+    case LogLevel::kError:
+      return "error";
   }
   return "info";
 }
@@ -83,10 +87,18 @@ std::string Logger::formatJson(LogLevel level, std::string_view msg,
       case LogValue::Kind::kString:
         w.String(f.value.str().data(), static_cast<rapidjson::SizeType>(f.value.str().size()));
         break;
-      case LogValue::Kind::kInt: w.Int64(f.value.integer()); break;
-      case LogValue::Kind::kDouble: w.Double(f.value.real()); break;
-      case LogValue::Kind::kBool: w.Bool(f.value.boolean()); break;
-      case LogValue::Kind::kNull: w.Null(); break;
+      case LogValue::Kind::kInt:
+        w.Int64(f.value.integer());
+        break;
+      case LogValue::Kind::kDouble:
+        w.Double(f.value.real());
+        break;
+      case LogValue::Kind::kBool:
+        w.Bool(f.value.boolean());
+        break;
+      case LogValue::Kind::kNull:
+        w.Null();
+        break;
     }
   }
   w.EndObject();
@@ -105,11 +117,21 @@ std::string Logger::formatText(LogLevel level, std::string_view msg,
     line += f.key;
     line += '=';
     switch (f.value.kind()) {
-      case LogValue::Kind::kString: line += f.value.str(); break;
-      case LogValue::Kind::kInt: line += std::to_string(f.value.integer()); break;
-      case LogValue::Kind::kDouble: line += std::to_string(f.value.real()); break;
-      case LogValue::Kind::kBool: line += f.value.boolean() ? "true" : "false"; break;
-      case LogValue::Kind::kNull: line += "null"; break;
+      case LogValue::Kind::kString:
+        line += f.value.str();
+        break;
+      case LogValue::Kind::kInt:
+        line += std::to_string(f.value.integer());
+        break;
+      case LogValue::Kind::kDouble:
+        line += std::to_string(f.value.real());
+        break;
+      case LogValue::Kind::kBool:
+        line += f.value.boolean() ? "true" : "false";
+        break;
+      case LogValue::Kind::kNull:
+        line += "null";
+        break;
     }
   }
   for (char& c : line) {

@@ -24,7 +24,8 @@ class LogValue {
   LogValue(bool b) : kind_(Kind::kBool), b_(b) {}
   LogValue(double d) : kind_(Kind::kDouble), d_(d) {}
   LogValue(std::nullptr_t) : kind_(Kind::kNull) {}
-  template <typename T, typename = std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>>>
+  template <typename T,
+            typename = std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>>>
   LogValue(T i) : kind_(Kind::kInt), i_(static_cast<std::int64_t>(i)) {}
 
   Kind kind() const { return kind_; }

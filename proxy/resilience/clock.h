@@ -16,8 +16,8 @@ using Millis = std::chrono::milliseconds;
 class Clock {
  public:
   virtual ~Clock() = default;
-  virtual SteadyTime now() const = 0;     // for durations and deadlines
-  virtual WallTime wallNow() const = 0;   // for HTTP dates (Retry-After) and logs
+  virtual SteadyTime now() const = 0;    // for durations and deadlines
+  virtual WallTime wallNow() const = 0;  // for HTTP dates (Retry-After) and logs
 };
 
 class SystemClock final : public Clock {

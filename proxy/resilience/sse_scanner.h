@@ -11,7 +11,7 @@ namespace bulwark::resilience {
 struct FirstEvent {
   bool complete = false;  // a whole event (ended by a blank line) is in the buffer
   bool is_error = false;
-  std::size_t end = 0;    // offset just past the event's terminating blank line
+  std::size_t end = 0;  // offset just past the event's terminating blank line
 };
 
 // Events end at "\n\n", "\r\n\r\n" or "\r\r" (any mix of line endings).

@@ -52,9 +52,13 @@ void ClientConnection::armTimer(long long millis) {
   evtimer_add(timer_.get(), &tv);
 }
 
-void ClientConnection::kick() { event_active(kick_.get(), 0, 0); }
+void ClientConnection::kick() {
+  event_active(kick_.get(), 0, 0);
+}
 
-void ClientConnection::destroy() { server_.release(this); }
+void ClientConnection::destroy() {
+  server_.release(this);
+}
 
 void ClientConnection::readCallback(bufferevent*, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
@@ -75,8 +79,7 @@ void ClientConnection::readCallback(bufferevent*, void* arg) {
 
 bool ClientConnection::processInput() {
   evbuffer* input = bufferevent_get_input(bev_.get());
-  while (phase_ == Phase::kIdle || phase_ == Phase::kReadingHead ||
-         phase_ == Phase::kReadingBody) {
+  while (phase_ == Phase::kIdle || phase_ == Phase::kReadingHead || phase_ == Phase::kReadingBody) {
     evbuffer_iovec vec;
     if (evbuffer_peek(input, -1, nullptr, &vec, 1) < 1 || vec.iov_len == 0) break;
     if (phase_ == Phase::kIdle) {
@@ -84,8 +87,8 @@ bool ClientConnection::processInput() {
       armTimer(limits_.header_timeout_ms);  // the whole head must arrive within this
     }
     size_t consumed = 0;
-    ParseStatus status = parser_.feed(static_cast<const char*>(vec.iov_base), vec.iov_len,
-                                      &consumed);
+    ParseStatus status =
+        parser_.feed(static_cast<const char*>(vec.iov_base), vec.iov_len, &consumed);
     evbuffer_drain(input, consumed);
     if (parser_.takeExpectContinue()) {
       static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -134,7 +137,8 @@ void ClientConnection::startRequest(HttpRequest request) {
   keep_alive_ = request.keep_alive && !draining_;
   if (request.method == "CONNECT" || request.path.empty()) {
     keep_alive_ = false;
-    sendError(400, "bad_request", "CONNECT is not supported: Bulwark only forwards to its upstreams");
+    sendError(400, "bad_request",
+              "CONNECT is not supported: Bulwark only forwards to its upstreams");
     return;
   }
   active_ = handler_.handle(std::move(request), *this);
@@ -157,8 +161,7 @@ void ClientConnection::sendError(int status, std::string_view code, std::string_
   finish();
 }
 
-void ClientConnection::rejectAndClose(int status, std::string_view code,
-                                      std::string_view message) {
+void ClientConnection::rejectAndClose(int status, std::string_view code, std::string_view message) {
   keep_alive_ = false;
   sendError(status, code, message);
 }

@@ -17,8 +17,7 @@ ClientServer::ClientServer(event_base* base, evutil_socket_t listen_fd,
       open_connections_(open_connections),
       max_connections_(max_connections) {
   listener_.reset(evconnlistener_new(base, &ClientServer::acceptCallback, this,
-                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
-                                     listen_fd));
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, listen_fd));
   evconnlistener_set_error_cb(listener_.get(), &ClientServer::acceptErrorCallback);
 }
 
@@ -28,8 +27,7 @@ ClientServer::~ClientServer() {
   connections_.clear();
 }
 
-void ClientServer::acceptCallback(evconnlistener*, evutil_socket_t fd, sockaddr*, int,
-                                  void* arg) {
+void ClientServer::acceptCallback(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
   auto* self = static_cast<ClientServer*>(arg);
   evutil_make_socket_nonblocking(fd);
   auto connection =

@@ -33,8 +33,8 @@ config::ListenAddress boundAddress(evutil_socket_t fd) {
 namespace {
 
 evutil_socket_t openOne(const addrinfo* ai, std::string* error) {
-  evutil_socket_t fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                              ai->ai_protocol);
+  evutil_socket_t fd =
+      socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
   if (fd < 0) {
     *error = std::string("socket: ") + std::strerror(errno);
     return -1;

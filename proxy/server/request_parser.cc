@@ -7,7 +7,9 @@
 namespace bulwark::server {
 
 namespace {
-RequestParser* self(http_parser* p) { return static_cast<RequestParser*>(p->data); }
+RequestParser* self(http_parser* p) {
+  return static_cast<RequestParser*>(p->data);
+}
 }  // namespace
 
 RequestParser::RequestParser(const ParserLimits& limits) : limits_(limits) {
@@ -41,7 +43,8 @@ ParseStatus RequestParser::feed(const char* data, std::size_t len, std::size_t* 
   *consumed = n;
   if (failure_ != ParseStatus::kNeedMore) return failure_;
   if (err != HPE_OK) {
-    failure_ = err == HPE_HEADER_OVERFLOW ? ParseStatus::kHeadersTooLarge : ParseStatus::kBadRequest;
+    failure_ =
+        err == HPE_HEADER_OVERFLOW ? ParseStatus::kHeadersTooLarge : ParseStatus::kBadRequest;
     error_detail_ = http_errno_description(err);
     return failure_;
   }

@@ -11,8 +11,8 @@ namespace {
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' ||
-                        s.back() == '\n')) {
+  while (!s.empty() &&
+         (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
     s.remove_suffix(1);
   }
   return s;
@@ -49,14 +49,22 @@ TransferError classifyCurlCode(CURLcode code, bool request_sent) {
 
 const char* transferErrorName(TransferError e) {
   switch (e) {
-    case TransferError::kNone: return "none";
-    case TransferError::kConnect: return "connect_error";
-    case TransferError::kFirstByteTimeout: return "first_byte_timeout";
-    case TransferError::kIdleTimeout: return "idle_timeout";
-    case TransferError::kReset: return "reset";
-    case TransferError::kProtocol: return "protocol_error";
-    case TransferError::kInternal: return "internal_error";
-    case TransferError::kAborted: return "aborted";
+    case TransferError::kNone:
+      return "none";
+    case TransferError::kConnect:
+      return "connect_error";
+    case TransferError::kFirstByteTimeout:
+      return "first_byte_timeout";
+    case TransferError::kIdleTimeout:
+      return "idle_timeout";
+    case TransferError::kReset:
+      return "reset";
+    case TransferError::kProtocol:
+      return "protocol_error";
+    case TransferError::kInternal:
+      return "internal_error";
+    case TransferError::kAborted:
+      return "aborted";
   }
   return "unknown";
 }

@@ -21,14 +21,14 @@ class UpstreamClient;
 
 // How an attempt ended, at the transport level.
 enum class TransferError {
-  kNone,             // the response arrived whole
-  kConnect,          // DNS, TCP or TLS failed: nothing reached the upstream
-  kFirstByteTimeout, // no first body byte within timeouts.first_byte
-  kIdleTimeout,      // a gap between body bytes longer than timeouts.idle
-  kReset,            // the connection closed or broke mid-exchange
-  kProtocol,         // the upstream's reply was not valid HTTP
-  kInternal,         // Bulwark could not start the transfer
-  kAborted,          // the observer asked to stop (onData returned kAbort)
+  kNone,              // the response arrived whole
+  kConnect,           // DNS, TCP or TLS failed: nothing reached the upstream
+  kFirstByteTimeout,  // no first body byte within timeouts.first_byte
+  kIdleTimeout,       // a gap between body bytes longer than timeouts.idle
+  kReset,             // the connection closed or broke mid-exchange
+  kProtocol,          // the upstream's reply was not valid HTTP
+  kInternal,          // Bulwark could not start the transfer
+  kAborted,           // the observer asked to stop (onData returned kAbort)
 };
 const char* transferErrorName(TransferError e);
 

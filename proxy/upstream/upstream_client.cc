@@ -51,8 +51,9 @@ bool UpstreamClient::add(CURL* handle) {
   return curl_multi_add_handle(multi_.get(), handle) == CURLM_OK;
 }
 
-void UpstreamClient::remove(CURL* handle) { curl_multi_remove_handle(multi_.get(), handle); }
-
+void UpstreamClient::remove(CURL* handle) {
+  curl_multi_remove_handle(multi_.get(), handle);
+}
 
 int UpstreamClient::socketCallback(CURL*, curl_socket_t fd, int what, void* clientp, void*) {
   auto* self = static_cast<UpstreamClient*>(clientp);

@@ -18,17 +18,24 @@ bool has(const http::Headers& h, std::string_view name) {
 }
 
 TEST(ForwardingTest, StripsHopByHopAndHostKeepsTheRest) {
-  http::Headers client{{"Host", "evil.example"},       {"Connection", "keep-alive, X-Secret"},
-                       {"Keep-Alive", "timeout=5"},    {"TE", "trailers"},
-                       {"Trailer", "x"},               {"Transfer-Encoding", "chunked"},
-                       {"Upgrade", "websocket"},       {"Proxy-Authorization", "Basic x"},
-                       {"X-Secret", "named by Connection"}, {"Content-Length", "12"},
-                       {"Expect", "100-continue"},     {"Authorization", "Bearer sk-client"},
-                       {"OpenAI-Organization", "org"}, {"Content-Type", "application/json"}};
+  http::Headers client{{"Host", "evil.example"},
+                       {"Connection", "keep-alive, X-Secret"},
+                       {"Keep-Alive", "timeout=5"},
+                       {"TE", "trailers"},
+                       {"Trailer", "x"},
+                       {"Transfer-Encoding", "chunked"},
+                       {"Upgrade", "websocket"},
+                       {"Proxy-Authorization", "Basic x"},
+                       {"X-Secret", "named by Connection"},
+                       {"Content-Length", "12"},
+                       {"Expect", "100-continue"},
+                       {"Authorization", "Bearer sk-client"},
+                       {"OpenAI-Organization", "org"},
+                       {"Content-Type", "application/json"}};
   http::Headers out = upstreamRequestHeaders(client, upstream());
-  for (const char* gone : {"Host", "Connection", "Keep-Alive", "TE", "Trailer", "Transfer-Encoding",
-                           "Upgrade", "Proxy-Authorization", "X-Secret", "Content-Length",
-                           "Expect"}) {
+  for (const char* gone :
+       {"Host", "Connection", "Keep-Alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+        "Proxy-Authorization", "X-Secret", "Content-Length", "Expect"}) {
     EXPECT_FALSE(has(out, gone)) << gone;
   }
   EXPECT_EQ(*http::findHeader(out, "authorization"), "Bearer sk-client");

@@ -78,8 +78,8 @@ TEST(RequestParserTest, RejectsOversizedChunkedBody) {
   ParserLimits limits;
   limits.max_body = 4;
   RequestParser parser{limits};
-  Fed fed = feedAll(parser,
-                    "POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n");
+  Fed fed = feedAll(
+      parser, "POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n");
   EXPECT_EQ(fed.status, ParseStatus::kBodyTooLarge);
 }
 
@@ -123,8 +123,8 @@ TEST(RequestParserTest, Http10DefaultsToClose) {
 
 TEST(RequestParserTest, ReportsExpectContinueOnce) {
   RequestParser parser{ParserLimits{}};
-  Fed fed = feedAll(parser,
-                    "POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+  Fed fed =
+      feedAll(parser, "POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
   EXPECT_EQ(fed.status, ParseStatus::kNeedMore);
   EXPECT_TRUE(parser.takeExpectContinue());
   EXPECT_FALSE(parser.takeExpectContinue());
