@@ -2,8 +2,10 @@
 // a Random that plays back a script. No sleeps, no real randomness.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -31,6 +33,29 @@ class FakeClock final : public resilience::Clock {
  private:
   resilience::SteadyTime steady_;
   resilience::WallTime wall_;
+};
+
+// A FakeClock that many threads may read and advance at once, for hammer tests of shared
+// state: both clocks move together by one atomic offset.
+class AtomicFakeClock final : public resilience::Clock {
+ public:
+  resilience::SteadyTime now() const override { return steady_start_ + elapsed(); }
+  resilience::WallTime wallNow() const override {
+    return wall_start_ + std::chrono::duration_cast<resilience::WallTime::duration>(elapsed());
+  }
+  void advance(std::chrono::milliseconds by) {
+    elapsed_ms_.fetch_add(by.count(), std::memory_order_relaxed);
+  }
+
+ private:
+  std::chrono::milliseconds elapsed() const {
+    return std::chrono::milliseconds(elapsed_ms_.load(std::memory_order_relaxed));
+  }
+
+  resilience::SteadyTime steady_start_{std::chrono::hours(1000)};
+  resilience::WallTime wall_start_{std::chrono::sys_days(std::chrono::year(2026) / 11 / 28) +
+                                   std::chrono::hours(14)};
+  std::atomic<std::int64_t> elapsed_ms_{0};
 };
 
 // Returns the scripted values in order, starting over after the last one.

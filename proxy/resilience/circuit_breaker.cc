@@ -1,0 +1,222 @@
+#include "proxy/resilience/circuit_breaker.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace bulwark::resilience {
+namespace {
+
+// What a caller turned away from a full HALF_OPEN breaker is told to wait. When the probe in
+// flight will end is unknown; one second is the finest step a Retry-After header can carry,
+// and a slot opens again as soon as that probe reports.
+constexpr Millis kProbeBusyRetryAfter{1000};
+
+// Each of the kBuckets buckets covers window / kBuckets (at least 1 ms).
+std::int64_t bucketWidthMs(Millis window, int buckets) {
+  return std::max<std::int64_t>(1, window.count() / buckets);
+}
+
+std::int64_t steadyMs(SteadyTime t) {
+  return std::chrono::duration_cast<Millis>(t.time_since_epoch()).count();
+}
+
+}  // namespace
+
+const char* breakerStateName(BreakerState state) {
+  switch (state) {
+    case BreakerState::kClosed:
+      return "CLOSED";
+    case BreakerState::kOpen:
+      return "OPEN";
+    case BreakerState::kHalfOpen:
+      return "HALF_OPEN";
+  }
+  return "UNKNOWN";
+}
+
+CircuitBreaker::CircuitBreaker(const config::CircuitBreakerConfig& config, const Clock& clock)
+    : clock_(clock),
+      config_(config),
+      current_recovery_(config.recovery_timeout),
+      window_(kBuckets) {}
+
+void CircuitBreaker::setTransitionListener(TransitionListener listener) {
+  std::lock_guard lock(mutex_);
+  listener_ = std::move(listener);
+}
+
+void CircuitBreaker::updateConfig(const config::CircuitBreakerConfig& config) {
+  std::lock_guard lock(mutex_);
+  // Buckets laid out for another window length cannot be re-sliced: the window starts over.
+  // The state, the consecutive count and a running recovery period are kept.
+  if (config.window != config_.window) std::fill(window_.begin(), window_.end(), Bucket{});
+  config_ = config;
+  if (state_.load(std::memory_order_relaxed) == BreakerState::kClosed) {
+    current_recovery_ = config_.recovery_timeout;
+  } else {
+    current_recovery_ = std::min(std::max(current_recovery_, config_.recovery_timeout),
+                                 config_.max_recovery_timeout);
+  }
+}
+
+CircuitBreaker::Admission CircuitBreaker::admit() {
+  // The hot path: a CLOSED breaker admits without touching the mutex. An attempt admitted
+  // just as another thread opens the breaker reports a non-probe outcome, which an OPEN
+  // breaker ignores.
+  if (state_.load(std::memory_order_acquire) == BreakerState::kClosed) return {true, false, {}};
+
+  Admission admission;
+  std::optional<std::pair<BreakerState, BreakerState>> transition;
+  {
+    std::lock_guard lock(mutex_);
+    const SteadyTime now = clock_.now();
+    switch (state_.load(std::memory_order_relaxed)) {
+      case BreakerState::kClosed:  // closed by another thread since the check above
+        admission.admitted = true;
+        break;
+      case BreakerState::kOpen:
+        if (now < open_until_) {
+          admission.retry_after = std::max(Millis(1), std::chrono::ceil<Millis>(open_until_ - now));
+          break;
+        }
+        transition = transitionLocked(BreakerState::kHalfOpen, now);
+        [[fallthrough]];
+      case BreakerState::kHalfOpen:
+        if (probes_in_flight_ < config_.half_open_max_probes) {
+          ++probes_in_flight_;
+          admission.admitted = true;
+          admission.probe = true;
+        } else {
+          admission.retry_after = kProbeBusyRetryAfter;
+        }
+        break;
+    }
+  }
+  notify(transition);
+  return admission;
+}
+
+void CircuitBreaker::record(bool counted_failure, bool probe) {
+  std::optional<std::pair<BreakerState, BreakerState>> transition;
+  {
+    std::lock_guard lock(mutex_);
+    const SteadyTime now = clock_.now();
+    if (counted_failure) last_failure_ = clock_.wallNow();
+    if (probe && probes_in_flight_ > 0) --probes_in_flight_;
+
+    switch (state_.load(std::memory_order_relaxed)) {
+      case BreakerState::kClosed: {
+        // Includes a late probe whose sibling already closed the breaker: a fresh outcome
+        // like any other.
+        addToWindowLocked(counted_failure, now);
+        consecutive_failures_ = counted_failure ? consecutive_failures_ + 1 : 0;
+        int total = 0;
+        int failures = 0;
+        windowTotalsLocked(now, &total, &failures);
+        // failures / total rather than threshold * total: 7 / 10 rounds to the same double
+        // as a configured 0.7, while 0.7 * 10 rounds above 7.
+        const bool rate_tripped =
+            total > 0 && total >= config_.min_requests &&
+            static_cast<double>(failures) / total >= config_.failure_rate_threshold;
+        if (consecutive_failures_ >= config_.failure_threshold || rate_tripped) {
+          transition = transitionLocked(BreakerState::kOpen, now);
+        }
+        break;
+      }
+      case BreakerState::kHalfOpen:
+        // Only a probe decides; attempts admitted before the breaker opened say nothing
+        // about the upstream's recovery.
+        if (!probe) break;
+        if (counted_failure) {
+          ++consecutive_failures_;
+          transition = transitionLocked(BreakerState::kOpen, now);
+        } else {
+          transition = transitionLocked(BreakerState::kClosed, now);
+        }
+        break;
+      case BreakerState::kOpen:
+        // Attempts admitted before the trip, or a probe outlived by a failed sibling.
+        break;
+    }
+  }
+  notify(transition);
+}
+
+void CircuitBreaker::release(bool probe) {
+  if (!probe) return;
+  std::lock_guard lock(mutex_);
+  if (probes_in_flight_ > 0) --probes_in_flight_;
+}
+
+CircuitBreaker::Snapshot CircuitBreaker::snapshot() const {
+  std::lock_guard lock(mutex_);
+  Snapshot snapshot;
+  snapshot.state = state_.load(std::memory_order_relaxed);
+  snapshot.consecutive_failures = consecutive_failures_;
+  snapshot.last_failure = last_failure_;
+  snapshot.current_recovery_timeout = current_recovery_;
+  return snapshot;
+}
+
+std::optional<std::pair<BreakerState, BreakerState>> CircuitBreaker::transitionLocked(
+    BreakerState to, SteadyTime now) {
+  const BreakerState from = state_.load(std::memory_order_relaxed);
+  if (from == to) return std::nullopt;
+  switch (to) {
+    case BreakerState::kOpen:
+      // The first trip waits recovery_timeout; each re-trip from HALF_OPEN doubles it.
+      if (from == BreakerState::kHalfOpen) {
+        current_recovery_ = std::min(current_recovery_ * 2, config_.max_recovery_timeout);
+      }
+      open_until_ = now + current_recovery_;
+      last_failure_ = clock_.wallNow();
+      break;
+    case BreakerState::kClosed:
+      consecutive_failures_ = 0;
+      current_recovery_ = config_.recovery_timeout;
+      std::fill(window_.begin(), window_.end(), Bucket{});
+      break;
+    case BreakerState::kHalfOpen:
+      break;
+  }
+  state_.store(to, std::memory_order_release);
+  return std::make_pair(from, to);
+}
+
+void CircuitBreaker::addToWindowLocked(bool failure, SteadyTime now) {
+  const std::int64_t width = bucketWidthMs(config_.window, kBuckets);
+  const std::int64_t now_ms = steadyMs(now);
+  const std::int64_t start = now_ms - now_ms % width;
+  Bucket& bucket = window_[static_cast<std::size_t>((now_ms / width) % kBuckets)];
+  if (bucket.start_ms != start) bucket = Bucket{start, 0, 0};
+  ++bucket.total;
+  if (failure) ++bucket.failures;
+}
+
+void CircuitBreaker::windowTotalsLocked(SteadyTime now, int* total, int* failures) const {
+  const std::int64_t width = bucketWidthMs(config_.window, kBuckets);
+  const std::int64_t now_ms = steadyMs(now);
+  const std::int64_t newest = now_ms - now_ms % width;
+  // The current bucket and the kBuckets - 1 before it: an outcome leaves the window at most
+  // `window` after it was recorded. Empty buckets (start 0) hold zeros.
+  const std::int64_t oldest = newest - (kBuckets - 1) * width;
+  *total = 0;
+  *failures = 0;
+  for (const Bucket& bucket : window_) {
+    if (bucket.start_ms < oldest || bucket.start_ms > newest) continue;
+    *total += bucket.total;
+    *failures += bucket.failures;
+  }
+}
+
+void CircuitBreaker::notify(std::optional<std::pair<BreakerState, BreakerState>> transition) {
+  if (!transition) return;
+  TransitionListener listener;
+  {
+    std::lock_guard lock(mutex_);
+    listener = listener_;
+  }
+  if (listener) listener(transition->first, transition->second);
+}
+
+}  // namespace bulwark::resilience

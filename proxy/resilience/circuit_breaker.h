@@ -1,0 +1,96 @@
+// A circuit breaker for one upstream (or one upstream + model), SPEC §3.9:
+//   CLOSED -> OPEN on failure_threshold consecutive counted failures, or when the counted
+//   failure share over `window` reaches failure_rate_threshold with at least min_requests
+//   outcomes in the window; OPEN -> HALF_OPEN once the recovery timeout has passed (it
+//   doubles on each re-trip up to max_recovery_timeout and resets when the breaker closes);
+//   HALF_OPEN admits at most half_open_max_probes concurrent probes: a probe that succeeds
+//   closes it, a counted failure reopens it.
+// Thread-safe: shared by every worker. admit() on a CLOSED breaker takes no lock; outcome
+// recording takes this breaker's own mutex (never a global one).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/resilience/clock.h"
+
+namespace bulwark::resilience {
+
+enum class BreakerState : int { kClosed = 0, kOpen = 1, kHalfOpen = 2 };
+const char* breakerStateName(BreakerState state);  // "CLOSED", "OPEN", "HALF_OPEN"
+
+class CircuitBreaker {
+ public:
+  // Called after every state change, outside the breaker's lock, on the thread that caused
+  // it. Must be thread-safe.
+  using TransitionListener = std::function<void(BreakerState from, BreakerState to)>;
+
+  CircuitBreaker(const config::CircuitBreakerConfig& config, const Clock& clock);
+  CircuitBreaker(const CircuitBreaker&) = delete;
+  CircuitBreaker& operator=(const CircuitBreaker&) = delete;
+
+  void setTransitionListener(TransitionListener listener);
+  // Applies new settings (SIGHUP reload) without forgetting state.
+  void updateConfig(const config::CircuitBreakerConfig& config);
+
+  struct Admission {
+    bool admitted = false;
+    bool probe = false;     // admitted as a HALF_OPEN probe: report it with probe = true
+    Millis retry_after{0};  // when rejected: time until the breaker lets a probe through
+  };
+  // Asks to send one attempt. An admitted attempt must be followed by exactly one
+  // record() or release().
+  Admission admit();
+
+  // The outcome of an admitted attempt: counted_failure when its policy says breaker: true.
+  // Anything else (success, or a failure the breaker does not count) resets the
+  // consecutive-failure count, and closes a HALF_OPEN breaker when it was a probe.
+  void record(bool counted_failure, bool probe);
+  // An admitted attempt ended without an outcome (the client left): frees its probe slot.
+  void release(bool probe);
+
+  struct Snapshot {
+    BreakerState state = BreakerState::kClosed;
+    int consecutive_failures = 0;
+    std::optional<WallTime> last_failure;  // the last counted failure, if any
+    Millis current_recovery_timeout{0};
+  };
+  Snapshot snapshot() const;
+  BreakerState state() const { return state_.load(std::memory_order_acquire); }
+
+ private:
+  struct Bucket {
+    std::int64_t start_ms = 0;  // bucket's window position (steady ms), 0 = empty
+    int total = 0;
+    int failures = 0;
+  };
+  static constexpr int kBuckets = 10;
+
+  // All below with mutex_ held. Returns the transition to report, if any.
+  std::optional<std::pair<BreakerState, BreakerState>> transitionLocked(BreakerState to,
+                                                                        SteadyTime now);
+  void addToWindowLocked(bool failure, SteadyTime now);
+  void windowTotalsLocked(SteadyTime now, int* total, int* failures) const;
+  void notify(std::optional<std::pair<BreakerState, BreakerState>> transition);
+
+  const Clock& clock_;
+  mutable std::mutex mutex_;
+  config::CircuitBreakerConfig config_;
+  std::atomic<BreakerState> state_{BreakerState::kClosed};
+  int consecutive_failures_ = 0;
+  std::optional<WallTime> last_failure_;
+  SteadyTime open_until_{};
+  Millis current_recovery_;
+  int probes_in_flight_ = 0;
+  std::vector<Bucket> window_;
+  TransitionListener listener_;
+};
+
+}  // namespace bulwark::resilience

@@ -1,0 +1,53 @@
+// The retry budget of one upstream (SPEC §3.8): over a sliding `window`, retries may add at
+// most `ratio` of the requests, and always at least min_per_second * window.
+// Thread-safe (its own small mutex); shared by every worker.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/resilience/clock.h"
+
+namespace bulwark::resilience {
+
+class RetryBudget {
+ public:
+  RetryBudget(const config::RetryBudgetConfig& config, const Clock& clock);
+  RetryBudget(const RetryBudget&) = delete;
+  RetryBudget& operator=(const RetryBudget&) = delete;
+
+  void updateConfig(const config::RetryBudgetConfig& config);
+
+  // A client request's first attempt went to this upstream.
+  void recordRequest();
+  // Takes one retry from the budget; false when it is spent (the retry must not be made).
+  [[nodiscard]] bool tryAcquire();
+
+  // Requests and retries currently in the window (for tests and health output).
+  struct Usage {
+    std::int64_t requests = 0;
+    std::int64_t retries = 0;
+    double allowed = 0;  // retries the window allows right now
+  };
+  Usage usage() const;
+
+ private:
+  struct Bucket {
+    std::int64_t start_ms = 0;
+    std::int64_t requests = 0;
+    std::int64_t retries = 0;
+  };
+  static constexpr int kBuckets = 10;
+
+  Bucket& currentBucketLocked(SteadyTime now);
+  Usage usageLocked(SteadyTime now) const;
+
+  const Clock& clock_;
+  mutable std::mutex mutex_;
+  config::RetryBudgetConfig config_;
+  std::vector<Bucket> buckets_;
+};
+
+}  // namespace bulwark::resilience

@@ -1,0 +1,189 @@
+#include "proxy/resilience/upstream_health.h"
+
+#include <algorithm>
+#include <mutex>
+#include <utility>
+
+namespace bulwark::resilience {
+namespace {
+
+// The breaker shared by models beyond kMaxModelBreakers; also the metrics' overflow label.
+constexpr std::string_view kOtherModels = "other";
+
+int maxInflightOf(const std::string& name, const config::Config& config) {
+  for (const config::UpstreamConfig& upstream : config.upstreams) {
+    if (upstream.name == name) return upstream.max_inflight;
+  }
+  return 0;
+}
+
+int severity(BreakerState state) {
+  switch (state) {
+    case BreakerState::kClosed:
+      return 0;
+    case BreakerState::kHalfOpen:
+      return 1;
+    case BreakerState::kOpen:
+      return 2;
+  }
+  return 0;
+}
+
+// Folds one breaker's snapshot into the upstream's summary.
+void mergeInto(CircuitBreaker::Snapshot& summary, const CircuitBreaker::Snapshot& one) {
+  if (severity(one.state) > severity(summary.state)) summary.state = one.state;
+  summary.consecutive_failures = std::max(summary.consecutive_failures, one.consecutive_failures);
+  if (one.last_failure && (!summary.last_failure || *one.last_failure > *summary.last_failure)) {
+    summary.last_failure = one.last_failure;
+  }
+  summary.current_recovery_timeout =
+      std::max(summary.current_recovery_timeout, one.current_recovery_timeout);
+}
+
+// A breaker's listener that reports to the upstream's with the upstream and model added;
+// it holds its own copy, so the breaker never reads UpstreamHealth state.
+CircuitBreaker::TransitionListener forwardTransitions(
+    const UpstreamHealth::TransitionListener& listener, const std::string& upstream,
+    const std::string& model) {
+  if (!listener) return nullptr;
+  return [listener, upstream, model](BreakerState from, BreakerState to) {
+    listener(upstream, model, from, to);
+  };
+}
+
+}  // namespace
+
+UpstreamHealth::UpstreamHealth(std::string name, const config::Config& config, const Clock& clock)
+    : name_(std::move(name)),
+      clock_(clock),
+      scope_(config.circuit_breaker.scope),
+      breaker_config_(config.circuit_breaker),
+      own_breaker_(std::make_unique<CircuitBreaker>(config.circuit_breaker, clock)),
+      budget_(config.retry.budget, clock),
+      max_inflight_(maxInflightOf(name_, config)) {}
+
+void UpstreamHealth::updateConfig(const config::Config& config) {
+  std::unique_lock lock(mutex_);
+  // Breakers of another scope stay allocated (references to them may be in use) but new
+  // lookups follow the new scope.
+  scope_ = config.circuit_breaker.scope;
+  breaker_config_ = config.circuit_breaker;
+  own_breaker_->updateConfig(breaker_config_);
+  for (auto& [model, breaker] : model_breakers_) breaker->updateConfig(breaker_config_);
+  budget_.updateConfig(config.retry.budget);
+  max_inflight_.store(maxInflightOf(name_, config), std::memory_order_relaxed);
+}
+
+CircuitBreaker& UpstreamHealth::breakerFor(std::string_view model) {
+  if (model.empty()) return *own_breaker_;
+  {
+    std::shared_lock lock(mutex_);
+    if (scope_ == config::BreakerScope::kUpstream) return *own_breaker_;
+    if (auto it = model_breakers_.find(model); it != model_breakers_.end()) return *it->second;
+    if (model_breakers_.size() >= kMaxModelBreakers) {
+      if (auto it = model_breakers_.find(kOtherModels); it != model_breakers_.end()) {
+        return *it->second;
+      }
+    }
+  }
+  // First use of this model (or of the overflow breaker): look again under the writer lock,
+  // since another thread or a reload may have come first.
+  std::unique_lock lock(mutex_);
+  if (scope_ == config::BreakerScope::kUpstream) return *own_breaker_;
+  if (auto it = model_breakers_.find(model); it != model_breakers_.end()) return *it->second;
+  if (model_breakers_.size() >= kMaxModelBreakers) {
+    if (auto it = model_breakers_.find(kOtherModels); it != model_breakers_.end()) {
+      return *it->second;
+    }
+    return makeBreakerLocked(std::string(kOtherModels));
+  }
+  return makeBreakerLocked(std::string(model));
+}
+
+CircuitBreaker& UpstreamHealth::makeBreakerLocked(const std::string& model) {
+  auto breaker = std::make_unique<CircuitBreaker>(breaker_config_, clock_);
+  breaker->setTransitionListener(forwardTransitions(listener_, name_, model));
+  CircuitBreaker& result = *breaker;
+  model_breakers_.emplace(model, std::move(breaker));
+  return result;
+}
+
+bool UpstreamHealth::tryEnter() {
+  const int max = max_inflight_.load(std::memory_order_relaxed);
+  int current = inflight_.load(std::memory_order_relaxed);
+  do {
+    if (max > 0 && current >= max) return false;
+  } while (!inflight_.compare_exchange_weak(current, current + 1, std::memory_order_relaxed));
+  return true;
+}
+
+void UpstreamHealth::leave() {
+  inflight_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+CircuitBreaker::Snapshot UpstreamHealth::summary() const {
+  std::shared_lock lock(mutex_);
+  CircuitBreaker::Snapshot summary = own_breaker_->snapshot();
+  // Model breakers left over from an earlier upstream_model scope get no more traffic (and
+  // so would never leave OPEN): they no longer speak for the upstream.
+  if (scope_ == config::BreakerScope::kUpstreamModel) {
+    for (const auto& [model, breaker] : model_breakers_) mergeInto(summary, breaker->snapshot());
+  }
+  return summary;
+}
+
+void UpstreamHealth::setTransitionListener(TransitionListener listener) {
+  std::unique_lock lock(mutex_);
+  listener_ = std::move(listener);
+  own_breaker_->setTransitionListener(forwardTransitions(listener_, name_, ""));
+  for (auto& [model, breaker] : model_breakers_) {
+    breaker->setTransitionListener(forwardTransitions(listener_, name_, model));
+  }
+}
+
+UpstreamRegistry::UpstreamRegistry(const config::Config& config, const Clock& clock)
+    : clock_(clock) {
+  for (const config::UpstreamConfig& upstream : config.upstreams) {
+    all_.push_back(std::make_unique<UpstreamHealth>(upstream.name, config, clock_));
+    current_.push_back(all_.back().get());
+  }
+}
+
+void UpstreamRegistry::reload(const config::Config& config) {
+  std::unique_lock lock(mutex_);
+  std::vector<UpstreamHealth*> current;
+  for (const config::UpstreamConfig& upstream : config.upstreams) {
+    auto it = std::find_if(all_.begin(), all_.end(),
+                           [&](const auto& health) { return health->name() == upstream.name; });
+    if (it != all_.end()) {
+      (*it)->updateConfig(config);
+      current.push_back(it->get());
+      continue;
+    }
+    all_.push_back(std::make_unique<UpstreamHealth>(upstream.name, config, clock_));
+    if (listener_) all_.back()->setTransitionListener(listener_);
+    current.push_back(all_.back().get());
+  }
+  current_ = std::move(current);
+}
+
+UpstreamHealth* UpstreamRegistry::find(std::string_view name) {
+  std::shared_lock lock(mutex_);
+  for (const auto& health : all_) {
+    if (health->name() == name) return health.get();
+  }
+  return nullptr;
+}
+
+std::vector<UpstreamHealth*> UpstreamRegistry::current() const {
+  std::shared_lock lock(mutex_);
+  return current_;
+}
+
+void UpstreamRegistry::setTransitionListener(UpstreamHealth::TransitionListener listener) {
+  std::unique_lock lock(mutex_);
+  listener_ = std::move(listener);
+  for (const auto& health : all_) health->setTransitionListener(listener_);
+}
+
+}  // namespace bulwark::resilience

@@ -1,0 +1,97 @@
+// Shared, process-wide state of the configured upstreams: per upstream its circuit
+// breaker(s) (one, or one per model with scope upstream_model), its retry budget and its
+// in-flight count. Created at start, kept across reloads for upstreams that keep their name.
+// Thread-safe: every worker uses it; lookups of an upstream's breaker for a model take a
+// shared (reader) lock on that upstream only.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/resilience/circuit_breaker.h"
+#include "proxy/resilience/clock.h"
+#include "proxy/resilience/retry_budget.h"
+
+namespace bulwark::resilience {
+
+class UpstreamHealth {
+ public:
+  UpstreamHealth(std::string name, const config::Config& config, const Clock& clock);
+  UpstreamHealth(const UpstreamHealth&) = delete;
+  UpstreamHealth& operator=(const UpstreamHealth&) = delete;
+
+  const std::string& name() const { return name_; }
+  void updateConfig(const config::Config& config);
+
+  // The breaker for this request: the upstream's own with scope `upstream`, else the one of
+  // `model` (empty model -> the upstream's own). At most kMaxModelBreakers distinct models;
+  // further ones share one breaker.
+  CircuitBreaker& breakerFor(std::string_view model);
+  RetryBudget& budget() { return budget_; }
+
+  // In-flight requests on this upstream (all workers). tryEnter fails when max_inflight
+  // (0 = unlimited) is reached; every successful tryEnter is paired with one leave.
+  [[nodiscard]] bool tryEnter();
+  void leave();
+  int inflight() const { return inflight_.load(std::memory_order_relaxed); }
+
+  // For /health/detailed: the worst state over this upstream's breakers, the largest
+  // consecutive-failure count, and the latest failure time.
+  CircuitBreaker::Snapshot summary() const;
+
+  // Every breaker transition, with the model it belongs to ("" for the upstream's own).
+  using TransitionListener = std::function<void(
+      const std::string& upstream, const std::string& model, BreakerState from, BreakerState to)>;
+  void setTransitionListener(TransitionListener listener);
+
+  static constexpr std::size_t kMaxModelBreakers = 256;
+
+ private:
+  CircuitBreaker& makeBreakerLocked(const std::string& model);
+
+  std::string name_;
+  const Clock& clock_;
+  mutable std::shared_mutex mutex_;  // guards scope_, breaker config, the model map
+  config::BreakerScope scope_;
+  config::CircuitBreakerConfig breaker_config_;
+  std::unique_ptr<CircuitBreaker> own_breaker_;
+  std::map<std::string, std::unique_ptr<CircuitBreaker>, std::less<>> model_breakers_;
+  RetryBudget budget_;
+  std::atomic<int> max_inflight_;
+  std::atomic<int> inflight_{0};
+  TransitionListener listener_;
+};
+
+// All upstreams, in config order, looked up by name. Reload keeps the state of upstreams
+// whose name stays and creates the new ones. Safe for concurrent readers; reload() is
+// called from the main thread only and never frees an entry (removed upstreams stay
+// allocated, unused), so references handed out remain valid.
+class UpstreamRegistry {
+ public:
+  UpstreamRegistry(const config::Config& config, const Clock& clock);
+  UpstreamRegistry(const UpstreamRegistry&) = delete;
+  UpstreamRegistry& operator=(const UpstreamRegistry&) = delete;
+
+  void reload(const config::Config& config);
+  // nullptr for a name that was never configured.
+  UpstreamHealth* find(std::string_view name);
+  // The upstreams of the current config, in priority order.
+  std::vector<UpstreamHealth*> current() const;
+
+  void setTransitionListener(UpstreamHealth::TransitionListener listener);
+
+ private:
+  const Clock& clock_;
+  mutable std::shared_mutex mutex_;
+  std::vector<std::unique_ptr<UpstreamHealth>> all_;
+  std::vector<UpstreamHealth*> current_;
+  UpstreamHealth::TransitionListener listener_;
+};
+
+}  // namespace bulwark::resilience
