@@ -11,7 +11,21 @@
 namespace bulwark {
 
 App::App(std::string config_path, config::Config config)
-    : config_path_(std::move(config_path)), config_store_(std::move(config)) {}
+    : config_path_(std::move(config_path)),
+      config_store_(std::move(config)),
+      upstreams_(*config_store_.current(), clock_) {
+  upstreams_.setTransitionListener([](const std::string& upstream, const std::string& model,
+                                      resilience::BreakerState from, resilience::BreakerState to) {
+    observe::LogLevel level = to == resilience::BreakerState::kOpen ? observe::LogLevel::kError
+                                                                    : observe::LogLevel::kInfo;
+    if (!observe::Logger::get().enabled(level)) return;
+    observe::Logger::get().log(level, "circuit breaker transition",
+                               {{"upstream", upstream},
+                                {"model", model},
+                                {"from", resilience::breakerStateName(from)},
+                                {"to", resilience::breakerStateName(to)}});
+  });
+}
 
 App::~App() {
   for (auto& w : workers_) w->stop();
@@ -44,7 +58,7 @@ int App::run() {
 
   for (int i = 0; i < workers; ++i) {
     workers_.push_back(
-        std::make_unique<Worker>(i, sockets.fds[i], config_store_, open_connections_));
+        std::make_unique<Worker>(i, sockets.fds[i], config_store_, upstreams_, open_connections_));
   }
   for (auto& w : workers_) w->start();
 
@@ -132,6 +146,7 @@ void App::reload() {
     observe::logWarn("reload: listen addresses and workers change only on restart");
   }
   observe::Logger::get().configure(result.config->log.level, result.config->log.format);
+  upstreams_.reload(*result.config);  // before the swap: new requests find every upstream
   config_store_.replace(std::move(*result.config));
   observe::logInfo("configuration reloaded", {{"path", config_path_}});
 }

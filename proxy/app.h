@@ -10,6 +10,8 @@
 #include "config/config.h"
 #include "proxy/admin/admin_server.h"
 #include "proxy/config_store.h"
+#include "proxy/resilience/clock.h"
+#include "proxy/resilience/upstream_health.h"
 #include "proxy/support/libevent.h"
 #include "proxy/worker.h"
 
@@ -34,6 +36,8 @@ class App {
 
   std::string config_path_;
   ConfigStore config_store_;
+  resilience::SystemClock clock_;
+  resilience::UpstreamRegistry upstreams_;
   std::atomic<bool> ready_{false};
   std::atomic<int> open_connections_{0};
   support::EventBasePtr base_;

@@ -11,6 +11,7 @@
 #include "proxy/exchange/exchange.h"
 #include "proxy/exchange/exchange_context.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/upstream_health.h"
 #include "proxy/server/client_server.h"
 #include "proxy/support/libevent.h"
 #include "proxy/upstream/upstream_client.h"
@@ -20,7 +21,7 @@ namespace bulwark {
 class Worker {
  public:
   Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
-         std::atomic<int>& open_connections);
+         resilience::UpstreamRegistry& upstreams, std::atomic<int>& open_connections);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds, and runs the whole test suite (ctest): unit tests,
-# the fake upstream's self-tests, integration tests of the real binary against the fake
-# upstream, and end-to-end tests through the official openai npm package.
+# Installs dependencies, builds, and runs the whole test suite: the shared-state units under
+# ThreadSanitizer, then ctest (unit tests, the fake upstream's self-tests, integration tests
+# of the real binary against the fake upstream, end-to-end tests through the official openai
+# npm package). Extra arguments go to ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/build.sh
-BUILD_DIR=${BUILD_DIR:-build}
+
+# Circuit breakers, budgets and in-flight counts are shared by every worker thread: their
+# tests (including the multi-threaded hammering) also run under ThreadSanitizer.
+BUILD_DIR=build-tsan SANITIZE=thread TARGETS=bulwark_resilience_tests bash scripts/build.sh
+echo "== ThreadSanitizer: bulwark_resilience_tests"
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  ./build-tsan/tests/bulwark_resilience_tests --gtest_brief=1
+
 if [ ! -d tests/e2e/node_modules ] || [ tests/e2e/package-lock.json -nt tests/e2e/node_modules ]; then
   (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 fi
-cd "$BUILD_DIR"
+cd build
 ctest --output-on-failure --timeout 300 "$@"

@@ -73,6 +73,7 @@ Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
 Exchange::~Exchange() {
   sink_.onDrained(nullptr);
   attempt_.reset();  // cancels a running transfer; the timers go with their events
+  if (!finished_ && upstream_ != nullptr) logAccess(499, true);  // the client left first
 }
 
 void Exchange::start() {
@@ -81,16 +82,53 @@ void Exchange::start() {
   deadline_ = resilience::requestDeadline(cfg.timeouts, request_.headers, started_);
   max_attempts_ = resilience::attemptsAllowed(cfg.retry, request_.headers);
   policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
+  if (cfg.circuit_breaker.scope == config::BreakerScope::kUpstreamModel) {
+    model_ = requestModel(request_.body);
+  }
   upstream_ = &cfg.upstreams.front();
   wait_timer_.reset(evtimer_new(context_.base, &Exchange::onWaitOver, this));
   deadline_timer_.reset(evtimer_new(context_.base, &Exchange::onDeadline, this));
   timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
   evtimer_add(deadline_timer_.get(), &until_deadline);
-  startAttempt();
+
+  UpstreamSelection selection = selectFor(false);
+  if (!selection.lease) {
+    if (selection.breaker_rejected) {
+      // Fail fast: every upstream's breaker is open. Retry-After says when one may admit.
+      long long seconds = (selection.retry_after.count() + 999) / 1000;
+      respondWithError(503, "circuit_open",
+                       "the circuit breaker is open for every upstream; retry after " +
+                           std::to_string(std::max(1LL, seconds)) + "s",
+                       std::max(1LL, seconds));
+    } else {
+      respondWithError(503, "overloaded",
+                       "every upstream is at its max_inflight limit; retry later");
+    }
+    return;
+  }
+  selection.lease.health()->budget().recordRequest();
+  startAttempt(std::move(selection));
 }
 
-void Exchange::startAttempt() {
+UpstreamSelection Exchange::selectFor(bool retry) const {
+  int n = static_cast<int>(config_->upstreams.size());
+  std::vector<int> order;
+  if (!retry) {
+    for (int i = 0; i < n; ++i) order.push_back(i);
+  } else if (config_->retry.failover) {
+    // The next upstreams after the one that failed, then (last) the failed one again.
+    for (int i = 1; i <= n; ++i) order.push_back((upstream_index_ + i) % n);
+  } else {
+    order.push_back(upstream_index_);
+  }
+  return selectUpstream(context_.upstreams, *config_, order, model_);
+}
+
+void Exchange::startAttempt(UpstreamSelection selection) {
   ++attempts_;
+  upstream_index_ = selection.index;
+  upstream_ = &config_->upstreams[selection.index];
+  lease_ = std::move(selection.lease);
   head_ = upstream::ResponseHead{};
   has_head_ = false;
   hold_ = Hold::kNone;
@@ -117,9 +155,8 @@ bool Exchange::isEventStream() const {
          http::equalsIgnoreCase(type->substr(0, 17), "text/event-stream");
 }
 
-http::Headers Exchange::bulwarkHeaders() const {
-  return {{"x-bulwark-attempts", std::to_string(attempts_)},
-          {"x-bulwark-upstream", upstream_->name}};
+http::Headers Exchange::bulwarkHeaders(const config::UpstreamConfig& upstream) const {
+  return {{"x-bulwark-attempts", std::to_string(attempts_)}, {"x-bulwark-upstream", upstream.name}};
 }
 
 void Exchange::onHead(const upstream::ResponseHead& head) {
@@ -178,8 +215,13 @@ upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::si
 
 void Exchange::commit(std::optional<std::uint64_t> content_length) {
   committed_ = true;
+  // The upstream answered: for the breaker that is a success, unless an error status whose
+  // policy counts (a committed error body too large to hold).
+  lease_.recordOutcome(
+      head_.status >= 400 &&
+      resilience::policyFor(config_->retry, Outcome::fromStatus(head_.status)).breaker);
   http::Headers headers = clientResponseHeaders(head_.headers);
-  for (http::Header& h : bulwarkHeaders()) headers.push_back(std::move(h));
+  for (http::Header& h : bulwarkHeaders(*upstream_)) headers.push_back(std::move(h));
   sink_.sendHead(head_.status, headers, content_length);
 }
 
@@ -188,6 +230,7 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
   if (committed_) {
     if (error == TransferError::kNone) {
       finished_ = true;
+      lease_.reset();
       sink_.finish();
       logAccess(head_.status);
     } else {
@@ -198,7 +241,8 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
   if (error == TransferError::kNone && has_head_) {
     Outcome outcome = Outcome::fromStatus(head_.status);
     if (outcome.isSuccess()) {
-      deliverHeldResponse(false);  // a response with an empty body
+      lease_.recordOutcome(false);
+      deliverResponse(takeHeldResponse(), false);  // a response with an empty body
     } else {
       afterFailedAttempt(outcome, detail);
     }
@@ -219,6 +263,11 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   if (outcome.kind == Outcome::Kind::kStatus) facts.error_body = held_;
   facts.policies_apply = policies_apply_;
   resilience::Verdict verdict = resilience::classifyAttempt(retry, facts);
+  lease_.recordOutcome(verdict.breaker_counted);
+  last_outcome_ = outcome;
+  if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
+    last_response_ = takeHeldResponse();
+  }
 
   resilience::RetryDelay plan;
   std::string why_not = verdict.reason;
@@ -233,6 +282,10 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
       resilience::Millis backoff = backoff_.next(attempts_);
       plan = resilience::planRetryDelay(retry, hint, backoff, context_.clock.now(), deadline_);
       why_not = plan.why_not;
+      if (plan.retry && !lease_.health()->budget().tryAcquire()) {
+        plan.retry = false;  // retries must not multiply the load on a struggling upstream
+        why_not = "retry_budget";
+      }
     }
   }
 
@@ -257,53 +310,68 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
        {"upstream_request_id", upstream_request_id},
        {"detail", detail}});
 
+  attempt_.reset();
+  lease_.reset();
   if (plan.retry) {
-    attempt_.reset();
     timeval wait = support::toTimeval(plan.delay.count());
     evtimer_add(wait_timer_.get(), &wait);
     return;
   }
-  // Giving up: the last upstream response goes to the client as it was, or Bulwark's own
-  // error when there is none.
-  if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
-    deliverHeldResponse(true);
-  } else if (context_.clock.now() >= deadline_) {
+  giveUp(outcome);
+}
+
+void Exchange::giveUp(const Outcome& outcome, bool deadline_reached) {
+  // The last upstream response goes to the client as it was (even when a later attempt got
+  // none), or Bulwark's own error when there never was one.
+  if (last_response_) {
+    deliverResponse(*last_response_, true);
+  } else if (deadline_reached || context_.clock.now() >= deadline_) {
     respondWithError(504, "deadline_exceeded",
                      "timeouts.total was reached before the upstream answered");
   } else {
     respondWithError(502, "upstream_unavailable",
                      "the upstream could not be reached after " + std::to_string(attempts_) +
-                         " attempt(s); last outcome: " + outcome_name);
+                         " attempt(s); last outcome: " + outcome.name());
   }
 }
 
-void Exchange::deliverHeldResponse(bool gave_up) {
+Exchange::HeldResponse Exchange::takeHeldResponse() {
+  return HeldResponse{head_, std::move(held_), hold_ == Hold::kFirstEvent, upstream_};
+}
+
+void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
   committed_ = true;
   finished_ = true;
+  attempt_.reset();
+  lease_.reset();
   http::Headers headers;
-  for (http::Header& h : clientResponseHeaders(head_.headers)) {
+  for (http::Header& h : clientResponseHeaders(response.head.headers)) {
     if (gave_up && http::equalsIgnoreCase(h.name, "x-should-retry")) continue;
     headers.push_back(std::move(h));
   }
   if (gave_up) headers.push_back({"x-should-retry", "false"});  // Bulwark already retried
-  for (http::Header& h : bulwarkHeaders()) headers.push_back(std::move(h));
-  std::optional<std::uint64_t> length = held_.size();
-  if (request_.method == "HEAD") length = head_.content_length;
-  if (hold_ == Hold::kFirstEvent) length.reset();  // the stream was cut after its first event
-  sink_.sendHead(head_.status, headers, length);
-  sink_.sendBody(held_.data(), held_.size());
-  bytes_sent_ += held_.size();
+  for (http::Header& h : bulwarkHeaders(*response.upstream)) headers.push_back(std::move(h));
+  std::optional<std::uint64_t> length = response.body.size();
+  if (request_.method == "HEAD") length = response.head.content_length;
+  if (response.cut_stream) length.reset();  // the stream ended after its first event
+  sink_.sendHead(response.head.status, headers, length);
+  sink_.sendBody(response.body.data(), response.body.size());
+  bytes_sent_ += response.body.size();
   sink_.finish();
-  logAccess(head_.status);
+  logAccess(response.head.status);
 }
 
-void Exchange::respondWithError(int status, std::string_view code, std::string_view message) {
+void Exchange::respondWithError(int status, std::string_view code, std::string_view message,
+                                long long retry_after_seconds) {
   committed_ = true;
   finished_ = true;
   attempt_.reset();
+  lease_.reset();
   std::string body = http::openAiErrorBody(code, message);
   http::Headers headers{{"Content-Type", "application/json"}, {"x-should-retry", "false"}};
-  for (http::Header& h : bulwarkHeaders()) headers.push_back(std::move(h));
+  if (retry_after_seconds > 0)
+    headers.push_back({"Retry-After", std::to_string(retry_after_seconds)});
+  for (http::Header& h : bulwarkHeaders(*upstream_)) headers.push_back(std::move(h));
   sink_.sendHead(status, headers, body.size());
   sink_.sendBody(body.data(), body.size());
   bytes_sent_ += body.size();
@@ -328,12 +396,27 @@ void Exchange::interruptStream(const std::string& why) {
   }
   sink_.abort();
   attempt_.reset();
+  lease_.recordInterruption();
+  lease_.reset();
   logAccess(head_.status);
 }
 
 void Exchange::onWaitOver(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Exchange*>(arg);
-  if (!self->finished_) self->startAttempt();
+  if (self->finished_) return;
+  UpstreamSelection selection = self->selectFor(true);
+  if (!selection.lease) {
+    // The breaker opened (or the upstreams filled up) during the wait: stop retrying.
+    observe::logWarn(
+        "retry abandoned",
+        {{"request_id", self->request_id_},
+         {"upstream", self->upstream_->name},
+         {"attempt", self->attempts_},
+         {"not_retried_because", selection.breaker_rejected ? "circuit_open" : "overloaded"}});
+    self->giveUp(self->last_outcome_);
+    return;
+  }
+  self->startAttempt(std::move(selection));
 }
 
 void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
@@ -344,11 +427,12 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
     return;
   }
   evtimer_del(self->wait_timer_.get());
-  self->respondWithError(504, "deadline_exceeded",
-                         "timeouts.total was reached before the upstream answered");
+  self->attempt_.reset();
+  self->lease_.reset();
+  self->giveUp(resilience::Outcome::timeout(), true);
 }
 
-void Exchange::logAccess(int status) {
+void Exchange::logAccess(int status, bool client_left) {
   evtimer_del(deadline_timer_.get());
   evtimer_del(wait_timer_.get());
   std::string_view upstream_request_id =
@@ -361,7 +445,8 @@ void Exchange::logAccess(int status) {
                                {"upstream", upstream_->name},
                                {"duration_ms", millisBetween(started_, context_.clock.now())},
                                {"bytes", bytes_sent_},
-                               {"upstream_request_id", upstream_request_id}});
+                               {"upstream_request_id", upstream_request_id},
+                               {"client_left", client_left}});
 }
 
 std::unique_ptr<server::ActiveRequest> ExchangeHandler::handle(server::HttpRequest request,

@@ -12,6 +12,7 @@
 
 #include "config/config.h"
 #include "proxy/exchange/exchange_context.h"
+#include "proxy/exchange/upstream_lease.h"
 #include "proxy/resilience/backoff.h"
 #include "proxy/resilience/classify.h"
 #include "proxy/server/http_request.h"
@@ -43,15 +44,27 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   static void onWaitOver(evutil_socket_t, short, void* arg);
   static void onDeadline(evutil_socket_t, short, void* arg);
 
-  void startAttempt();
+  // Claims an upstream for the next attempt (breaker, in-flight limit, failover order).
+  UpstreamSelection selectFor(bool retry) const;
+  void startAttempt(UpstreamSelection selection);
+  void giveUp(const resilience::Outcome& outcome, bool deadline_reached = false);
   Flow holdOrCommit(const char* data, std::size_t len);
   void commit(std::optional<std::uint64_t> content_length);
   void afterFailedAttempt(const resilience::Outcome& outcome, const std::string& detail);
-  void deliverHeldResponse(bool gave_up);
-  void respondWithError(int status, std::string_view code, std::string_view message);
+  // An upstream response read whole before the commit point (or a stream's first event).
+  struct HeldResponse {
+    upstream::ResponseHead head;
+    std::string body;
+    bool cut_stream = false;  // a 200 event stream ended after its (error) first event
+    const config::UpstreamConfig* upstream = nullptr;
+  };
+  HeldResponse takeHeldResponse();
+  void deliverResponse(const HeldResponse& response, bool gave_up);
+  void respondWithError(int status, std::string_view code, std::string_view message,
+                        long long retry_after_seconds = 0);
   void interruptStream(const std::string& why);
-  void logAccess(int status);
-  http::Headers bulwarkHeaders() const;
+  void logAccess(int status, bool client_left = false);
+  http::Headers bulwarkHeaders(const config::UpstreamConfig& upstream) const;
   bool isEventStream() const;
 
   const ExchangeContext& context_;
@@ -59,7 +72,12 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   server::HttpRequest request_;
   server::ResponseSink& sink_;
   std::string request_id_;
-  const config::UpstreamConfig* upstream_ = nullptr;
+  const config::UpstreamConfig* upstream_ = nullptr;  // the current (or last) attempt's
+  int upstream_index_ = 0;
+  UpstreamLease lease_;
+  std::string model_;  // for per-model breakers (scope: upstream_model)
+  resilience::Outcome last_outcome_;
+  std::optional<HeldResponse> last_response_;  // what the client gets if Bulwark gives up
   resilience::SteadyTime started_;
   resilience::SteadyTime deadline_;
   int max_attempts_ = 1;

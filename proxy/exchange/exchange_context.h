@@ -6,6 +6,7 @@
 
 #include "config/config.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/upstream_health.h"
 #include "proxy/upstream/upstream_client.h"
 
 namespace bulwark::exchange {
@@ -14,7 +15,8 @@ struct ExchangeContext {
   upstream::UpstreamClient& upstream_client;
   event_base* base;
   resilience::Clock& clock;
-  resilience::Random& random;  // the worker's own: single-threaded
+  resilience::Random& random;               // the worker's own: single-threaded
+  resilience::UpstreamRegistry& upstreams;  // breakers, budgets, in-flight counts (shared)
   // The live configuration; an exchange keeps the snapshot it started with.
   std::shared_ptr<const config::Config> (*current_config)(void* arg);
   void* current_config_arg;

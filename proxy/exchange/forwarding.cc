@@ -1,5 +1,8 @@
 #include "proxy/exchange/forwarding.h"
 
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
+
 namespace bulwark::exchange {
 
 using http::equalsIgnoreCase;
@@ -55,6 +58,60 @@ http::Headers clientResponseHeaders(const http::Headers& upstream) {
     out.push_back(h);
   }
   return out;
+}
+
+namespace {
+
+// SAX handler that stops as soon as the top-level "model" string is seen.
+struct ModelFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelFinder> {
+  int depth = 0;
+  bool next_is_model = false;
+  std::string model;
+
+  bool Default() {
+    next_is_model = false;
+    return true;
+  }
+  bool String(const char* s, rapidjson::SizeType len, bool) {
+    if (next_is_model) {
+      model.assign(s, len);
+      return false;  // found: stop parsing
+    }
+    return true;
+  }
+  bool Key(const char* s, rapidjson::SizeType len, bool) {
+    next_is_model = depth == 1 && std::string_view(s, len) == "model";
+    return true;
+  }
+  bool StartObject() {
+    next_is_model = false;
+    ++depth;
+    return true;
+  }
+  bool EndObject(rapidjson::SizeType) {
+    --depth;
+    return true;
+  }
+  bool StartArray() {
+    next_is_model = false;
+    ++depth;
+    return true;
+  }
+  bool EndArray(rapidjson::SizeType) {
+    --depth;
+    return true;
+  }
+};
+
+}  // namespace
+
+std::string requestModel(std::string_view body) {
+  if (body.empty() || body.front() != '{') return {};
+  ModelFinder finder;
+  rapidjson::MemoryStream stream(body.data(), body.size());
+  rapidjson::Reader reader;
+  reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream, finder);
+  return finder.model;
 }
 
 std::string upstreamUrl(const config::UpstreamConfig& upstream, std::string_view path) {

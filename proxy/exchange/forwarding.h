@@ -22,6 +22,10 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
 // The upstream's response headers minus hop-by-hop and framing ones.
 http::Headers clientResponseHeaders(const http::Headers& upstream);
 
+// The top-level "model" of a JSON request body ("gpt-4o-mini"), or "" when there is none.
+// Stops reading at the model key, so a large body is not parsed whole.
+std::string requestModel(std::string_view body);
+
 // base_url + path ("/v1/chat/completions?x=1"); the path always starts with '/'.
 std::string upstreamUrl(const config::UpstreamConfig& upstream, std::string_view path);
 

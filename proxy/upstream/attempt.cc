@@ -160,8 +160,14 @@ void Attempt::armTimer(std::chrono::milliseconds timeout) {
 }
 
 int Attempt::prereqCallback(void* clientp, char*, char*, int, int) {
-  // Connected (or reusing a connection) and about to send: the first-byte clock starts.
   auto* self = static_cast<Attempt*>(clientp);
+  if (++self->requests_sent_ > 1) {
+    // curl re-sends a request silently when a reused connection dies before answering. The
+    // upstream may have processed the first copy: that is Bulwark's policy to judge, with
+    // its own accounting and backoff, so the transfer ends here as a reset.
+    return CURL_PREREQFUNC_ABORT;
+  }
+  // Connected (or reusing a connection) and about to send: the first-byte clock starts.
   self->timer_error_ = TransferError::kFirstByteTimeout;
   self->armTimer(self->request_.first_byte_timeout);
   return CURL_PREREQFUNC_OK;
@@ -254,10 +260,16 @@ void Attempt::onDeferredFailure(evutil_socket_t, short, void* arg) {
 void Attempt::onCurlDone(CURLcode result) {
   curl_off_t pretransfer = 0;
   curl_easy_getinfo(handle_, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
-  TransferError error =
-      aborted_ ? TransferError::kAborted : classifyCurlCode(result, pretransfer > 0);
+  TransferError error = aborted_             ? TransferError::kAborted
+                        : requests_sent_ > 1 ? TransferError::kReset
+                                             : classifyCurlCode(result, pretransfer > 0);
   if (error == TransferError::kNone && !head_done_) error = TransferError::kProtocol;
-  std::string detail = error_buffer_[0] != '\0' ? error_buffer_ : curl_easy_strerror(result);
+  std::string detail;
+  if (requests_sent_ > 1) {
+    detail = "the connection closed before the upstream answered";
+  } else if (result != CURLE_OK) {
+    detail = error_buffer_[0] != '\0' ? error_buffer_ : curl_easy_strerror(result);
+  }
   finish(error, detail);
 }
 

@@ -357,6 +357,18 @@ class Bulwark:
                                  f"{self.output(tail=40)}")
         return found
 
+    def wait_for_logs(self, predicate: Callable[[dict], bool], count: int,
+                      timeout: float = 5.0) -> list[dict]:
+        """The first `count` stdout log entries matching predicate; AssertionError on timeout."""
+        def enough() -> list[dict] | None:
+            found = [e for e in self.logs if predicate(e)]
+            return found[:count] if len(found) >= count else None
+        found = self._wait_for(enough, timeout)
+        if found is None:
+            raise AssertionError(f"fewer than {count} matching bulwark log lines within "
+                                 f"{timeout} s\n{self.output(tail=40)}")
+        return found
+
     def output(self, tail: int | None = None) -> str:
         with self._cond:
             out = [e.get("_raw") or json.dumps(e) for e in self.logs]

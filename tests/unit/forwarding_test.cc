@@ -79,3 +79,20 @@ TEST(ForwardingTest, UrlJoinsBaseAndPath) {
 
 }  // namespace
 }  // namespace bulwark::exchange
+
+namespace bulwark::exchange {
+namespace {
+
+TEST(RequestModelTest, FindsTheTopLevelModelOnly) {
+  EXPECT_EQ(requestModel(R"({"messages":[{"model":"inner"}],"model":"gpt-4o-mini"})"),
+            "gpt-4o-mini");
+  EXPECT_EQ(requestModel(R"({"input":{"model":"x"}})"), "");
+  EXPECT_EQ(requestModel(R"({"model": 5})"), "");
+  EXPECT_EQ(requestModel("not json"), "");
+  EXPECT_EQ(requestModel(R"({"model":"a")"), "a");  // found before the truncation
+  EXPECT_EQ(requestModel(""), "");
+  EXPECT_EQ(requestModel(std::string(100000, '[')), "");
+}
+
+}  // namespace
+}  // namespace bulwark::exchange
