@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "config/loader.h"
+#include "proxy/observe/health.h"
 #include "proxy/observe/logger.h"
 #include "proxy/server/listen_socket.h"
 #include "proxy/version.h"
@@ -13,9 +14,15 @@ namespace bulwark {
 App::App(std::string config_path, config::Config config)
     : config_path_(std::move(config_path)),
       config_store_(std::move(config)),
-      upstreams_(*config_store_.current(), clock_) {
-  upstreams_.setTransitionListener([](const std::string& upstream, const std::string& model,
-                                      resilience::BreakerState from, resilience::BreakerState to) {
+      upstreams_(*config_store_.current(), clock_),
+      metrics_(config_store_.current()->metrics) {
+  for (const config::UpstreamConfig& u : config_store_.current()->upstreams) {
+    metrics_.declareUpstream(u.name);
+  }
+  upstreams_.setTransitionListener([this](const std::string& upstream, const std::string& model,
+                                          resilience::BreakerState from,
+                                          resilience::BreakerState to) {
+    metrics_.breakerTransition(upstream, static_cast<int>(to), resilience::breakerStateName(to));
     observe::LogLevel level = to == resilience::BreakerState::kOpen ? observe::LogLevel::kError
                                                                     : observe::LogLevel::kInfo;
     if (!observe::Logger::get().enabled(level)) return;
@@ -49,7 +56,11 @@ int App::run() {
     observe::logError("cannot start", {{"error", sockets.error}});
     return 1;
   }
-  admin_ = std::make_unique<admin::AdminServer>(base_.get(), ready_);
+  admin_ = std::make_unique<admin::AdminServer>(
+      base_.get(), ready_,
+      admin::AdminServer::Sources{
+          [this] { return metricsText(); },
+          [this] { return observe::healthDetailedJson(upstreams_, clock_.wallNow()); }});
   std::string admin_error = admin_->listen(cfg->server.admin_listen);
   if (!admin_error.empty()) {
     observe::logError("cannot start", {{"error", admin_error}});
@@ -57,8 +68,8 @@ int App::run() {
   }
 
   for (int i = 0; i < workers; ++i) {
-    workers_.push_back(
-        std::make_unique<Worker>(i, sockets.fds[i], config_store_, upstreams_, open_connections_));
+    workers_.push_back(std::make_unique<Worker>(i, sockets.fds[i], config_store_, upstreams_,
+                                                metrics_, open_connections_));
   }
   for (auto& w : workers_) w->start();
 
@@ -88,6 +99,14 @@ int App::run() {
   }
   observe::logInfo("stopped");
   return 0;
+}
+
+std::string App::metricsText() {
+  // Gauges that mirror shared state are refreshed at scrape time.
+  for (resilience::UpstreamHealth* u : upstreams_.current()) {
+    metrics_.inflight(u->name(), u->inflight());
+  }
+  return metrics_.serialize();
 }
 
 void App::onSignal(evutil_socket_t signal, short, void* arg) {
@@ -147,6 +166,7 @@ void App::reload() {
   }
   observe::Logger::get().configure(result.config->log.level, result.config->log.format);
   upstreams_.reload(*result.config);  // before the swap: new requests find every upstream
+  for (const config::UpstreamConfig& u : result.config->upstreams) metrics_.declareUpstream(u.name);
   config_store_.replace(std::move(*result.config));
   observe::logInfo("configuration reloaded", {{"path", config_path_}});
 }

@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "proxy/admin/admin_server.h"
 #include "proxy/config_store.h"
+#include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
 #include "proxy/resilience/upstream_health.h"
 #include "proxy/support/libevent.h"
@@ -33,11 +34,13 @@ class App {
   static void onShutdownDeadline(evutil_socket_t, short, void* arg);
   void beginShutdown(const char* signal_name);
   void reload();
+  std::string metricsText();
 
   std::string config_path_;
   ConfigStore config_store_;
   resilience::SystemClock clock_;
   resilience::UpstreamRegistry upstreams_;
+  observe::Metrics metrics_;
   std::atomic<bool> ready_{false};
   std::atomic<int> open_connections_{0};
   support::EventBasePtr base_;

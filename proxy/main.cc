@@ -9,6 +9,7 @@
 
 #include "config/loader.h"
 #include "proxy/app.h"
+#include "proxy/observe/logger.h"
 #include "proxy/version.h"
 
 namespace {
@@ -88,5 +89,6 @@ int main(int argc, char** argv) {
     rc = app.run();
   }
   curl_global_cleanup();
+  bulwark::observe::Logger::get().flush();
   return rc;
 }

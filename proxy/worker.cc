@@ -17,7 +17,8 @@ server::ConnectionLimits limitsFrom(const config::Config& cfg) {
 }  // namespace
 
 Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
-               resilience::UpstreamRegistry& upstreams, std::atomic<int>& open_connections)
+               resilience::UpstreamRegistry& upstreams, observe::Metrics& metrics,
+               std::atomic<int>& open_connections)
     : index_(index),
       config_store_(config_store),
       base_(event_base_new()),
@@ -27,7 +28,7 @@ Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
   drain_poll_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::onDrainPoll, this));
   upstream_client_ = std::make_unique<upstream::UpstreamClient>(base_.get());
   context_.reset(new exchange::ExchangeContext{*upstream_client_, base_.get(), clock_, random_,
-                                               upstreams, &Worker::currentConfig, this});
+                                               upstreams, metrics, &Worker::currentConfig, this});
   handler_ = std::make_unique<exchange::ExchangeHandler>(*context_);
   std::shared_ptr<const config::Config> cfg = config_store_.current();
   server_ =

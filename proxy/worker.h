@@ -10,6 +10,7 @@
 #include "proxy/config_store.h"
 #include "proxy/exchange/exchange.h"
 #include "proxy/exchange/exchange_context.h"
+#include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
 #include "proxy/resilience/upstream_health.h"
 #include "proxy/server/client_server.h"
@@ -21,7 +22,8 @@ namespace bulwark {
 class Worker {
  public:
   Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
-         resilience::UpstreamRegistry& upstreams, std::atomic<int>& open_connections);
+         resilience::UpstreamRegistry& upstreams, observe::Metrics& metrics,
+         std::atomic<int>& open_connections);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;

@@ -4,13 +4,15 @@
 #include <event2/keyvalq_struct.h>
 
 #include <cstring>
+#include <string_view>
+#include <utility>
 
 #include "proxy/server/listen_socket.h"
 
 namespace bulwark::admin {
 
-AdminServer::AdminServer(event_base* base, const std::atomic<bool>& ready)
-    : ready_(ready), http_(evhttp_new(base)) {
+AdminServer::AdminServer(event_base* base, const std::atomic<bool>& ready, Sources sources)
+    : ready_(ready), sources_(std::move(sources)), http_(evhttp_new(base)) {
   evhttp_set_allowed_methods(http_.get(), EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
   evhttp_set_max_headers_size(http_.get(), 16 * 1024);
   evhttp_set_max_body_size(http_.get(), 0);
@@ -28,12 +30,12 @@ std::string AdminServer::listen(const config::ListenAddress& address) {
 
 namespace {
 void reply(evhttp_request* req, int status, const char* reason, const char* content_type,
-           const char* body) {
+           std::string_view body) {
   evkeyvalq* headers = evhttp_request_get_output_headers(req);
   evhttp_add_header(headers, "Content-Type", content_type);
   evhttp_add_header(headers, "Cache-Control", "no-store");
   evbuffer* buf = evbuffer_new();
-  evbuffer_add(buf, body, std::strlen(body));
+  evbuffer_add(buf, body.data(), body.size());
   evhttp_send_reply(req, status, reason, buf);
   evbuffer_free(buf);
 }
@@ -43,7 +45,12 @@ void AdminServer::onRequest(evhttp_request* req, void* arg) {
   auto* self = static_cast<AdminServer*>(arg);
   const char* path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
   std::string_view p = path ? path : "";
-  if (p == "/healthz") {
+  if (p == "/metrics") {
+    reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8",
+          self->sources_.metrics_text());
+  } else if (p == "/health/detailed") {
+    reply(req, 200, "OK", "application/json", self->sources_.health_detailed());
+  } else if (p == "/healthz") {
     reply(req, 200, "OK", "text/plain; charset=utf-8", "ok\n");
   } else if (p == "/readyz") {
     if (self->ready_.load()) {

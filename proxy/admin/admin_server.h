@@ -1,8 +1,9 @@
-// The admin listener (server.admin_listen): /healthz, /readyz, and later /metrics and
-// /health/detailed. Runs on the main thread's event loop, separate from client traffic.
+// The admin listener (server.admin_listen): /metrics, /healthz, /readyz, /health/detailed.
+// Runs on the main thread's event loop, separate from client traffic.
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <string>
 
 #include "config/config.h"
@@ -12,8 +13,12 @@ namespace bulwark::admin {
 
 class AdminServer {
  public:
+  struct Sources {
+    std::function<std::string()> metrics_text;     // Prometheus text format
+    std::function<std::string()> health_detailed;  // the /health/detailed JSON
+  };
   // `ready` is true while Bulwark is listening and not draining.
-  AdminServer(event_base* base, const std::atomic<bool>& ready);
+  AdminServer(event_base* base, const std::atomic<bool>& ready, Sources sources);
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
 
@@ -25,6 +30,7 @@ class AdminServer {
   static void onRequest(evhttp_request* req, void* arg);
 
   const std::atomic<bool>& ready_;
+  Sources sources_;
   support::EvhttpPtr http_;
   config::ListenAddress bound_;
 };

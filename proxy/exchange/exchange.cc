@@ -91,7 +91,7 @@ void Exchange::start() {
   timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
   evtimer_add(deadline_timer_.get(), &until_deadline);
 
-  UpstreamSelection selection = selectFor(false);
+  UpstreamSelection selection = select(false);
   if (!selection.lease) {
     if (selection.breaker_rejected) {
       // Fail fast: every upstream's breaker is open. Retry-After says when one may admit.
@@ -124,8 +124,19 @@ UpstreamSelection Exchange::selectFor(bool retry) const {
   return selectUpstream(context_.upstreams, *config_, order, model_);
 }
 
+UpstreamSelection Exchange::select(bool retry) {
+  UpstreamSelection selection = selectFor(retry);
+  for (int index : selection.rejected_by_breaker) {
+    context_.metrics.breakerRejection(config_->upstreams[index].name);
+  }
+  return selection;
+}
+
 void Exchange::startAttempt(UpstreamSelection selection) {
   ++attempts_;
+  attempt_started_ = context_.clock.now();
+  first_byte_seen_ = false;
+  usage_.reset();
   upstream_index_ = selection.index;
   upstream_ = &config_->upstreams[selection.index];
   lease_ = std::move(selection.lease);
@@ -172,6 +183,11 @@ void Exchange::onHead(const upstream::ResponseHead& head) {
 }
 
 upstream::AttemptObserver::Flow Exchange::onData(const char* data, std::size_t len) {
+  if (!first_byte_seen_) {
+    first_byte_seen_ = true;
+    std::chrono::duration<double> ttfb = context_.clock.now() - attempt_started_;
+    context_.metrics.timeToFirstByte(upstream_->name, ttfb.count());
+  }
   if (!committed_) return holdOrCommit(data, len);
   if (sink_.pendingOutput() >= kPauseThreshold) {
     // The client reads slower than the upstream sends: hold the upstream until it drains.
@@ -181,16 +197,20 @@ upstream::AttemptObserver::Flow Exchange::onData(const char* data, std::size_t l
     });
     return Flow::kPause;
   }
+  forward(data, len);
+  return Flow::kContinue;
+}
+
+void Exchange::forward(const char* data, std::size_t len) {
   sink_.sendBody(data, len);
   bytes_sent_ += len;
-  return Flow::kContinue;
+  if (usage_) usage_->feed(data, len);
 }
 
 upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::size_t len) {
   if (hold_ == Hold::kNone) {
     commit(head_.content_length);
-    sink_.sendBody(data, len);
-    bytes_sent_ += len;
+    forward(data, len);
     return Flow::kContinue;
   }
   held_.append(data, len);
@@ -206,8 +226,7 @@ upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::si
   }
   // The commit point: from here on the response belongs to the client.
   commit(hold_ == Hold::kFirstEvent ? std::nullopt : head_.content_length);
-  sink_.sendBody(held_.data(), held_.size());
-  bytes_sent_ += held_.size();
+  forward(held_.data(), held_.size());
   held_.clear();
   hold_ = Hold::kNone;
   return Flow::kContinue;
@@ -220,6 +239,15 @@ void Exchange::commit(std::optional<std::uint64_t> content_length) {
   lease_.recordOutcome(
       head_.status >= 400 &&
       resilience::policyFor(config_->retry, Outcome::fromStatus(head_.status)).breaker);
+  context_.metrics.attempt(upstream_->name, std::to_string(head_.status));
+  if (head_.status == 200) {
+    std::string_view type = http::findHeader(head_.headers, "content-type").value_or("");
+    if (isEventStream()) {
+      usage_.emplace(true);
+    } else if (type.find("json") != std::string_view::npos) {
+      usage_.emplace(false);
+    }
+  }
   http::Headers headers = clientResponseHeaders(head_.headers);
   for (http::Header& h : bulwarkHeaders(*upstream_)) headers.push_back(std::move(h));
   sink_.sendHead(head_.status, headers, content_length);
@@ -232,6 +260,12 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
       finished_ = true;
       lease_.reset();
       sink_.finish();
+      if (usage_) {
+        if (std::optional<observe::TokenUsage> usage = usage_->finish()) {
+          std::string model = usage->model.empty() ? requestModel(request_.body) : usage->model;
+          context_.metrics.tokens(upstream_->name, model, usage->prompt, usage->completion);
+        }
+      }
       logAccess(head_.status);
     } else {
       interruptStream(std::string(upstream::transferErrorName(error)) + ": " + detail);
@@ -242,6 +276,7 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
     Outcome outcome = Outcome::fromStatus(head_.status);
     if (outcome.isSuccess()) {
       lease_.recordOutcome(false);
+      context_.metrics.attempt(upstream_->name, outcome.name());
       deliverResponse(takeHeldResponse(), false);  // a response with an empty body
     } else {
       afterFailedAttempt(outcome, detail);
@@ -264,6 +299,7 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   facts.policies_apply = policies_apply_;
   resilience::Verdict verdict = resilience::classifyAttempt(retry, facts);
   lease_.recordOutcome(verdict.breaker_counted);
+  context_.metrics.attempt(upstream_->name, outcome.name());
   last_outcome_ = outcome;
   if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
     last_response_ = takeHeldResponse();
@@ -285,6 +321,7 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
       if (plan.retry && !lease_.health()->budget().tryAcquire()) {
         plan.retry = false;  // retries must not multiply the load on a struggling upstream
         why_not = "retry_budget";
+        context_.metrics.retryBudgetExhausted(upstream_->name);
       }
     }
   }
@@ -313,6 +350,10 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   attempt_.reset();
   lease_.reset();
   if (plan.retry) {
+    context_.metrics.retry(
+        upstream_->name, outcome_name,
+        plan.source == resilience::RetryDelay::Source::kServer ? "server" : "backoff",
+        static_cast<double>(plan.delay.count()) / 1000.0);
     timeval wait = support::toTimeval(plan.delay.count());
     evtimer_add(wait_timer_.get(), &wait);
     return;
@@ -396,6 +437,7 @@ void Exchange::interruptStream(const std::string& why) {
   }
   sink_.abort();
   attempt_.reset();
+  context_.metrics.streamInterruption(upstream_->name);
   lease_.recordInterruption();
   lease_.reset();
   logAccess(head_.status);
@@ -404,7 +446,7 @@ void Exchange::interruptStream(const std::string& why) {
 void Exchange::onWaitOver(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Exchange*>(arg);
   if (self->finished_) return;
-  UpstreamSelection selection = self->selectFor(true);
+  UpstreamSelection selection = self->select(true);
   if (!selection.lease) {
     // The breaker opened (or the upstreams filled up) during the wait: stop retrying.
     observe::logWarn(
@@ -435,6 +477,8 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
 void Exchange::logAccess(int status, bool client_left) {
   evtimer_del(deadline_timer_.get());
   evtimer_del(wait_timer_.get());
+  std::chrono::duration<double> duration = context_.clock.now() - started_;
+  context_.metrics.requestFinished(upstream_->name, status, duration.count());
   std::string_view upstream_request_id =
       has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
   observe::logInfo("request", {{"request_id", request_id_},

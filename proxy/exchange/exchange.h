@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "proxy/exchange/exchange_context.h"
 #include "proxy/exchange/upstream_lease.h"
+#include "proxy/observe/usage.h"
 #include "proxy/resilience/backoff.h"
 #include "proxy/resilience/classify.h"
 #include "proxy/server/http_request.h"
@@ -64,6 +65,9 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
                         long long retry_after_seconds = 0);
   void interruptStream(const std::string& why);
   void logAccess(int status, bool client_left = false);
+  // Sends body bytes to the client, counting them and reading token usage on the way.
+  void forward(const char* data, std::size_t len);
+  UpstreamSelection select(bool retry);
   http::Headers bulwarkHeaders(const config::UpstreamConfig& upstream) const;
   bool isEventStream() const;
 
@@ -94,6 +98,9 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   Hold hold_ = Hold::kNone;
   std::string held_;  // body bytes before the commit point (bounded)
   bool first_event_is_error_ = false;
+  resilience::SteadyTime attempt_started_;
+  bool first_byte_seen_ = false;
+  std::optional<observe::UsageTap> usage_;
 
   bool committed_ = false;
   bool finished_ = false;

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "config/config.h"
+#include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
 #include "proxy/resilience/upstream_health.h"
 #include "proxy/upstream/upstream_client.h"
@@ -17,6 +18,7 @@ struct ExchangeContext {
   resilience::Clock& clock;
   resilience::Random& random;               // the worker's own: single-threaded
   resilience::UpstreamRegistry& upstreams;  // breakers, budgets, in-flight counts (shared)
+  observe::Metrics& metrics;                // shared, thread-safe
   // The live configuration; an exchange keeps the snapshot it started with.
   std::shared_ptr<const config::Config> (*current_config)(void* arg);
   void* current_config_arg;

@@ -58,6 +58,7 @@ UpstreamSelection selectUpstream(resilience::UpstreamRegistry& registry,
         selection.retry_after = admission.retry_after;
       }
       selection.breaker_rejected = true;
+      selection.rejected_by_breaker.push_back(index);
       continue;
     }
     selection.index = index;

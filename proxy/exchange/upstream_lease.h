@@ -44,9 +44,10 @@ class UpstreamLease {
 struct UpstreamSelection {
   int index = -1;  // into config.upstreams; -1 when none admitted the attempt
   UpstreamLease lease;
-  bool breaker_rejected = false;      // some candidate's breaker said no
-  bool overloaded = false;            // some candidate was at max_inflight
-  resilience::Millis retry_after{0};  // the shortest wait among the rejecting breakers
+  bool breaker_rejected = false;         // some candidate's breaker said no
+  bool overloaded = false;               // some candidate was at max_inflight
+  resilience::Millis retry_after{0};     // the shortest wait among the rejecting breakers
+  std::vector<int> rejected_by_breaker;  // candidates whose breaker refused the attempt
 };
 
 // Tries the candidates (indexes into config.upstreams) in order and takes the first whose

@@ -1,5 +1,7 @@
 #include "proxy/observe/logger.h"
 
+#include "proxy/observe/timestamp.h"
+
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <unistd.h>
@@ -8,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <utility>
 
 namespace bulwark::observe {
 
@@ -27,19 +30,6 @@ const char* levelName(LogLevel level) {
 }
 }  // namespace
 
-std::string isoTimestampNow() {
-  auto now = std::chrono::system_clock::now();
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
-  std::time_t secs = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(ms % 1000));
-  return buf;
-}
-
 Logger& Logger::get() {
   static Logger logger;
   return logger;
@@ -50,19 +40,76 @@ void Logger::configure(LogLevel level, config::LogFormat format) {
   format_.store(format, std::memory_order_relaxed);
 }
 
+namespace {
+constexpr std::size_t kMaxQueuedBytes = 4 * 1024 * 1024;
+}  // namespace
+
+Logger::Logger() : writer_([this] { writerLoop(); }) {}
+
+Logger::~Logger() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  writer_.join();
+}
+
 void Logger::log(LogLevel level, std::string_view msg, std::initializer_list<LogField> fields) {
   std::string line = format_.load(std::memory_order_relaxed) == config::LogFormat::kJson
                          ? formatJson(level, msg, fields)
                          : formatText(level, msg, fields);
   line.push_back('\n');
-  std::lock_guard<std::mutex> lock(write_mutex_);
-  const char* p = line.data();
-  size_t left = line.size();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (queued_bytes_ + line.size() > kMaxQueuedBytes) {
+      ++dropped_;
+      return;
+    }
+    queued_bytes_ += line.size();
+    queue_.push_back(std::move(line));
+  }
+  wake_.notify_one();
+}
+
+void Logger::flush() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  drained_.wait(lock, [this] { return queue_.empty() && !writing_; });
+}
+
+void Logger::writerLoop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty() && stopping_) return;
+    std::deque<std::string> batch;
+    batch.swap(queue_);
+    queued_bytes_ = 0;
+    std::size_t dropped = std::exchange(dropped_, 0);
+    writing_ = true;
+    lock.unlock();
+    std::string out;
+    for (const std::string& line : batch) out += line;
+    if (dropped > 0) {
+      out += formatJson(LogLevel::kWarn, "log lines dropped: stdout could not keep up",
+                        {{"dropped", dropped}});
+      out += '\n';
+    }
+    writeAll(out);
+    lock.lock();
+    writing_ = false;
+    if (queue_.empty()) drained_.notify_all();
+  }
+}
+
+void Logger::writeAll(const std::string& data) {
+  const char* p = data.data();
+  size_t left = data.size();
   while (left > 0) {
     ssize_t n = ::write(fd_, p, left);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return;  // nowhere to report a failing log sink; drop the line
+      return;  // nowhere to report a failing log sink; drop the lines
     }
     p += n;
     left -= static_cast<size_t>(n);

@@ -1,14 +1,19 @@
 // The process-wide structured logger: one JSON object (or text line) per event on stdout.
-// Thread-safe; a line is formatted by the caller and written with a single write(2).
+// Thread-safe and never blocking: the caller formats the line and queues it; a writer
+// thread does the write(2)s. When stdout cannot keep up and the queue is full (4 MiB),
+// lines are dropped and counted, and the count is logged once the writer catches up.
 // Never pass API keys, Authorization values or bodies as fields.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <initializer_list>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 
 #include "config/config.h"
@@ -56,11 +61,14 @@ class Logger {
   void configure(LogLevel level, config::LogFormat format);
   bool enabled(LogLevel level) const { return level >= level_.load(std::memory_order_relaxed); }
   void log(LogLevel level, std::string_view msg, std::initializer_list<LogField> fields = {});
-  // Where lines go (tests point this at a pipe); default stdout.
-  void setFd(int fd) { fd_ = fd; }
+  // Writes every queued line before returning (at shutdown).
+  void flush();
 
  private:
-  Logger() = default;
+  Logger();
+  ~Logger();
+  void writerLoop();
+  void writeAll(const std::string& data);
   std::string formatJson(LogLevel level, std::string_view msg,
                          std::initializer_list<LogField> fields) const;
   std::string formatText(LogLevel level, std::string_view msg,
@@ -69,7 +77,15 @@ class Logger {
   std::atomic<LogLevel> level_{LogLevel::kInfo};
   std::atomic<config::LogFormat> format_{config::LogFormat::kJson};
   int fd_ = 1;
-  std::mutex write_mutex_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable drained_;
+  std::deque<std::string> queue_;
+  std::size_t queued_bytes_ = 0;
+  std::size_t dropped_ = 0;
+  bool writing_ = false;
+  bool stopping_ = false;
+  std::thread writer_;
 };
 
 inline void logDebug(std::string_view msg, std::initializer_list<LogField> f = {}) {
@@ -84,8 +100,5 @@ inline void logWarn(std::string_view msg, std::initializer_list<LogField> f = {}
 inline void logError(std::string_view msg, std::initializer_list<LogField> f = {}) {
   if (Logger::get().enabled(LogLevel::kError)) Logger::get().log(LogLevel::kError, msg, f);
 }
-
-// ISO-8601 UTC with milliseconds: "2026-11-28T14:00:00.000Z".
-std::string isoTimestampNow();
 
 }  // namespace bulwark::observe

@@ -1,0 +1,56 @@
+#include "proxy/observe/health.h"
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+namespace bulwark::observe {
+
+std::string healthDetailedJson(const resilience::UpstreamRegistry& upstreams,
+                               resilience::WallTime now) {
+  std::vector<resilience::UpstreamHealth*> current = upstreams.current();
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  bool any_not_closed = false;
+  bool any_admits = false;
+  w.StartObject();
+  // The status comes first in the document but depends on every upstream: compute first.
+  std::vector<resilience::CircuitBreaker::Snapshot> snapshots;
+  for (resilience::UpstreamHealth* u : current) {
+    snapshots.push_back(u->summary());
+    any_not_closed |= snapshots.back().state != resilience::BreakerState::kClosed;
+    any_admits |= snapshots.back().state != resilience::BreakerState::kOpen;
+  }
+  w.Key("status");
+  w.String(!any_admits ? "down" : any_not_closed ? "degraded" : "ok");
+  w.Key("timestamp");
+  std::string ts = isoTimestamp(now);
+  w.String(ts.c_str());
+  w.Key("services");
+  w.StartObject();
+  for (std::size_t i = 0; i < current.size(); ++i) {
+    const resilience::CircuitBreaker::Snapshot& snap = snapshots[i];
+    w.Key(current[i]->name().c_str());
+    w.StartObject();
+    w.Key("circuitBreaker");
+    w.String(resilience::breakerStateName(snap.state));
+    w.Key("failureCount");
+    w.Int(snap.consecutive_failures);
+    w.Key("healthy");
+    w.Bool(snap.state != resilience::BreakerState::kOpen);
+    w.Key("lastFailureTime");
+    if (snap.last_failure) {
+      std::string last = isoTimestamp(*snap.last_failure);
+      w.String(last.c_str());
+    } else {
+      w.Null();
+    }
+    w.Key("inflight");
+    w.Int(current[i]->inflight());
+    w.EndObject();
+  }
+  w.EndObject();
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+}  // namespace bulwark::observe

@@ -1,0 +1,17 @@
+// The /health/detailed document (SPEC §4, the shape of the original user story):
+// {"status":"ok|degraded|down","timestamp":"...","services":{"<upstream>":{"circuitBreaker":
+//  "CLOSED","failureCount":0,"healthy":true,"lastFailureTime":null,"inflight":0}}}
+#pragma once
+
+#include <string>
+
+#include "proxy/observe/timestamp.h"
+#include "proxy/resilience/clock.h"
+#include "proxy/resilience/upstream_health.h"
+
+namespace bulwark::observe {
+
+std::string healthDetailedJson(const resilience::UpstreamRegistry& upstreams,
+                               resilience::WallTime now);
+
+}  // namespace bulwark::observe

@@ -1,0 +1,201 @@
+#include "proxy/observe/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <mutex>
+#include <set>
+
+#include "proxy/version.h"
+
+namespace bulwark::observe {
+
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+// LLM latencies: from a fast embedding (10 ms) to a long generation (5 min).
+Histogram::BucketBoundaries latencyBuckets() {
+  return {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300};
+}
+
+}  // namespace
+
+struct Metrics::Impl {
+  explicit Impl(const config::MetricsConfig& config)
+      : max_model_labels(config.max_model_labels),
+        registry(std::make_shared<prometheus::Registry>()),
+        requests(BuildCounter()
+                     .Name("bulwark_requests_total")
+                     .Help("Client requests, by upstream and the final status sent to the client")
+                     .Register(*registry)),
+        request_duration(BuildHistogram()
+                             .Name("bulwark_request_duration_seconds")
+                             .Help("Client request duration, all attempts and waits included")
+                             .Register(*registry)),
+        attempts(BuildCounter()
+                     .Name("bulwark_upstream_attempts_total")
+                     .Help("Upstream attempts, by outcome (status code, connect_error, timeout, "
+                           "reset, stream_error)")
+                     .Register(*registry)),
+        ttfb(BuildHistogram()
+                 .Name("bulwark_upstream_time_to_first_byte_seconds")
+                 .Help("Per attempt: request start to the first response body byte")
+                 .Register(*registry)),
+        retries(BuildCounter()
+                    .Name("bulwark_retries_total")
+                    .Help("Retries scheduled, by the outcome retried")
+                    .Register(*registry)),
+        budget_exhausted(BuildCounter()
+                             .Name("bulwark_retry_budget_exhausted_total")
+                             .Help("Retries not made because the upstream's retry budget was spent")
+                             .Register(*registry)),
+        retry_delay(BuildHistogram()
+                        .Name("bulwark_retry_delay_seconds")
+                        .Help("Wait before a retry, by source (backoff, server)")
+                        .Register(*registry)),
+        breaker_state(BuildGauge()
+                          .Name("bulwark_circuit_breaker_state")
+                          .Help("Circuit breaker state: 0 closed, 1 open, 2 half-open")
+                          .Register(*registry)),
+        breaker_transitions(BuildCounter()
+                                .Name("bulwark_circuit_breaker_transitions_total")
+                                .Help("Circuit breaker state changes, by the state entered")
+                                .Register(*registry)),
+        breaker_rejections(BuildCounter()
+                               .Name("bulwark_circuit_breaker_rejections_total")
+                               .Help("Attempts refused by an open circuit breaker")
+                               .Register(*registry)),
+        stream_interruptions(BuildCounter()
+                                 .Name("bulwark_stream_interruptions_total")
+                                 .Help("Responses that failed after bytes reached the client")
+                                 .Register(*registry)),
+        inflight_requests(BuildGauge()
+                              .Name("bulwark_inflight_requests")
+                              .Help("Attempts in flight on each upstream")
+                              .Register(*registry)),
+        tokens_total(BuildCounter()
+                         .Name("bulwark_tokens_total")
+                         .Help("Tokens reported by the upstream's usage, by model and kind")
+                         .Register(*registry)),
+        build_info(BuildGauge()
+                       .Name("bulwark_build_info")
+                       .Help("Always 1; the version label says which build runs")
+                       .Register(*registry)) {
+    build_info.Add({{"version", version()}}).Set(1);
+  }
+
+  std::string modelLabel(std::string_view model) {
+    if (model.empty()) return "unknown";
+    std::lock_guard<std::mutex> lock(models_mutex);
+    auto it = models.find(std::string(model));
+    if (it != models.end()) return *it;
+    if (static_cast<int>(models.size()) < max_model_labels) {
+      return *models.emplace(model).first;
+    }
+    return "other";
+  }
+
+  int max_model_labels;
+  std::shared_ptr<prometheus::Registry> registry;
+  prometheus::Family<prometheus::Counter>& requests;
+  prometheus::Family<prometheus::Histogram>& request_duration;
+  prometheus::Family<prometheus::Counter>& attempts;
+  prometheus::Family<prometheus::Histogram>& ttfb;
+  prometheus::Family<prometheus::Counter>& retries;
+  prometheus::Family<prometheus::Counter>& budget_exhausted;
+  prometheus::Family<prometheus::Histogram>& retry_delay;
+  prometheus::Family<prometheus::Gauge>& breaker_state;
+  prometheus::Family<prometheus::Counter>& breaker_transitions;
+  prometheus::Family<prometheus::Counter>& breaker_rejections;
+  prometheus::Family<prometheus::Counter>& stream_interruptions;
+  prometheus::Family<prometheus::Gauge>& inflight_requests;
+  prometheus::Family<prometheus::Counter>& tokens_total;
+  prometheus::Family<prometheus::Gauge>& build_info;
+  std::mutex models_mutex;
+  std::set<std::string, std::less<>> models;
+};
+
+Metrics::Metrics(const config::MetricsConfig& config) : impl_(std::make_unique<Impl>(config)) {}
+Metrics::~Metrics() = default;
+
+void Metrics::requestFinished(std::string_view upstream, int code, double seconds) {
+  std::string u(upstream);
+  impl_->requests.Add({{"upstream", u}, {"code", std::to_string(code)}}).Increment();
+  impl_->request_duration.Add({{"upstream", u}}, latencyBuckets()).Observe(seconds);
+}
+
+void Metrics::attempt(std::string_view upstream, std::string_view outcome) {
+  impl_->attempts.Add({{"upstream", std::string(upstream)}, {"outcome", std::string(outcome)}})
+      .Increment();
+}
+
+void Metrics::timeToFirstByte(std::string_view upstream, double seconds) {
+  impl_->ttfb.Add({{"upstream", std::string(upstream)}}, latencyBuckets()).Observe(seconds);
+}
+
+void Metrics::retry(std::string_view upstream, std::string_view reason, std::string_view source,
+                    double delay_seconds) {
+  std::string u(upstream);
+  impl_->retries.Add({{"upstream", u}, {"reason", std::string(reason)}}).Increment();
+  impl_->retry_delay.Add({{"upstream", u}, {"source", std::string(source)}}, latencyBuckets())
+      .Observe(delay_seconds);
+}
+
+void Metrics::retryBudgetExhausted(std::string_view upstream) {
+  impl_->budget_exhausted.Add({{"upstream", std::string(upstream)}}).Increment();
+}
+
+void Metrics::breakerTransition(std::string_view upstream, int state, std::string_view to) {
+  std::string u(upstream);
+  impl_->breaker_state.Add({{"upstream", u}}).Set(state);
+  impl_->breaker_transitions.Add({{"upstream", u}, {"to", std::string(to)}}).Increment();
+}
+
+void Metrics::breakerRejection(std::string_view upstream) {
+  impl_->breaker_rejections.Add({{"upstream", std::string(upstream)}}).Increment();
+}
+
+void Metrics::streamInterruption(std::string_view upstream) {
+  impl_->stream_interruptions.Add({{"upstream", std::string(upstream)}}).Increment();
+}
+
+void Metrics::inflight(std::string_view upstream, int count) {
+  impl_->inflight_requests.Add({{"upstream", std::string(upstream)}}).Set(count);
+}
+
+void Metrics::tokens(std::string_view upstream, std::string_view model, long long prompt,
+                     long long completion) {
+  std::string u(upstream);
+  std::string m = impl_->modelLabel(model);
+  if (prompt > 0) {
+    impl_->tokens_total.Add({{"upstream", u}, {"model", m}, {"kind", "prompt"}})
+        .Increment(static_cast<double>(prompt));
+  }
+  if (completion > 0) {
+    impl_->tokens_total.Add({{"upstream", u}, {"model", m}, {"kind", "completion"}})
+        .Increment(static_cast<double>(completion));
+  }
+}
+
+void Metrics::declareUpstream(std::string_view upstream) {
+  std::string u(upstream);
+  impl_->breaker_state.Add({{"upstream", u}});
+  impl_->inflight_requests.Add({{"upstream", u}});
+  impl_->budget_exhausted.Add({{"upstream", u}});
+  impl_->breaker_rejections.Add({{"upstream", u}});
+  impl_->stream_interruptions.Add({{"upstream", u}});
+}
+
+std::string Metrics::serialize() const {
+  return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+}
+
+}  // namespace bulwark::observe

@@ -1,0 +1,51 @@
+// Bulwark's Prometheus metrics (SPEC §5), with exactly the SPEC's names, types and labels.
+// A narrow interface over prometheus-cpp (kept out of this header). Thread-safe: every
+// worker records into the same instance; label values are bounded (configured upstream
+// names, status codes, outcome names, at most metrics.max_model_labels model names).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "config/config.h"
+
+namespace bulwark::observe {
+
+class Metrics {
+ public:
+  explicit Metrics(const config::MetricsConfig& config);
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // A client request is over: `code` is the status sent to the client.
+  void requestFinished(std::string_view upstream, int code, double seconds);
+  // One upstream attempt's outcome ("200", "503", "connect_error", "timeout", "reset",
+  // "stream_error").
+  void attempt(std::string_view upstream, std::string_view outcome);
+  void timeToFirstByte(std::string_view upstream, double seconds);
+  // A retry was scheduled after `reason` (the outcome retried), waiting `delay_seconds`
+  // chosen by `source` ("backoff" or "server").
+  void retry(std::string_view upstream, std::string_view reason, std::string_view source,
+             double delay_seconds);
+  void retryBudgetExhausted(std::string_view upstream);
+  // `state`: 0 closed, 1 open, 2 half-open; `to`: "CLOSED", "OPEN", "HALF_OPEN".
+  void breakerTransition(std::string_view upstream, int state, std::string_view to);
+  void breakerRejection(std::string_view upstream);
+  void streamInterruption(std::string_view upstream);
+  void inflight(std::string_view upstream, int count);
+  void tokens(std::string_view upstream, std::string_view model, long long prompt,
+              long long completion);
+  // Makes the families of an upstream visible (at zero) before its first request.
+  void declareUpstream(std::string_view upstream);
+
+  // The Prometheus text exposition format.
+  std::string serialize() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace bulwark::observe
