@@ -9,7 +9,10 @@ packages=(
   prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev
   python3
+  prometheus
 )
+# prometheus ships promtool and the server the metrics tests scrape Bulwark with (the
+# package's service is not needed: tests start their own server on loopback).
 # Node.js runs the end-to-end tests through the official openai npm package.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
