@@ -41,6 +41,7 @@ App::~App() {
   signal_events_.clear();
   shutdown_poll_.reset();
   shutdown_deadline_.reset();
+  shutdown_hard_stop_.reset();
   base_.reset();
 }
 
@@ -49,6 +50,9 @@ int App::run() {
   observe::Logger::get().configure(cfg->log.level, cfg->log.format);
   base_.reset(event_base_new());
 
+  running_listen_ = cfg->server.listen;
+  running_admin_listen_ = cfg->server.admin_listen;
+  running_workers_setting_ = cfg->server.workers;
   int workers = cfg->server.workers;
   if (workers == 0) workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   server::ListenSockets sockets = server::openListenSockets(cfg->server.listen, workers);
@@ -95,7 +99,7 @@ int App::run() {
     cut += w->connectionsLeft();
   }
   if (cut > 0) {
-    observe::logWarn("shutdown_grace reached; connections cut", {{"connections", cut}});
+    observe::logWarn("connections dropped at exit", {{"connections", cut}});
   }
   observe::logInfo("stopped");
   return 0;
@@ -145,8 +149,17 @@ void App::onShutdownPoll(evutil_socket_t, short, void* arg) {
 }
 
 void App::onShutdownDeadline(evutil_socket_t, short, void* arg) {
+  // Grace is over: end what still runs properly (an interruption event for streams, an
+  // error for requests still waiting), give the bytes a moment to leave, then stop.
   auto* self = static_cast<App*>(arg);
-  event_base_loopbreak(self->base_.get());
+  for (auto& w : self->workers_) w->cut();
+  self->shutdown_hard_stop_.reset(evtimer_new(self->base_.get(), &App::onShutdownHardStop, self));
+  timeval flush = support::toTimeval(1000);
+  evtimer_add(self->shutdown_hard_stop_.get(), &flush);
+}
+
+void App::onShutdownHardStop(evutil_socket_t, short, void* arg) {
+  event_base_loopbreak(static_cast<App*>(arg)->base_.get());
 }
 
 void App::reload() {
@@ -158,11 +171,12 @@ void App::reload() {
     }
     return;
   }
-  std::shared_ptr<const config::Config> old = config_store_.current();
-  if (!(result.config->server.listen == old->server.listen) ||
-      !(result.config->server.admin_listen == old->server.admin_listen) ||
-      result.config->server.workers != old->server.workers) {
-    observe::logWarn("reload: listen addresses and workers change only on restart");
+  const config::ServerConfig& next = result.config->server;
+  if (!(next.listen == running_listen_) || !(next.admin_listen == running_admin_listen_) ||
+      next.workers != running_workers_setting_) {
+    observe::logWarn(
+        "reload: server.listen, server.admin_listen and server.workers change only "
+        "on restart; still running with the old ones");
   }
   observe::Logger::get().configure(result.config->log.level, result.config->log.format);
   upstreams_.reload(*result.config);  // before the swap: new requests find every upstream

@@ -32,6 +32,7 @@ class App {
   static void onSignal(evutil_socket_t signal, short, void* arg);
   static void onShutdownPoll(evutil_socket_t, short, void* arg);
   static void onShutdownDeadline(evutil_socket_t, short, void* arg);
+  static void onShutdownHardStop(evutil_socket_t, short, void* arg);
   void beginShutdown(const char* signal_name);
   void reload();
   std::string metricsText();
@@ -47,6 +48,11 @@ class App {
   std::vector<support::EventPtr> signal_events_;
   support::EventPtr shutdown_poll_;
   support::EventPtr shutdown_deadline_;
+  support::EventPtr shutdown_hard_stop_;
+  // What the process actually runs with; a reload cannot change these.
+  config::ListenAddress running_listen_;
+  config::ListenAddress running_admin_listen_;
+  int running_workers_setting_ = 0;
   std::unique_ptr<admin::AdminServer> admin_;
   std::vector<std::unique_ptr<Worker>> workers_;
   bool shutting_down_ = false;

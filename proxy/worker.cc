@@ -25,6 +25,7 @@ Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
       random_(std::random_device{}() ^ (static_cast<std::uint64_t>(index) << 32)) {
   drain_event_.reset(event_new(base_.get(), -1, 0, &Worker::onDrain, this));
   stop_event_.reset(event_new(base_.get(), -1, 0, &Worker::onStop, this));
+  cut_event_.reset(event_new(base_.get(), -1, 0, &Worker::onCut, this));
   drain_poll_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::onDrainPoll, this));
   upstream_client_ = std::make_unique<upstream::UpstreamClient>(base_.get());
   context_.reset(new exchange::ExchangeContext{*upstream_client_, base_.get(), clock_, random_,
@@ -45,6 +46,7 @@ Worker::~Worker() {
   upstream_client_.reset();
   drain_poll_.reset();
   stop_event_.reset();
+  cut_event_.reset();
   drain_event_.reset();
   base_.reset();
 }
@@ -68,6 +70,18 @@ void Worker::drain() {
 }
 void Worker::stop() {
   event_active(stop_event_.get(), 0, 0);
+}
+void Worker::cut() {
+  event_active(cut_event_.get(), 0, 0);
+}
+
+void Worker::onCut(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Worker*>(arg);
+  std::size_t cut = self->server_->terminateAll();
+  if (cut > 0) {
+    observe::logWarn("shutdown_grace reached; connections cut",
+                     {{"worker", self->index_}, {"connections", cut}});
+  }
 }
 
 void Worker::join() {

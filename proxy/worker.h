@@ -31,7 +31,10 @@ class Worker {
   void start();
   // Stop accepting; exit the loop once every connection is closed.
   void drain();
-  // Exit the loop now; whatever is in flight is cut.
+  // The grace period is over: every active request ends now (streams get their
+  // interruption event, waiting requests an error), then the loop exits once flushed.
+  void cut();
+  // Exit the loop now; whatever is in flight is dropped.
   void stop();
   void join();
   bool finished() const { return finished_.load(); }
@@ -42,6 +45,7 @@ class Worker {
   static std::shared_ptr<const config::Config> currentConfig(void* arg);
   static void onDrain(evutil_socket_t, short, void* arg);
   static void onStop(evutil_socket_t, short, void* arg);
+  static void onCut(evutil_socket_t, short, void* arg);
   static void onDrainPoll(evutil_socket_t, short, void* arg);
   void run();
 
@@ -50,6 +54,7 @@ class Worker {
   support::EventBasePtr base_;
   support::EventPtr drain_event_;
   support::EventPtr stop_event_;
+  support::EventPtr cut_event_;
   support::EventPtr drain_poll_;
   resilience::SystemClock clock_;
   resilience::SeededRandom random_;

@@ -236,9 +236,11 @@ void Exchange::commit(std::optional<std::uint64_t> content_length) {
   committed_ = true;
   // The upstream answered: for the breaker that is a success, unless an error status whose
   // policy counts (a committed error body too large to hold).
-  lease_.recordOutcome(
-      head_.status >= 400 &&
-      resilience::policyFor(config_->retry, Outcome::fromStatus(head_.status)).breaker);
+  bool counted = head_.status >= 400 &&
+                 resilience::policyFor(config_->retry, Outcome::fromStatus(head_.status)).breaker;
+  // A probe's answer closes (or reopens) the breaker now, not when a long stream ends; any
+  // other attempt is recorded once, at its end, as a success or an interruption.
+  if (counted || lease_.probe()) lease_.recordOutcome(counted);
   context_.metrics.attempt(upstream_->name, std::to_string(head_.status));
   if (head_.status == 200) {
     std::string_view type = http::findHeader(head_.headers, "content-type").value_or("");
@@ -258,6 +260,7 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
   if (committed_) {
     if (error == TransferError::kNone) {
       finished_ = true;
+      lease_.recordOutcome(false);
       lease_.reset();
       sink_.finish();
       if (usage_) {
@@ -327,25 +330,8 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   }
 
   std::string outcome_name = outcome.name();
-  std::string_view upstream_request_id =
-      has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
-  observe::logWarn(
-      "upstream attempt failed",
-      {{"request_id", request_id_},
-       {"upstream", upstream_->name},
-       {"attempt", attempts_},
-       {"max_attempts", max_attempts_},
-       {"outcome", outcome_name},
-       {"retryable", verdict.retryable},
-       {"breaker_counted", verdict.breaker_counted},
-       {"delay_ms",
-        plan.retry ? LogValue(static_cast<long long>(plan.delay.count())) : LogValue(nullptr)},
-       {"delay_source",
-        plan.retry ? (plan.source == resilience::RetryDelay::Source::kServer ? "server" : "backoff")
-                   : ""},
-       {"not_retried_because", plan.retry ? "" : why_not},
-       {"upstream_request_id", upstream_request_id},
-       {"detail", detail}});
+  logFailedAttempt(outcome, verdict.retryable, verdict.breaker_counted, plan.retry ? "" : why_not,
+                   detail, plan.retry ? &plan : nullptr);
 
   attempt_.reset();
   lease_.reset();
@@ -359,6 +345,31 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
     return;
   }
   giveUp(outcome);
+}
+
+void Exchange::logFailedAttempt(const Outcome& outcome, bool retryable, bool breaker_counted,
+                                std::string_view not_retried_because, std::string_view detail,
+                                const resilience::RetryDelay* retry) {
+  std::string outcome_name = outcome.name();
+  std::string_view upstream_request_id =
+      has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
+  observe::logWarn(
+      "upstream attempt failed",
+      {{"request_id", request_id_},
+       {"upstream", upstream_->name},
+       {"attempt", attempts_},
+       {"max_attempts", max_attempts_},
+       {"outcome", outcome_name},
+       {"retryable", retryable},
+       {"breaker_counted", breaker_counted},
+       {"delay_ms",
+        retry ? LogValue(static_cast<long long>(retry->delay.count())) : LogValue(nullptr)},
+       {"delay_source",
+        retry ? (retry->source == resilience::RetryDelay::Source::kServer ? "server" : "backoff")
+              : ""},
+       {"not_retried_because", not_retried_because},
+       {"upstream_request_id", upstream_request_id},
+       {"detail", detail}});
 }
 
 void Exchange::giveUp(const Outcome& outcome, bool deadline_reached) {
@@ -443,6 +454,23 @@ void Exchange::interruptStream(const std::string& why) {
   logAccess(head_.status);
 }
 
+void Exchange::terminate() {
+  if (finished_) return;
+  evtimer_del(wait_timer_.get());
+  if (committed_) {
+    interruptStream("Bulwark is shutting down (server.shutdown_grace reached)");
+    return;
+  }
+  attempt_.reset();
+  lease_.reset();
+  if (last_response_) {
+    deliverResponse(*last_response_, true);
+  } else {
+    respondWithError(503, "shutting_down",
+                     "Bulwark is shutting down and could not finish this request in time");
+  }
+}
+
 void Exchange::onWaitOver(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Exchange*>(arg);
   if (self->finished_) return;
@@ -469,6 +497,15 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
     return;
   }
   evtimer_del(self->wait_timer_.get());
+  if (self->attempt_) {
+    // The attempt in flight ran out of the request's time: a timeout like any other, for
+    // the breaker, the metrics and the logs.
+    Outcome timeout = Outcome::timeout();
+    bool counted = resilience::policyFor(self->config_->retry, timeout).breaker;
+    self->lease_.recordOutcome(counted);
+    self->context_.metrics.attempt(self->upstream_->name, timeout.name());
+    self->logFailedAttempt(timeout, false, counted, "deadline", "timeouts.total reached");
+  }
   self->attempt_.reset();
   self->lease_.reset();
   self->giveUp(resilience::Outcome::timeout(), true);

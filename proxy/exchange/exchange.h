@@ -32,6 +32,8 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   Exchange& operator=(const Exchange&) = delete;
 
   void start();
+  // server::ActiveRequest: shutdown_grace is over.
+  void terminate() override;
 
   // upstream::AttemptObserver
   void onHead(const upstream::ResponseHead& head) override;
@@ -49,6 +51,9 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   UpstreamSelection selectFor(bool retry) const;
   void startAttempt(UpstreamSelection selection);
   void giveUp(const resilience::Outcome& outcome, bool deadline_reached = false);
+  void logFailedAttempt(const resilience::Outcome& outcome, bool retryable, bool breaker_counted,
+                        std::string_view not_retried_because, std::string_view detail,
+                        const resilience::RetryDelay* retry = nullptr);
   Flow holdOrCommit(const char* data, std::size_t len);
   void commit(std::optional<std::uint64_t> content_length);
   void afterFailedAttempt(const resilience::Outcome& outcome, const std::string& detail);

@@ -25,6 +25,7 @@ class UpstreamLease {
 
   explicit operator bool() const { return health_ != nullptr; }
   resilience::UpstreamHealth* health() const { return health_; }
+  bool probe() const { return probe_; }
 
   // Reports the attempt's outcome to the breaker; only the first call counts.
   void recordOutcome(bool counted_failure);

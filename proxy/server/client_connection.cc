@@ -241,6 +241,11 @@ void ClientConnection::abort() {
   kick();
 }
 
+void ClientConnection::terminate() {
+  keep_alive_ = false;
+  if (active_ && !response_done_) active_->terminate();
+}
+
 std::size_t ClientConnection::pendingOutput() const {
   return evbuffer_get_length(bufferevent_get_output(bev_.get()));
 }

@@ -38,6 +38,8 @@ class ClientConnection final : public ResponseSink {
   // connection is idle and should be released now.
   bool drain();
   bool busy() const { return active_ != nullptr; }
+  // Shutdown grace is over: the active request ends now.
+  void terminate();
 
   // ResponseSink
   void sendHead(int status, const http::Headers& headers,

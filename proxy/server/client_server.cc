@@ -72,3 +72,16 @@ std::size_t ClientServer::busyCount() const {
 }
 
 }  // namespace bulwark::server
+
+namespace bulwark::server {
+
+std::size_t ClientServer::terminateAll() {
+  std::vector<ClientConnection*> busy;
+  for (auto& [raw, owned] : connections_) {
+    if (raw->busy()) busy.push_back(raw);
+  }
+  for (ClientConnection* c : busy) c->terminate();
+  return busy.size();
+}
+
+}  // namespace bulwark::server

@@ -26,6 +26,8 @@ class ClientServer {
   void drain();
   std::size_t connectionCount() const { return connections_.size(); }
   std::size_t busyCount() const;
+  // Ends every active request now (shutdown grace is over); returns how many there were.
+  std::size_t terminateAll();
 
   // Called by a connection that is done; destroys it.
   void release(ClientConnection* connection);

@@ -13,6 +13,9 @@ namespace bulwark::server {
 class ActiveRequest {
  public:
   virtual ~ActiveRequest() = default;
+  // The server is shutting down and the grace period is over: answer or end the response
+  // now (through the sink, as usual).
+  virtual void terminate() = 0;
 };
 
 class RequestHandler {
