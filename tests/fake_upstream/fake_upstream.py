@@ -20,11 +20,19 @@ From another process:
 
 prints one JSON line {"port": N} once listening, then serves until SIGTERM/SIGINT. Control API
 (never recorded, never consumes actions): POST /__fake/script (a JSON action or list of them),
-GET /__fake/requests, POST /__fake/reset, GET /__fake/stats.
+GET /__fake/requests, POST /__fake/reset, GET /__fake/stats, POST /__fake/outage
+({"seconds": S, "action": {...}}: for the next S seconds every request that finds the queue
+empty gets that action, default {"status": 503}; seconds 0 ends it; fake.outage() in process),
+POST /__fake/mode ({"mode": "ok"|"flaky"}: switch the default behaviour; fake.mode in process).
 
-Actions (dicts, or Action): see the Action class. With an empty queue the default action
-applies: GET .../models -> a model list, .../embeddings -> an embedding list, a JSON body with
-"stream": true -> an SSE chat stream, anything else -> a chat completion with usage. Every
+Actions (dicts, or Action): see the Action class. With an empty queue, an in-process
+`responder` (FakeUpstream(responder=fn) or fake.responder = fn) is asked next (after a
+running outage): fn(request)
+returns an action for that request, or None for the default; it lets a test decide per
+request (by a header, the body, a count of its own) rather than by arrival order. It runs on
+the fake's event loop, so it must be quick. Then the default action applies: GET .../models ->
+a model list, .../embeddings -> an embedding list, a JSON body with "stream": true -> an SSE
+chat stream, anything else -> a chat completion with usage. Every
 response carries x-request-id: req_<n> (n counts requests since the last reset) unless the
 action sets its own. A request header `X-Fake-Delay: <seconds>` adds to the action's delay, so
 a client can make one request of a pipelined or concurrent batch slower than the others.
@@ -47,7 +55,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 __all__ = [
     "Action",
@@ -291,7 +299,8 @@ class FakeUpstream:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, mode: str = "ok",
-                 tls_cert: str | None = None, tls_key: str | None = None, seed: int = 1):
+                 tls_cert: str | None = None, tls_key: str | None = None, seed: int = 1,
+                 responder: "Callable[[Request], Action | dict | None] | None" = None):
         if mode not in ("ok", "flaky", "fast"):
             raise ValueError(f"unknown mode {mode!r}")
         self.host = host
@@ -300,6 +309,8 @@ class FakeUpstream:
         self._tls_cert = tls_cert
         self._tls_key = tls_key
         self._rng = random.Random(seed)
+        self.responder = responder  # asked when the queue is empty; None -> the default
+        self._outage: tuple[float, Action] | None = None  # (until, action): see outage()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[Action] = []
@@ -420,6 +431,33 @@ class FakeUpstream:
             self._requests.clear()
             self._request_count = 0
             self._connections = 0
+            self._outage = None
+
+    def outage(self, seconds: float, action: Action | dict | None = None) -> None:
+        """For the next `seconds`, answer every request that finds the queue empty with
+        `action` (default: a 503), ahead of the responder and the default (flaky) behaviour:
+        a time window of total failure. seconds <= 0 ends a running outage."""
+        parsed = Action.of(action if action is not None else {"status": 503})
+        with self._lock:
+            self._outage = (time.monotonic() + seconds, parsed) if seconds > 0 else None
+
+    @property
+    def outage_remaining(self) -> float:
+        """Seconds left in the current outage window (0 when none)."""
+        with self._lock:
+            if self._outage is None:
+                return 0.0
+            return max(0.0, self._outage[0] - time.monotonic())
+
+    def _outage_action(self) -> Action | None:
+        with self._lock:
+            if self._outage is None:
+                return None
+            until, action = self._outage
+            if time.monotonic() >= until:
+                self._outage = None
+                return None
+            return dataclasses.replace(action)
 
     @property
     def queued(self) -> int:
@@ -619,6 +657,10 @@ class FakeUpstream:
         keep = ("close" not in tokens) if version == "HTTP/1.1" else ("keep-alive" in tokens)
 
         action = self._next_action(request)
+        if action is None:
+            action = self._outage_action()
+        if action is None:
+            action = self._responder_action(request)
         if action is not None:
             request.action = action.to_dict()
         else:
@@ -650,6 +692,17 @@ class FakeUpstream:
                 return None
 
     # -- responses
+
+    def _responder_action(self, request: Request) -> Action | None:
+        responder = self.responder
+        if responder is None:
+            return None
+        try:
+            spec = responder(request)
+            return None if spec is None else Action.of(spec)
+        except Exception as error:  # the test's bug: answer it visibly rather than hang
+            return Action(status=500, body=openai_error(
+                f"fake upstream responder raised {type(error).__name__}: {error}"))
 
     def _default_action(self, request: Request) -> Action:
         if self.mode == "fast":
@@ -878,7 +931,21 @@ class FakeUpstream:
                 payload = {"ok": True}
             elif path == "/__fake/stats" and method == "GET":
                 payload = {"connections": self.connections_accepted,
-                           "requests": self._request_count, "queued": self.queued}
+                           "requests": self._request_count, "queued": self.queued,
+                           "outage_remaining": round(self.outage_remaining, 3)}
+            elif path == "/__fake/mode" and method == "POST":
+                spec = json.loads(body or b"{}")
+                mode = spec.get("mode") if isinstance(spec, dict) else None
+                if mode not in ("ok", "flaky") or self.mode == "fast":
+                    raise ValueError('mode takes {"mode": "ok"|"flaky"} (not in --mode fast)')
+                self.mode = mode
+                payload = {"mode": self.mode}
+            elif path == "/__fake/outage" and method == "POST":
+                spec = json.loads(body or b"{}")
+                if not isinstance(spec, dict) or set(spec) - {"seconds", "action"}:
+                    raise ValueError('outage takes {"seconds": S, "action": {...}}')
+                self.outage(float(spec.get("seconds", 0)), spec.get("action"))
+                payload = {"outage_remaining": round(self.outage_remaining, 3)}
             else:
                 status, payload = 404, openai_error(f"no control endpoint {method} {path}",
                                                     "invalid_request_error")

@@ -136,6 +136,78 @@ class FakeUpstreamTest(unittest.TestCase):
         self.assertEqual(resp.status, 500)
         self.assertEqual(self.fake.queued, 0)
 
+    def test_responder_decides_when_the_queue_is_empty(self):
+        seen = []
+
+        def responder(request):
+            seen.append(request.index)
+            if request.header("x-fail") == "yes":
+                return {"status": 503, "headers": [("x-decided-by", "responder")]}
+            if request.header("x-fail") == "boom":
+                raise RuntimeError("bad test")
+            return None  # the default
+
+        self.fake.responder = responder
+        self.fake.push({"status": 418})  # the queue comes first
+        conn = self.client()
+        for fail, expected in (("yes", 418), ("yes", 503), ("no", 200), ("boom", 500)):
+            conn.request("GET", "/v1/models", headers={"X-Fail": fail})
+            resp = conn.getresponse()
+            body = resp.read()
+            self.assertEqual(resp.status, expected, body)
+            if expected == 503:
+                self.assertEqual(resp.getheader("x-decided-by"), "responder")
+            if expected == 500:
+                self.assertIn(b"RuntimeError: bad test", body)
+        self.assertEqual(seen, [2, 3, 4])
+        actions = [r.action for r in self.fake.requests]
+        self.assertEqual([a and a["status"] for a in actions], [418, 503, None, 500])
+
+    def test_outage_window(self):
+        conn = self.client()
+
+        def call(method, path, body=None):
+            conn.request(method, path, body=None if body is None else json.dumps(body))
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+
+        status, data = call("POST", "/__fake/outage", {"seconds": 0.4})
+        self.assertEqual(status, 200)
+        self.assertGreater(json.loads(data)["outage_remaining"], 0.2)
+        self.fake.push({"status": 418})  # the queue still comes first
+        self.assertEqual([call("GET", "/v1/models")[0] for _ in range(3)], [418, 503, 503])
+        self.assertGreater(json.loads(call("GET", "/__fake/stats")[1])["outage_remaining"], 0)
+        time.sleep(0.45)  # the window is wall-clock time: nothing to wait on
+        self.assertEqual(call("GET", "/v1/models")[0], 200)
+        self.assertEqual(self.fake.outage_remaining, 0)
+
+        self.fake.outage(5, {"drop": True})
+        with self.assertRaises((http.client.RemoteDisconnected, ConnectionError)):
+            call("GET", "/v1/models")
+        self.fake.outage(0)  # ends it early
+        conn2 = self.client()
+        conn2.request("GET", "/v1/models")
+        self.assertEqual(conn2.getresponse().status, 200)
+        bad = self.client()
+        bad.request("POST", "/__fake/outage", body=json.dumps({"secs": 1}))
+        self.assertEqual(bad.getresponse().status, 400)
+        self.fake.outage(5)
+        self.fake.reset()  # forgets the outage too
+        self.assertEqual(self.fake.outage_remaining, 0)
+
+    def test_mode_switch_through_the_control_api(self):
+        conn = self.client()
+        for mode in ("flaky", "ok"):
+            conn.request("POST", "/__fake/mode", body=json.dumps({"mode": mode}))
+            resp = conn.getresponse()
+            self.assertEqual((resp.status, json.loads(resp.read())), (200, {"mode": mode}))
+            self.assertEqual(self.fake.mode, mode)
+        conn.request("POST", "/__fake/mode", body=json.dumps({"mode": "fast"}))
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual(resp.status, 400)
+        self.assertEqual(self.fake.mode, "ok")
+
     def test_delay_and_body_delay(self):
         self.fake.push({"delay": 0.3, "body_delay": 0.2, "body": "x"})
         conn = self.client()

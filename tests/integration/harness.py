@@ -38,6 +38,7 @@ __all__ = [
     "Bulwark", "BulwarkDied", "FakeUpstream", "Action", "Request", "RawConnection",
     "RawResponse", "raw_request", "HttpResult", "http_request", "bulwark_binary", "to_yaml",
     "chat_completion", "chat_chunk", "openai_error", "DEFAULT_CONTENT", "REPO_DIR", "TESTS_DIR",
+    "parse_text_log",
 ]
 
 STARTUP_TIMEOUT = 10.0
@@ -255,6 +256,21 @@ class Bulwark:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """After the test signalled it to stop: wait up to timeout for the process to exit on
+        its own. Returns the exit code (output collected, tmpdir removed; a later stop() is a
+        no-op returning it), or None if it is still running (stop() then kills it as usual)."""
+        assert self.proc is not None
+        if self._stopping:
+            return self.returncode
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._stopping = True
+        self._release()
+        return self.returncode
+
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after stop_timeout. Raises BulwarkDied if it had crashed
         before being asked to stop, or exited badly (check_exit)."""
@@ -329,6 +345,8 @@ class Bulwark:
 
     def _listening_line(self) -> dict | None:
         for entry in self.logs:
+            if "_raw" in entry:  # log.format: text
+                entry = parse_text_log(entry["_raw"]) or {}
             if entry.get("msg") == "listening" and entry.get("listen"):
                 return entry
         return None
@@ -377,6 +395,31 @@ class Bulwark:
             out, err = out[-tail:], err[-tail:]
         return (f"--- proxy.yaml ---\n{self.config_text}--- stdout ---\n" + "\n".join(out) +
                 "\n--- stderr ---\n" + "\n".join(err))
+
+
+_TEXT_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def parse_text_log(line: str) -> dict | None:
+    """A `log.format: text` line ("<ts> <level> <msg words> key=value ...") as a dict like the
+    JSON lines (values stay strings). Values are unquoted, so a space inside one is kept by
+    joining words up to the next key=. None if the line does not look like one."""
+    words = line.split(" ")
+    if len(words) < 3 or not re.match(r"\d{4}-\d\d-\d\dT", words[0]):
+        return None
+    entry: dict = {"ts": words[0], "level": words[1]}
+    msg: list[str] = []
+    key = None
+    for word in words[2:]:
+        if _TEXT_FIELD.match(word):
+            key, _, value = word.partition("=")
+            entry[key] = value
+        elif key is None:
+            msg.append(word)
+        else:
+            entry[key] += " " + word
+    entry["msg"] = " ".join(msg)
+    return entry
 
 
 def _port_of(address: str) -> int:
