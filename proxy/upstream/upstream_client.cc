@@ -65,7 +65,13 @@ int UpstreamClient::socketCallback(CURL*, curl_socket_t fd, int what, void* clie
   if (what & CURL_POLL_IN) kind |= EV_READ;
   if (what & CURL_POLL_OUT) kind |= EV_WRITE;
   support::EventPtr& ev = self->socket_events_[fd];
-  ev.reset(event_new(self->base_, fd, kind, &UpstreamClient::onSocketEvent, self));
+  if (!ev) {
+    ev.reset(event_new(self->base_, fd, kind, &UpstreamClient::onSocketEvent, self));
+  } else {
+    // The same socket with other interests: re-arm its event rather than allocating anew.
+    event_del(ev.get());
+    event_assign(ev.get(), self->base_, fd, kind, &UpstreamClient::onSocketEvent, self);
+  }
   event_add(ev.get(), nullptr);
   return 0;
 }

@@ -24,8 +24,8 @@ import time
 import unittest
 from typing import Callable
 
-from harness import (Bulwark, FakeUpstream, HttpResult, RawConnection, chat_completion,
-                     http_request, raw_request)
+from harness import (Bulwark, FakeUpstream, HttpResult, RawConnection, RawResponse, chat_chunk,
+                     chat_completion, http_request, raw_request)
 
 CHAT_PATH = "/v1/chat/completions"
 TRANSITION = "circuit breaker transition"
@@ -623,6 +623,77 @@ class FailureRateTest(BreakerTestCase):
         self.wait_opened(bulwark)
         self.assert_circuit_open(self.chat(bulwark))
         self.assertEqual(len(fake.requests), 10)
+
+
+class CountedFailureTest(BreakerTestCase):
+    """Failures that end an attempt other than by an upstream answer still count for the
+    breaker (§3.3, §3.7, §3.9): an attempt cut by the request's deadline is a timeout, and a
+    stream cut after the commit point is one failure, however long it ran."""
+
+    def test_attempts_cut_by_x_stainless_timeout_count_as_timeouts(self):
+        # first_byte 5s never fires: only the request's own 0.3 s deadline ends each attempt.
+        fake = self.start_fake()
+        fake.script([{"hang": True}] * 2 + [{"body": chat_completion("must not be reached")}])
+        bulwark = self.start_bulwark([fake], merged(FAST, {
+            "timeouts": {"first_byte": "5s"}, "circuit_breaker": {"failure_threshold": 2}}))
+
+        for nth in (1, 2):
+            self.assertEqual(self.transitions(bulwark, nth - 1), [], "opened too early")
+            resp, elapsed = self.timed_chat(bulwark, headers={"x-stainless-timeout": "0.3"})
+            self.assertEqual(resp.status, 504, resp.body[:300])
+            self.assertEqual(resp.json()["error"]["code"], "deadline_exceeded")
+            self.assertEqual(resp.header_all("x-should-retry"), ["false"], resp.headers)
+            self.assertLess(elapsed, 2.0, "the deadline did not cut the attempt")
+            access = self.settle(bulwark, nth)[-1]
+            failed = [e for e in bulwark.logs if e.get("msg") == ATTEMPT_FAILED and
+                      e.get("request_id") == access["request_id"]]
+            self.assertEqual(len(failed), 1, bulwark.output(tail=20))
+            self.assertEqual((failed[0]["level"], failed[0]["upstream"], failed[0]["attempt"],
+                              failed[0]["outcome"], failed[0]["breaker_counted"],
+                              failed[0]["not_retried_because"]),
+                             ("warn", "fake0", 1, "timeout", True, "deadline"), failed[0])
+
+        self.wait_opened(bulwark)
+        self.assertEqual([(t[2], t[3]) for t in self.transitions(bulwark)], [("CLOSED", "OPEN")])
+        self.assert_circuit_open(self.chat(bulwark))
+        self.assertEqual(len(fake.requests), 2, "a request reached the OPEN upstream")
+        self.assertEqual(fake.queued, 1)
+
+    def cut_stream(self, bulwark: Bulwark) -> RawResponse:
+        """A streamed chat completion the upstream cuts after its first event."""
+        body = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                           "messages": [{"role": "user", "content": "hi"}]})
+        with RawConnection(bulwark.port, timeout=10) as conn:
+            conn.send(raw_request("POST", CHAT_PATH, body,
+                                  headers=[("Content-Type", "application/json")]))
+            return conn.read_response("POST")
+
+    def test_streams_cut_after_the_commit_point_count_once_each(self):
+        # failure_threshold 3: two cut streams must not open it (counted once each, and no
+        # success recorded at the commit point to reset the count in between); three do.
+        fake = self.start_fake()
+        first = chat_chunk("", role="assistant")
+        cut = {"sse": [first, chat_chunk("lost")], "cut_after": 1}
+        fake.script([cut] * 3 + [{"body": chat_completion("must not be reached")}])
+        bulwark = self.start_bulwark([fake], FAST)
+
+        for nth in (1, 2, 3):
+            self.assertEqual(self.transitions(bulwark, nth - 1), [], "opened too early")
+            resp = self.cut_stream(bulwark)
+            self.assertEqual(resp.status, 200, resp.headers)
+            self.assertFalse(resp.complete, "the cut stream ended like a complete one")
+            self.assertTrue(bytes(resp.body).startswith(b"data: " + json.dumps(first).encode()),
+                            resp.body[:300])
+            self.assertIn(b'"code":"stream_interrupted"', resp.body.replace(b" ", b""))
+            self.assertNotIn(b"[DONE]", resp.body)
+            self.assertEqual(resp.header_all("x-bulwark-attempts"), ["1"], resp.headers)
+
+        self.settle(bulwark, 3)
+        self.wait_opened(bulwark)
+        self.assertEqual([(t[2], t[3]) for t in self.transitions(bulwark)], [("CLOSED", "OPEN")])
+        self.assert_circuit_open(self.chat(bulwark))
+        self.assertEqual(len(fake.requests), 3, "a request reached the OPEN upstream")
+        self.assertEqual(fake.queued, 1)
 
 
 if __name__ == "__main__":
