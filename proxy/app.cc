@@ -22,7 +22,7 @@ App::App(std::string config_path, config::Config config)
   upstreams_.setTransitionListener([this](const std::string& upstream, const std::string& model,
                                           resilience::BreakerState from,
                                           resilience::BreakerState to) {
-    metrics_.breakerTransition(upstream, static_cast<int>(to), resilience::breakerStateName(to));
+    metrics_.breakerTransition(upstream, resilience::breakerStateName(to));
     observe::LogLevel level = to == resilience::BreakerState::kOpen ? observe::LogLevel::kError
                                                                     : observe::LogLevel::kInfo;
     if (!observe::Logger::get().enabled(level)) return;
@@ -109,6 +109,7 @@ std::string App::metricsText() {
   // Gauges that mirror shared state are refreshed at scrape time.
   for (resilience::UpstreamHealth* u : upstreams_.current()) {
     metrics_.inflight(u->name(), u->inflight());
+    metrics_.breakerState(u->name(), static_cast<int>(u->summary().state));
   }
   return metrics_.serialize();
 }

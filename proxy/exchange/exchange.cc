@@ -336,10 +336,11 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   attempt_.reset();
   lease_.reset();
   if (plan.retry) {
-    context_.metrics.retry(
-        upstream_->name, outcome_name,
-        plan.source == resilience::RetryDelay::Source::kServer ? "server" : "backoff",
-        static_cast<double>(plan.delay.count()) / 1000.0);
+    // Counted in the metrics when the retry really starts (the breaker may stop it).
+    pending_retry_ =
+        PendingRetry{upstream_->name, outcome_name,
+                     plan.source == resilience::RetryDelay::Source::kServer ? "server" : "backoff",
+                     static_cast<double>(plan.delay.count()) / 1000.0};
     timeval wait = support::toTimeval(plan.delay.count());
     evtimer_add(wait_timer_.get(), &wait);
     return;
@@ -486,6 +487,8 @@ void Exchange::onWaitOver(evutil_socket_t, short, void* arg) {
     self->giveUp(self->last_outcome_);
     return;
   }
+  const PendingRetry& retry = self->pending_retry_;
+  self->context_.metrics.retry(retry.upstream, retry.reason, retry.source, retry.delay_seconds);
   self->startAttempt(std::move(selection));
 }
 

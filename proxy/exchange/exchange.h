@@ -87,6 +87,13 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   std::string model_;  // for per-model breakers (scope: upstream_model)
   resilience::Outcome last_outcome_;
   std::optional<HeldResponse> last_response_;  // what the client gets if Bulwark gives up
+  struct PendingRetry {
+    std::string upstream;  // the upstream whose failure is being retried
+    std::string reason;    // the outcome retried
+    const char* source;    // "backoff" or "server"
+    double delay_seconds;
+  };
+  PendingRetry pending_retry_;
   resilience::SteadyTime started_;
   resilience::SteadyTime deadline_;
   int max_attempts_ = 1;

@@ -153,10 +153,13 @@ void Metrics::retryBudgetExhausted(std::string_view upstream) {
   impl_->budget_exhausted.Add({{"upstream", std::string(upstream)}}).Increment();
 }
 
-void Metrics::breakerTransition(std::string_view upstream, int state, std::string_view to) {
-  std::string u(upstream);
-  impl_->breaker_state.Add({{"upstream", u}}).Set(state);
-  impl_->breaker_transitions.Add({{"upstream", u}, {"to", std::string(to)}}).Increment();
+void Metrics::breakerTransition(std::string_view upstream, std::string_view to) {
+  impl_->breaker_transitions.Add({{"upstream", std::string(upstream)}, {"to", std::string(to)}})
+      .Increment();
+}
+
+void Metrics::breakerState(std::string_view upstream, int state) {
+  impl_->breaker_state.Add({{"upstream", std::string(upstream)}}).Set(state);
 }
 
 void Metrics::breakerRejection(std::string_view upstream) {
@@ -192,6 +195,10 @@ void Metrics::declareUpstream(std::string_view upstream) {
   impl_->budget_exhausted.Add({{"upstream", u}});
   impl_->breaker_rejections.Add({{"upstream", u}});
   impl_->stream_interruptions.Add({{"upstream", u}});
+  // Every transition series exists from the start, so increase() sees the first trip.
+  for (const char* to : {"OPEN", "HALF_OPEN", "CLOSED"}) {
+    impl_->breaker_transitions.Add({{"upstream", u}, {"to", to}});
+  }
 }
 
 std::string Metrics::serialize() const {

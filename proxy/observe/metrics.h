@@ -30,8 +30,10 @@ class Metrics {
   void retry(std::string_view upstream, std::string_view reason, std::string_view source,
              double delay_seconds);
   void retryBudgetExhausted(std::string_view upstream);
-  // `state`: 0 closed, 1 open, 2 half-open; `to`: "CLOSED", "OPEN", "HALF_OPEN".
-  void breakerTransition(std::string_view upstream, int state, std::string_view to);
+  // `to`: "CLOSED", "OPEN", "HALF_OPEN".
+  void breakerTransition(std::string_view upstream, std::string_view to);
+  // 0 closed, 1 open, 2 half-open (with per-model breakers: the worst of them).
+  void breakerState(std::string_view upstream, int state);
   void breakerRejection(std::string_view upstream);
   void streamInterruption(std::string_view upstream);
   void inflight(std::string_view upstream, int count);

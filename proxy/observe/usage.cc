@@ -55,8 +55,11 @@ void UsageTap::feed(const char* data, std::size_t len) {
     buffer_.append(data, len);
     return;
   }
-  // Events are separated by a blank line; only the current, incomplete one is kept.
-  buffer_.append(data, len);
+  // Events are separated by a blank line; only the current, incomplete one is kept. Line
+  // endings may be CRLF or LF: dropping every CR makes both "\n\n".
+  for (std::size_t i = 0; i < len; ++i) {
+    if (data[i] != '\r') buffer_.push_back(data[i]);
+  }
   std::size_t start = 0;
   while (true) {
     std::size_t end = buffer_.find("\n\n", start);

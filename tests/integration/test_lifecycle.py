@@ -42,6 +42,7 @@ RELOADED = "configuration reloaded"
 REJECTED = "reload rejected"
 SHUTTING_DOWN = "shutting down"
 CUT = "shutdown_grace reached; connections cut"
+NEEDS_RESTART = "reload: server.listen"
 
 # "line 8, column 3: retry.max_atempts: unknown key"
 ERROR_LINE = re.compile(r"^line (\d+), column (\d+): ([A-Za-z0-9_.\[\]-]+): (.+)$")
@@ -477,6 +478,29 @@ class ReloadTest(LifecycleTestCase):
                 self.assertEqual(self.admin(bulwark, "/readyz").status, 200)
                 bulwark.stop()
 
+    def test_restart_warning_compares_with_what_is_running(self):
+        # The warning is about the running listeners, not about the previous file: it stays
+        # while the file differs from them and goes once the file matches them again.
+        fake = self.start_fake()
+        bulwark = self.start_bulwark([fake])
+        running = bulwark.config["server"]["listen"]
+        self.assertEqual(running, "127.0.0.1:0")
+        warned: list[list[dict]] = []
+        for change in ({"server": {"listen": "127.0.0.1:1"}},  # differs: warn
+                       {"retry": {"max_attempts": 2}},          # still differs: warn again
+                       {"server": {"listen": running}}):        # matches again: no warning
+            seen = len(bulwark.logs)
+            self.reload(bulwark, change)
+            warned.append([e for e in bulwark.logs[seen:] if e.get("level") == "warn" and
+                           "restart" in str(e.get("msg"))])
+        self.assertEqual([len(w) for w in warned], [1, 1, 0], bulwark.output(tail=20))
+        for line in warned[0] + warned[1]:
+            self.assertTrue(str(line["msg"]).startswith(NEEDS_RESTART), line)
+        # still served on the port it started with, with the last file's retry settings
+        fake.script([{"status": 503}, {"status": 503}])
+        resp = self.chat(bulwark)
+        self.assertEqual((resp.status, resp.header("x-bulwark-attempts")), (503, "2"))
+
 
 # --- §7 SIGTERM / SIGINT --------------------------------------------------------------------
 
@@ -557,6 +581,99 @@ class ShutdownTest(LifecycleTestCase):
         self.assertEqual(len(cut), 1, bulwark.output(tail=20))
         self.assertEqual(cut[0].get("level"), "warn")
         self.assertTrue(fake.wait_peer_closed(upstream_req, 1.0), "upstream transfer not cancelled")
+
+    def test_stream_cut_by_shutdown_grace_ends_with_the_interruption_event(self):
+        # §3.3: a stream that cannot finish ends with an error event and no final chunk,
+        # so the SDKs raise instead of returning truncated text.
+        fake = self.start_fake()
+        bulwark = self.start_bulwark([fake], {"server": {"shutdown_grace": "1s"}})
+        events = stream_events("cut", 8)
+        _, stream, body = self.open_stream(bulwark, fake, events, gap=0.5)
+
+        bulwark.signal(signal.SIGTERM)
+        for _ in body:
+            pass
+        self.assertFalse(stream.complete, "the chunked body was ended like a complete one")
+        data = bytes(stream.body)
+        self.assertNotIn(b"[DONE]", data)
+        self.assertTrue(data.endswith(b"\n\n"), data[-200:])
+        *relayed, last = data[:-2].split(b"\n\n")
+        self.assertTrue(relayed, data)
+        self.assertTrue(sse_body(events).startswith(b"".join(e + b"\n\n" for e in relayed)),
+                        data)
+        self.assertTrue(last.startswith(b"data: "), last)
+        event = json.loads(last[len(b"data: "):])
+        self.assertIn("error", event, f"the stream did not end with an error event: {last!r}")
+        error = event["error"]
+        self.assertEqual((error["type"], error["code"]), ("bulwark_error", "stream_interrupted"),
+                         error)
+        self.assertTrue(error["message"])
+
+        code = bulwark.wait_exit(3)
+        self.assertEqual(code, 0, bulwark.output(tail=20))
+        cut = [e for e in bulwark.logs if e.get("msg") == CUT]
+        self.assertEqual([e.get("level") for e in cut], ["warn"], bulwark.output(tail=20))
+        access = [e for e in bulwark.logs if e.get("msg") == "request"]
+        self.assertEqual([(e.get("status"), e.get("client_left")) for e in access],
+                         [(200, False)], access)
+
+    def test_requests_still_waiting_when_shutdown_grace_ends_get_an_answer(self):
+        # One request whose only attempt hangs gets Bulwark's own 503 shutting_down; one whose
+        # retry hangs after a 503 gets that upstream 503. Both with x-should-retry: false.
+        fake = self.start_fake()
+        bulwark = self.start_bulwark([fake], {"server": {"shutdown_grace": "1s"},
+                                              "timeouts": {"first_byte": "10s"}})
+        results: dict[str, HttpResult | Exception] = {}
+
+        def send(name: str) -> threading.Thread:
+            def run() -> None:
+                try:
+                    results[name] = self.chat(bulwark)
+                except Exception as error:  # e.g. the connection closed without a response
+                    results[name] = error
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        fake.push({"hang": True})
+        threads = [send("waiting")]
+        (hung,) = fake.wait_for_requests(1)
+        fake.script([{"status": 503}, {"hang": True}])
+        threads.append(send("retrying"))
+        fake.wait_for_requests(3)
+
+        signalled = time.monotonic()
+        bulwark.signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(5)
+        self.assertGreater(time.monotonic() - signalled, 0.8, "answered before shutdown_grace")
+
+        for name in ("waiting", "retrying"):
+            self.assertIsInstance(results.get(name), HttpResult, f"{name}: {results.get(name)!r}")
+        waiting = results["waiting"]
+        self.assertEqual(waiting.status, 503, waiting.body[:300])
+        self.assertTrue((waiting.header("content-type") or "").startswith("application/json"))
+        error = waiting.json()["error"]
+        self.assertEqual((error["type"], error["code"], error["param"]),
+                         ("bulwark_error", "shutting_down", None), error)
+        self.assertTrue(error["message"])
+        self.assertEqual(waiting.header_all("x-should-retry"), ["false"], waiting.headers)
+
+        retrying = results["retrying"]
+        self.assertEqual(retrying.status, 503, retrying.body[:300])
+        self.assertEqual(retrying.json()["error"]["type"], "server_error", retrying.body[:300])
+        self.assertEqual(fake.requests[1].index, 2)
+        self.assertEqual(retrying.header("x-request-id"), "req_2")  # that attempt's answer
+        self.assertEqual(retrying.header_all("x-bulwark-attempts"), ["2"], retrying.headers)
+        self.assertEqual(retrying.header_all("x-should-retry"), ["false"], retrying.headers)
+
+        code = bulwark.wait_exit(3)
+        self.assertEqual(code, 0, bulwark.output(tail=20))
+        self.assertEqual(len([e for e in bulwark.logs if e.get("msg") == CUT]), 1,
+                         bulwark.output(tail=20))
+        statuses = [e.get("status") for e in bulwark.logs if e.get("msg") == "request"]
+        self.assertEqual(statuses, [503, 503])
+        self.assertTrue(fake.wait_peer_closed(hung, 1.0), "upstream attempt not cancelled")
 
 
 if __name__ == "__main__":
