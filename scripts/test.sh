@@ -15,8 +15,11 @@ echo "== ThreadSanitizer: bulwark_resilience_tests"
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   ./build-tsan/tests/bulwark_resilience_tests --gtest_brief=1
 
-if [ ! -d tests/e2e/node_modules ] || [ tests/e2e/package-lock.json -nt tests/e2e/node_modules ]; then
-  (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-fi
+# Node packages for the end-to-end tests (official openai SDK) and the manifest checks.
+for dir in tests/e2e tests/deploy; do
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
 cd build
 ctest --output-on-failure --timeout 300 "$@"
