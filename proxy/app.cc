@@ -1,6 +1,11 @@
 #include "proxy/app.h"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <csignal>
+#include <fstream>
+#include <string>
 #include <thread>
 
 #include "config/loader.h"
@@ -10,6 +15,26 @@
 #include "proxy/version.h"
 
 namespace bulwark {
+
+namespace {
+
+// Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota, so that
+// `workers: 0` in a container with a CPU limit does not start one thread per node core.
+int usableCpus() {
+  int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cpus = std::max(1, CPU_COUNT(&set));
+  std::ifstream cpu_max("/sys/fs/cgroup/cpu.max");
+  std::string quota;
+  long long period = 0;
+  if (cpu_max >> quota >> period && quota != "max" && period > 0) {
+    long long q = std::atoll(quota.c_str());
+    if (q > 0) cpus = std::min<long long>(cpus, std::max(1LL, (q + period - 1) / period));
+  }
+  return cpus;
+}
+
+}  // namespace
 
 App::App(std::string config_path, config::Config config)
     : config_path_(std::move(config_path)),
@@ -54,7 +79,7 @@ int App::run() {
   running_admin_listen_ = cfg->server.admin_listen;
   running_workers_setting_ = cfg->server.workers;
   int workers = cfg->server.workers;
-  if (workers == 0) workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (workers == 0) workers = usableCpus();
   server::ListenSockets sockets = server::openListenSockets(cfg->server.listen, workers);
   if (!sockets.error.empty()) {
     observe::logError("cannot start", {{"error", sockets.error}});
