@@ -204,6 +204,11 @@ upstream::AttemptObserver::Flow Exchange::onData(const char* data, std::size_t l
 void Exchange::forward(const char* data, std::size_t len) {
   sink_.sendBody(data, len);
   bytes_sent_ += len;
+  if (len >= 2) {
+    tail_.assign(data + len - 2, 2);
+  } else if (len == 1) {
+    tail_ = tail_.substr(tail_.empty() ? 0 : tail_.size() - 1) + data[0];
+  }
   if (usage_) usage_->feed(data, len);
 }
 
@@ -441,8 +446,13 @@ void Exchange::interruptStream(const std::string& why) {
                                                                  {"detail", why}});
   if (isEventStream()) {
     // SDKs raise on an error event; a stream that just stopped would look complete.
+    // The error event must start on an event boundary: after a cut inside an event, end
+    // that (broken) event first, or the error would become part of its data.
+    const char* boundary = tail_.empty() || tail_.ends_with("\n\n") ? ""
+                           : tail_.ends_with("\n")                  ? "\n"
+                                                                    : "\n\n";
     std::string event =
-        "data: " +
+        boundary + std::string("data: ") +
         http::openAiErrorBody("stream_interrupted", "the upstream stream was interrupted: " + why) +
         "\n\n";
     sink_.sendBody(event.data(), event.size());

@@ -117,6 +117,7 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   bool committed_ = false;
   bool finished_ = false;
   std::uint64_t bytes_sent_ = 0;
+  std::string tail_;  // the last two body bytes sent, to end an event stream cleanly
 };
 
 // The RequestHandler a worker installs: every request becomes an Exchange.
