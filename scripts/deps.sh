@@ -10,7 +10,11 @@ packages=(
   libgtest-dev libgmock-dev
   python3
   prometheus
+  clang libclang-rt-14-dev openssl
+  nginx wrk gnuplot-nox
 )
+# clang + libclang-rt-14-dev: the libFuzzer build; openssl: test certificates for the TLS
+# fault tests; nginx, wrk, gnuplot-nox: the benchmark suite (nginx is the yardstick).
 # prometheus ships promtool and the server the metrics tests scrape Bulwark with (the
 # package's service is not needed: tests start their own server on loopback).
 # Node.js runs the end-to-end tests through the official openai npm package.

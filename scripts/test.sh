@@ -1,19 +1,16 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds, and runs the whole test suite: the shared-state units under
-# ThreadSanitizer, then ctest (unit tests, the fake upstream's self-tests, integration tests
-# of the real binary against the fake upstream, end-to-end tests through the official openai
-# npm package). Extra arguments go to ctest.
+# Installs dependencies, builds, and runs the whole test suite:
+#   1. the shared-state units under ThreadSanitizer (their multi-threaded hammering),
+#   2. every test under AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on),
+#   3. a bounded libFuzzer run of every fuzz target,
+#   4. ctest on the release build: unit tests, the fake upstream's self-tests, integration
+#      tests of the real binary against the fake upstream, end-to-end tests through the
+#      official openai npm package, deployment checks, corpus replays, the bench smoke run.
+# QUICK=1 skips stages 1-3 (for a fast local loop). Extra arguments go to the final ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/build.sh
-
-# Circuit breakers, budgets and in-flight counts are shared by every worker thread: their
-# tests (including the multi-threaded hammering) also run under ThreadSanitizer.
-BUILD_DIR=build-tsan SANITIZE=thread TARGETS=bulwark_resilience_tests bash scripts/build.sh
-echo "== ThreadSanitizer: bulwark_resilience_tests"
-TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-  ./build-tsan/tests/bulwark_resilience_tests --gtest_brief=1
 
 # Node packages for the end-to-end tests (official openai SDK) and the manifest checks.
 for dir in tests/e2e tests/deploy; do
@@ -21,5 +18,27 @@ for dir in tests/e2e tests/deploy; do
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 done
-cd build
+
+if [ "${QUICK:-0}" != "1" ]; then
+  echo "== ThreadSanitizer: bulwark_resilience_tests"
+  BUILD_DIR=build-tsan SANITIZE=thread TARGETS=bulwark_resilience_tests bash scripts/build.sh
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+    ./build-tsan/tests/bulwark_resilience_tests --gtest_brief=1
+
+  echo "== AddressSanitizer + UndefinedBehaviorSanitizer: the test suite"
+  BUILD_DIR=build-asan SANITIZE=address,undefined bash scripts/build.sh
+  # Memory-size assertions are meaningless under ASan's allocator; BULWARK_SANITIZED tells
+  # the tests to keep every other check.
+  (cd build-asan &&
+    BULWARK_SANITIZED=1 \
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1" \
+    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+    ctest --output-on-failure --timeout 300 -j2 -E '^(bench|deploy)\.')
+
+  echo "== libFuzzer: every target for a bounded time"
+  bash scripts/fuzz.sh
+fi
+
+echo "== Release build: the whole suite"
+cd "${BUILD_DIR:-build}"
 ctest --output-on-failure --timeout 300 "$@"
