@@ -1,16 +1,18 @@
 #include "proxy/http/header.h"
 
-#include <cctype>
-
 namespace bulwark::http {
+
+namespace {
+// Header names are ASCII tokens: no locale, no function call per byte.
+inline char asciiLower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
+}  // namespace
 
 bool equalsIgnoreCase(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i]))) {
-      return false;
-    }
+    if (asciiLower(a[i]) != asciiLower(b[i])) return false;
   }
   return true;
 }

@@ -7,8 +7,11 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <set>
+#include <unordered_map>
 
 #include "proxy/version.h"
 
@@ -30,7 +33,8 @@ Histogram::BucketBoundaries latencyBuckets() {
 
 struct Metrics::Impl {
   explicit Impl(const config::MetricsConfig& config)
-      : max_model_labels(config.max_model_labels),
+      : id(next_id.fetch_add(1)),
+        max_model_labels(config.max_model_labels),
         registry(std::make_shared<prometheus::Registry>()),
         requests(BuildCounter()
                      .Name("bulwark_requests_total")
@@ -92,6 +96,27 @@ struct Metrics::Impl {
     build_info.Add({{"version", version()}}).Set(1);
   }
 
+  // The metric of `family` with these label values. Family::Add builds a label map, hashes
+  // it and takes the family's lock on every call; a per-thread cache of the metric's address
+  // (stable for the registry's lifetime) makes the hot path a string lookup instead.
+  template <typename M, typename MakeLabels, typename... Extra>
+  M& metric(prometheus::Family<M>& family, char family_key,
+            std::initializer_list<std::string_view> values, MakeLabels make_labels,
+            Extra&&... extra) {
+    thread_local std::unordered_map<std::string, void*> cache;
+    std::string key = std::to_string(id);
+    key.push_back(family_key);
+    for (std::string_view v : values) {
+      key.append(v);
+      key.push_back('\x1f');
+    }
+    auto it = cache.find(key);
+    if (it != cache.end()) return *static_cast<M*>(it->second);
+    M& m = family.Add(make_labels(), std::forward<Extra>(extra)...);
+    cache.emplace(std::move(key), &m);
+    return m;
+  }
+
   std::string modelLabel(std::string_view model) {
     if (model.empty()) return "unknown";
     std::lock_guard<std::mutex> lock(models_mutex);
@@ -103,6 +128,8 @@ struct Metrics::Impl {
     return "other";
   }
 
+  static inline std::atomic<std::uint64_t> next_id{1};
+  std::uint64_t id;  // distinguishes instances in the per-thread caches
   int max_model_labels;
   std::shared_ptr<prometheus::Registry> registry;
   prometheus::Family<prometheus::Counter>& requests;
@@ -127,25 +154,61 @@ Metrics::Metrics(const config::MetricsConfig& config) : impl_(std::make_unique<I
 Metrics::~Metrics() = default;
 
 void Metrics::requestFinished(std::string_view upstream, int code, double seconds) {
-  std::string u(upstream);
-  impl_->requests.Add({{"upstream", u}, {"code", std::to_string(code)}}).Increment();
-  impl_->request_duration.Add({{"upstream", u}}, latencyBuckets()).Observe(seconds);
+  std::string c = std::to_string(code);
+  impl_
+      ->metric(impl_->requests, 'r', {upstream, c},
+               [&] {
+                 return prometheus::Labels{{"upstream", std::string(upstream)}, {"code", c}};
+               })
+      .Increment();
+  impl_
+      ->metric(
+          impl_->request_duration, 'd', {upstream},
+          [&] {
+            return prometheus::Labels{{"upstream", std::string(upstream)}};
+          },
+          latencyBuckets())
+      .Observe(seconds);
 }
 
 void Metrics::attempt(std::string_view upstream, std::string_view outcome) {
-  impl_->attempts.Add({{"upstream", std::string(upstream)}, {"outcome", std::string(outcome)}})
+  impl_
+      ->metric(impl_->attempts, 'a', {upstream, outcome},
+               [&] {
+                 return prometheus::Labels{{"upstream", std::string(upstream)},
+                                           {"outcome", std::string(outcome)}};
+               })
       .Increment();
 }
 
 void Metrics::timeToFirstByte(std::string_view upstream, double seconds) {
-  impl_->ttfb.Add({{"upstream", std::string(upstream)}}, latencyBuckets()).Observe(seconds);
+  impl_
+      ->metric(
+          impl_->ttfb, 't', {upstream},
+          [&] {
+            return prometheus::Labels{{"upstream", std::string(upstream)}};
+          },
+          latencyBuckets())
+      .Observe(seconds);
 }
 
 void Metrics::retry(std::string_view upstream, std::string_view reason, std::string_view source,
                     double delay_seconds) {
-  std::string u(upstream);
-  impl_->retries.Add({{"upstream", u}, {"reason", std::string(reason)}}).Increment();
-  impl_->retry_delay.Add({{"upstream", u}, {"source", std::string(source)}}, latencyBuckets())
+  impl_
+      ->metric(impl_->retries, 'R', {upstream, reason},
+               [&] {
+                 return prometheus::Labels{{"upstream", std::string(upstream)},
+                                           {"reason", std::string(reason)}};
+               })
+      .Increment();
+  impl_
+      ->metric(
+          impl_->retry_delay, 'D', {upstream, source},
+          [&] {
+            return prometheus::Labels{{"upstream", std::string(upstream)},
+                                      {"source", std::string(source)}};
+          },
+          latencyBuckets())
       .Observe(delay_seconds);
 }
 
@@ -176,15 +239,16 @@ void Metrics::inflight(std::string_view upstream, int count) {
 
 void Metrics::tokens(std::string_view upstream, std::string_view model, long long prompt,
                      long long completion) {
-  std::string u(upstream);
   std::string m = impl_->modelLabel(model);
-  if (prompt > 0) {
-    impl_->tokens_total.Add({{"upstream", u}, {"model", m}, {"kind", "prompt"}})
-        .Increment(static_cast<double>(prompt));
-  }
-  if (completion > 0) {
-    impl_->tokens_total.Add({{"upstream", u}, {"model", m}, {"kind", "completion"}})
-        .Increment(static_cast<double>(completion));
+  for (auto [kind, count] : {std::pair{"prompt", prompt}, std::pair{"completion", completion}}) {
+    if (count <= 0) continue;
+    impl_
+        ->metric(impl_->tokens_total, 'k', {upstream, m, kind},
+                 [&] {
+                   return prometheus::Labels{
+                       {"upstream", std::string(upstream)}, {"model", m}, {"kind", kind}};
+                 })
+        .Increment(static_cast<double>(count));
   }
 }
 

@@ -19,9 +19,11 @@ ClientServer::ClientServer(event_base* base, evutil_socket_t listen_fd,
   listener_.reset(evconnlistener_new(base, &ClientServer::acceptCallback, this,
                                      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, listen_fd));
   evconnlistener_set_error_cb(listener_.get(), &ClientServer::acceptErrorCallback);
+  accept_resume_.reset(evtimer_new(base, &ClientServer::onAcceptResume, this));
 }
 
 ClientServer::~ClientServer() {
+  accept_resume_.reset();
   listener_.reset();
   open_connections_.fetch_sub(static_cast<int>(connections_.size()));
   connections_.clear();
@@ -41,10 +43,22 @@ void ClientServer::acceptCallback(evconnlistener*, evutil_socket_t fd, sockaddr*
   }
 }
 
-void ClientServer::acceptErrorCallback(evconnlistener*, void*) {
-  // EMFILE/ENFILE and friends: log and keep the listener; accept resumes when fds free up.
+void ClientServer::acceptErrorCallback(evconnlistener* listener, void* arg) {
+  // Out of file descriptors (EMFILE/ENFILE, ENOBUFS): the pending connection stays in the
+  // backlog and the listener would fire again at once. Pause accepting for a moment instead
+  // of spinning (and flooding the log); connections being served free fds meanwhile.
+  auto* self = static_cast<ClientServer*>(arg);
   int err = EVUTIL_SOCKET_ERROR();
-  observe::logError("accept failed", {{"error", evutil_socket_error_to_string(err)}});
+  observe::logError("accept failed; pausing new connections for 100ms",
+                    {{"error", evutil_socket_error_to_string(err)}});
+  evconnlistener_disable(listener);
+  timeval pause = support::toTimeval(100);
+  evtimer_add(self->accept_resume_.get(), &pause);
+}
+
+void ClientServer::onAcceptResume(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<ClientServer*>(arg);
+  if (self->listener_) evconnlistener_enable(self->listener_.get());
 }
 
 void ClientServer::release(ClientConnection* connection) {

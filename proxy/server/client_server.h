@@ -36,6 +36,7 @@ class ClientServer {
   static void acceptCallback(evconnlistener* listener, evutil_socket_t fd, sockaddr* addr,
                              int socklen, void* arg);
   static void acceptErrorCallback(evconnlistener* listener, void* arg);
+  static void onAcceptResume(evutil_socket_t, short, void* arg);
 
   event_base* base_;
   ConnectionLimits limits_;
@@ -43,6 +44,7 @@ class ClientServer {
   std::atomic<int>& open_connections_;
   int max_connections_;
   support::ListenerPtr listener_;
+  support::EventPtr accept_resume_;  // re-enables accepting after fd exhaustion
   std::unordered_map<ClientConnection*, std::unique_ptr<ClientConnection>> connections_;
 };
 

@@ -10,6 +10,73 @@ namespace {
 RequestParser* self(http_parser* p) {
   return static_cast<RequestParser*>(p->data);
 }
+
+// RFC 9110 token characters: a header name with anything else (notably whitespace before
+// the colon, a classic smuggling shape) is refused, never forwarded.
+bool isTokenChar(unsigned char c) {
+  if (c >= 'a' && c <= 'z') return true;
+  if (c >= 'A' && c <= 'Z') return true;
+  if (c >= '0' && c <= '9') return true;
+  switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool isToken(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s) {
+    if (!isTokenChar(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+// True when the path has a "." or ".." segment, literally or percent-encoded ("%2e%2E").
+// Such a path could climb out of an upstream's base_url prefix once resolved, and no OpenAI
+// endpoint has one, so it is refused.
+bool hasDotSegment(std::string_view target) {
+  std::string_view path = target.substr(0, target.find_first_of("?#"));
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    std::size_t end = path.find('/', start);
+    std::string_view segment =
+        path.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
+    int dots = 0;
+    bool only_dots = !segment.empty();
+    for (std::size_t i = 0; i < segment.size() && only_dots;) {
+      if (segment[i] == '.') {
+        ++dots;
+        ++i;
+      } else if (segment.size() - i >= 3 && segment[i] == '%' && segment[i + 1] == '2' &&
+                 (segment[i + 2] == 'e' || segment[i + 2] == 'E')) {
+        ++dots;
+        i += 3;
+      } else {
+        only_dots = false;
+      }
+    }
+    if (only_dots && (dots == 1 || dots == 2)) return true;
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  return false;
+}
 }  // namespace
 
 RequestParser::RequestParser(const ParserLimits& limits) : limits_(limits) {
@@ -158,6 +225,19 @@ bool RequestParser::finishHead() {
       req.path += '?';
       req.path += req.target.substr(url.field_data[UF_QUERY].off, url.field_data[UF_QUERY].len);
     }
+  }
+
+  for (const http::Header& h : req.headers) {
+    if (!isToken(h.name)) {
+      failure_ = ParseStatus::kBadRequest;
+      error_detail_ = "invalid header name";
+      return false;
+    }
+  }
+  if (!req.path.empty() && hasDotSegment(req.path)) {
+    failure_ = ParseStatus::kBadRequest;
+    error_detail_ = "dot segments (. or ..) are not allowed in the path";
+    return false;
   }
 
   // The body limit is checked before any body byte is read, so an oversized request is

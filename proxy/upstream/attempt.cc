@@ -101,10 +101,12 @@ bool Attempt::configure() {
   set(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
   set(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error_buffer_));
   set(curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https"));
+  set(curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L));  // the path goes out exactly as received
   set(curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS)));
   set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
                        static_cast<long>(request_.connect_timeout.count())));
   set(curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L));
+  if (!client_.environmentProxy()) set(curl_easy_setopt(h, CURLOPT_PROXY, ""));
   set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Attempt::headerCallback));
   set(curl_easy_setopt(h, CURLOPT_HEADERDATA, this));
   set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Attempt::writeCallback));

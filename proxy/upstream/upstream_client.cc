@@ -1,5 +1,7 @@
 #include "proxy/upstream/upstream_client.h"
 
+#include <cstdlib>
+
 #include "proxy/observe/logger.h"
 #include "proxy/upstream/attempt.h"
 
@@ -10,6 +12,11 @@ constexpr size_t kMaxIdleHandles = 256;
 }
 
 UpstreamClient::UpstreamClient(event_base* base) : base_(base), multi_(curl_multi_init()) {
+  for (const char* name : {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                           "ALL_PROXY"}) {
+    const char* value = std::getenv(name);
+    environment_proxy_ = environment_proxy_ || (value != nullptr && value[0] != '\0');
+  }
   timer_.reset(evtimer_new(base_, &UpstreamClient::onTimer, this));
   curl_multi_setopt(multi_.get(), CURLMOPT_SOCKETFUNCTION, &UpstreamClient::socketCallback);
   curl_multi_setopt(multi_.get(), CURLMOPT_SOCKETDATA, this);

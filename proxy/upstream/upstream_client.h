@@ -25,6 +25,9 @@ class UpstreamClient {
   UpstreamClient& operator=(const UpstreamClient&) = delete;
 
   event_base* base() const { return base_; }
+  // Whether the environment names an HTTP(S) proxy (read once, at start). Without one,
+  // transfers tell curl so, which saves it reading the environment on every request.
+  bool environmentProxy() const { return environment_proxy_; }
 
  private:
   friend class Attempt;
@@ -41,6 +44,7 @@ class UpstreamClient {
   void checkDone();
 
   event_base* base_;
+  bool environment_proxy_ = false;
   support::CurlMultiPtr multi_;
   support::EventPtr timer_;
   std::unordered_map<curl_socket_t, support::EventPtr> socket_events_;

@@ -107,9 +107,25 @@ TEST(RequestParserTest, RejectsSmugglingShapes) {
            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
            "GARBAGE\r\n\r\n",
+           "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+           "POST / HTTP/1.1\r\nContent-Length : 2\r\n\r\nab",
        }) {
     RequestParser parser{ParserLimits{}};
     EXPECT_EQ(feedAll(parser, raw).status, ParseStatus::kBadRequest) << raw;
+  }
+}
+
+TEST(RequestParserTest, RefusesDotSegments) {
+  for (const char* target : {"/../admin", "/v1/../../keys", "/v1/%2e%2e/x", "/v1/%2E./x", "/v1/.",
+                             "/./v1/models", "/v1/..?x=1"}) {
+    RequestParser parser{ParserLimits{}};
+    std::string raw = std::string("GET ") + target + " HTTP/1.1\r\nHost: a\r\n\r\n";
+    EXPECT_EQ(feedAll(parser, raw).status, ParseStatus::kBadRequest) << target;
+  }
+  for (const char* target : {"/v1/files/file-a..b", "/v1/...", "/v1/models?x=../y", "/v1/.well"}) {
+    RequestParser parser{ParserLimits{}};
+    std::string raw = std::string("GET ") + target + " HTTP/1.1\r\nHost: a\r\n\r\n";
+    EXPECT_EQ(feedAll(parser, raw).status, ParseStatus::kComplete) << target;
   }
 }
 
