@@ -6,6 +6,7 @@
 #include "proxy/exchange/forwarding.h"
 #include "proxy/http/openai_error.h"
 #include "proxy/observe/logger.h"
+#include "proxy/resilience/sse_boundary.h"
 #include "proxy/resilience/sse_scanner.h"
 
 namespace bulwark::exchange {
@@ -197,8 +198,38 @@ upstream::AttemptObserver::Flow Exchange::onData(const char* data, std::size_t l
     });
     return Flow::kPause;
   }
-  forward(data, len);
+  deliver(data, len);
   return Flow::kContinue;
+}
+
+void Exchange::deliver(const char* data, std::size_t len) {
+  if (!whole_events_) {
+    forward(data, len);
+    return;
+  }
+  // An event stream goes out in whole events: if the upstream is cut inside an event, the
+  // client never sees half of it (the SDKs would choke on its JSON before they reach the
+  // stream_interrupted event). Upstreams send whole events per chunk, so normally nothing
+  // is held and nothing is copied.
+  if (partial_event_.empty()) {
+    std::size_t end = resilience::lastEventEnd(std::string_view(data, len));
+    if (end > 0) forward(data, end);
+    partial_event_.assign(data + end, len - end);
+  } else {
+    partial_event_.append(data, len);
+    std::size_t end = resilience::lastEventEnd(partial_event_);
+    if (end > 0) {
+      forward(partial_event_.data(), end);
+      partial_event_.erase(0, end);
+    }
+  }
+  if (partial_event_.size() > kMaxHeldBytes) flushPartialEvent();  // a huge event streams as is
+}
+
+void Exchange::flushPartialEvent() {
+  if (partial_event_.empty()) return;
+  forward(partial_event_.data(), partial_event_.size());
+  partial_event_.clear();
 }
 
 void Exchange::forward(const char* data, std::size_t len) {
@@ -231,7 +262,7 @@ upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::si
   }
   // The commit point: from here on the response belongs to the client.
   commit(hold_ == Hold::kFirstEvent ? std::nullopt : head_.content_length);
-  forward(held_.data(), held_.size());
+  deliver(held_.data(), held_.size());
   held_.clear();
   hold_ = Hold::kNone;
   return Flow::kContinue;
@@ -239,6 +270,7 @@ upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::si
 
 void Exchange::commit(std::optional<std::uint64_t> content_length) {
   committed_ = true;
+  whole_events_ = isEventStream();
   // The upstream answered: for the breaker that is a success, unless an error status whose
   // policy counts (a committed error body too large to hold).
   bool counted = head_.status >= 400 &&
@@ -264,6 +296,7 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
   if (finished_) return;
   if (committed_) {
     if (error == TransferError::kNone) {
+      flushPartialEvent();  // a stream that ended without a final blank line: as it was
       finished_ = true;
       lease_.recordOutcome(false);
       lease_.reset();

@@ -72,6 +72,9 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void logAccess(int status, bool client_left = false);
   // Sends body bytes to the client, counting them and reading token usage on the way.
   void forward(const char* data, std::size_t len);
+  // After the commit point: forward(), in whole events for an event stream.
+  void deliver(const char* data, std::size_t len);
+  void flushPartialEvent();
   UpstreamSelection select(bool retry);
   http::Headers bulwarkHeaders(const config::UpstreamConfig& upstream) const;
   bool isEventStream() const;
@@ -117,7 +120,9 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   bool committed_ = false;
   bool finished_ = false;
   std::uint64_t bytes_sent_ = 0;
-  std::string tail_;  // the last two body bytes sent, to end an event stream cleanly
+  std::string tail_;           // the last two body bytes sent, to end an event stream cleanly
+  bool whole_events_ = false;  // a committed event stream: forwarded event by event
+  std::string partial_event_;  // the incomplete event at the end of what arrived
 };
 
 // The RequestHandler a worker installs: every request becomes an Exchange.

@@ -213,7 +213,14 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
   if (http::equalsIgnoreCase(h.name, "content-length")) {
     std::uint64_t n = 0;
     auto [ptr, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), n);
-    if (ec == std::errc() && ptr == h.value.data() + h.value.size()) head.content_length = n;
+    bool valid = ec == std::errc() && ptr == h.value.data() + h.value.size() && !h.value.empty();
+    if (!valid || (head.content_length && *head.content_length != n)) {
+      // Conflicting or malformed framing (RFC 9112 §6.3): the response cannot be trusted, so
+      // it is never passed on; the attempt fails like a broken connection.
+      self->bad_framing_ = true;
+      return 0;
+    }
+    head.content_length = n;
   }
   head.headers.push_back(std::move(h));
   return len;
@@ -262,12 +269,19 @@ void Attempt::onDeferredFailure(evutil_socket_t, short, void* arg) {
 void Attempt::onCurlDone(CURLcode result) {
   curl_off_t pretransfer = 0;
   curl_easy_getinfo(handle_, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
-  TransferError error = aborted_             ? TransferError::kAborted
-                        : requests_sent_ > 1 ? TransferError::kReset
-                                             : classifyCurlCode(result, pretransfer > 0);
+  TransferError error = classifyCurlCode(result, pretransfer > 0);
+  if (bad_framing_) {
+    error = TransferError::kProtocol;
+  } else if (aborted_) {
+    error = TransferError::kAborted;
+  } else if (requests_sent_ > 1) {
+    error = TransferError::kReset;
+  }
   if (error == TransferError::kNone && !head_done_) error = TransferError::kProtocol;
   std::string detail;
-  if (requests_sent_ > 1) {
+  if (bad_framing_) {
+    detail = "the upstream's response has conflicting or malformed Content-Length headers";
+  } else if (requests_sent_ > 1) {
     detail = "the connection closed before the upstream answered";
   } else if (result != CURLE_OK) {
     detail = error_buffer_[0] != '\0' ? error_buffer_ : curl_easy_strerror(result);

@@ -109,6 +109,7 @@ class Attempt {
   bool body_started_ = false;
   bool paused_ = false;
   bool aborted_ = false;
+  bool bad_framing_ = false;  // conflicting Content-Length headers in the response
   int requests_sent_ = 0;  // curl's prereq callback runs once per copy of the request sent
   bool done_ = false;
   char error_buffer_[CURL_ERROR_SIZE] = {};

@@ -88,6 +88,67 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def tcp_sockets(pid: int) -> dict[str, list[tuple[int, int, str]]]:
+    """The process's TCP sockets by inode: (local port, remote port, state hex)."""
+    mine = socket_inodes(pid)
+    found: dict = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    local, remote, state, inode = parts[1], parts[2], parts[3], parts[9]
+                    if inode in mine:
+                        found.setdefault(inode, []).append(
+                            (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16),
+                             state))
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def fd_census(pid: int, listen_port: int, upstream_ports: set[int]) -> dict[str, int]:
+    """Bulwark's open descriptors by kind: accepted client connections ("clients"),
+    connections to the upstreams ("upstream"), other sockets (listeners, internal socket
+    pairs, and sockets that came or went while /proc was read) and descriptors that are not
+    sockets at all ("non_sockets": event loops, pipes, files), which must stay constant however
+    much traffic passes."""
+    kinds = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            kinds[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+    tcp = tcp_sockets(pid)
+    out = {"total": len(kinds), "clients": 0, "upstream": 0, "other_sockets": 0,
+           "non_sockets": 0}
+    for target in kinds.values():
+        if not target.startswith("socket:["):
+            out["non_sockets"] += 1
+            continue
+        entries = tcp.get(target[8:-1], [])
+        if any(local == listen_port and state != "0A" for local, _, state in entries):
+            out["clients"] += 1
+        elif any(remote in upstream_ports for _, remote, _ in entries):
+            out["upstream"] += 1
+        else:
+            out["other_sockets"] += 1
+    return out
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02,
                what: str = "condition") -> Any:
     """Poll predicate() until truthy (returns it); AssertionError after timeout. For state of

@@ -5,6 +5,7 @@ Run from tests/integration with PYTHONPATH=tests: python3 -m unittest -v test_ba
 """
 
 import json
+import os
 import time
 import unittest
 
@@ -50,8 +51,9 @@ class BackpressureTest(unittest.TestCase):
                 self.assertLess(sent, CHUNKS // 2,
                                 "the upstream was not paused for a client that reads nothing")
                 grown_kib = rss_kib(bulwark.proc.pid) - baseline
-                self.assertLess(grown_kib, 16 * 1024,
-                                f"bulwark grew by {grown_kib} KiB for one stalled stream")
+                if os.environ.get("BULWARK_SANITIZED") != "1":  # ASan's allocator inflates RSS
+                    self.assertLess(grown_kib, 16 * 1024,
+                                    f"bulwark grew by {grown_kib} KiB for one stalled stream")
 
                 # Now read it all: every event arrives whole and in order.
                 received = b"".join(piece for _, piece in conn.iter_body(head))
