@@ -6,6 +6,7 @@
 #include <charconv>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -202,36 +203,35 @@ std::string lowercase(std::string_view text) {
 }
 
 void readHeaders(MappingReader headers, std::vector<std::pair<std::string, std::string>>& out) {
-  std::vector<std::string> seen;
+  std::set<std::string> seen;  // lowercased
   for (const std::string& name : headers.keys()) {
     std::string value;
     headers.readString(name, value);
     const std::string folded = lowercase(name);
     const bool managed =
         std::find(kManagedHeaders.begin(), kManagedHeaders.end(), folded) != kManagedHeaders.end();
-    const bool repeated = std::find(seen.begin(), seen.end(), folded) != seen.end();
+    const bool repeated = !seen.insert(folded).second;
     headers.check(name, isHeaderName(name), "is not a valid HTTP header name");
     headers.check(name, !managed, "is set by Bulwark and cannot be configured");
     headers.check(name, !repeated, "duplicate header (names are case-insensitive)");
     headers.check(name, !hasLineBreak(value), "header value must not contain line breaks");
-    seen.push_back(folded);
     out.emplace_back(name, std::move(value));
   }
   headers.finish();
 }
 
-UpstreamConfig readUpstream(MappingReader upstream, const std::vector<UpstreamConfig>& earlier) {
+// `names` maps each earlier upstream's name to its index.
+UpstreamConfig readUpstream(MappingReader upstream,
+                            const std::map<std::string, std::size_t>& names) {
   UpstreamConfig out;
   if (upstream.require("name")) {
     upstream.readString("name", out.name);
     upstream.check("name", isUpstreamName(out.name),
                    "must be non-empty and use only letters, digits, '.', '_' and '-'");
-    auto same = std::find_if(earlier.begin(), earlier.end(),
-                             [&](const UpstreamConfig& other) { return other.name == out.name; });
-    if (same != earlier.end()) {
+    if (auto same = names.find(out.name); same != names.end()) {
       upstream.check("name", false,
                      "duplicate upstream name, already used by upstreams[" +
-                         std::to_string(same - earlier.begin()) + "]");
+                         std::to_string(same->second) + "]");
     }
   }
   if (upstream.require("base_url")) {
@@ -269,11 +269,13 @@ void readUpstreams(MappingReader& root, std::vector<UpstreamConfig>& out) {
     root.fail("upstreams", "expected a non-empty list of upstreams, got " + found);
     return;
   }
+  std::map<std::string, std::size_t> names;
   std::size_t index = 0;
   for (const YAML::Node& item : *list) {
-    const std::string path = "upstreams[" + std::to_string(index++) + "]";
+    const std::string path = "upstreams[" + std::to_string(index) + "]";
     const YAML::Mark mark = item.IsNull() ? list->Mark() : item.Mark();
-    UpstreamConfig upstream = readUpstream(MappingReader(root.context(), &item, mark, path), out);
+    UpstreamConfig upstream = readUpstream(MappingReader(root.context(), &item, mark, path), names);
+    names.emplace(upstream.name, index++);
     out.push_back(std::move(upstream));
   }
 }

@@ -18,6 +18,7 @@
 
 #include "config/config_reader.h"
 #include "config/mapping_reader.h"
+#include "config/yaml_document.h"
 
 namespace bulwark::config {
 namespace {
@@ -87,22 +88,16 @@ EnvLookup processEnv() {
 }
 
 LoadResult loadConfigString(std::string_view yaml, const EnvLookup& env) {
-  std::vector<YAML::Node> documents;
-  try {
-    documents = YAML::LoadAll(std::string(yaml));
-  } catch (const YAML::Exception& error) {
-    return failure("invalid YAML: " + error.msg, error.mark.line + 1, error.mark.column + 1);
-  } catch (const std::exception& error) {
-    return failure(std::string("invalid YAML: ") + error.what());
+  YamlDocument document = parseYamlDocument(yaml);
+  if (document.problem) {
+    LoadResult result;
+    result.errors.push_back(*std::move(document.problem));
+    return result;
   }
 
   try {
     LoadContext context(env);
-    Config config = readConfig(context, documents.empty() ? YAML::Node() : documents.front());
-    if (documents.size() > 1) {
-      context.addError("", documents[1].Mark(),
-                       "expected one YAML document, found " + std::to_string(documents.size()));
-    }
+    Config config = readConfig(context, document.root);
     LoadResult result;
     result.errors = context.takeErrors();
     sortByPosition(result.errors);

@@ -79,7 +79,7 @@ MappingReader::MappingReader(LoadContext& context, const YAML::Node* node, const
       context_.addError(path_, key.Mark(), "keys must be plain strings, got " + describeNode(key));
       continue;
     }
-    if (has(key.Scalar())) {
+    if (!index_.emplace(key.Scalar(), entries_.size()).second) {
       context_.addError(pathOf(key.Scalar()), key.Mark(), "duplicate key");
       continue;
     }
@@ -158,18 +158,15 @@ void MappingReader::finish() {
   }
 }
 
+// An index rather than a scan: a mapping with many keys (a file may hold 100k) stays linear.
 const MappingReader::Entry* MappingReader::findEntry(std::string_view key) const {
-  for (const Entry& entry : entries_) {
-    if (entry.key == key) return &entry;
-  }
-  return nullptr;
+  auto it = index_.find(key);
+  return it == index_.end() ? nullptr : &entries_[it->second];
 }
 
 MappingReader::Entry* MappingReader::findEntry(std::string_view key) {
-  for (Entry& entry : entries_) {
-    if (entry.key == key) return &entry;
-  }
-  return nullptr;
+  auto it = index_.find(key);
+  return it == index_.end() ? nullptr : &entries_[it->second];
 }
 
 }  // namespace bulwark::config

@@ -3,6 +3,9 @@
 // Errors are collected in a LoadContext, never thrown; one LoadContext per load, one thread.
 #pragma once
 
+#include <cstddef>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -118,7 +121,8 @@ class MappingReader {
   std::string path_;
   YAML::Mark mark_;
   bool not_a_mapping_ = false;
-  std::vector<Entry> entries_;
+  std::vector<Entry> entries_;                             // in document order
+  std::map<std::string, std::size_t, std::less<>> index_;  // key -> entries_ position
 };
 
 template <typename T, typename Parse>

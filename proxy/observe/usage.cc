@@ -37,9 +37,11 @@ std::optional<TokenUsage> usageFromJson(std::string_view json) {
   rapidjson::Document doc;
   doc.Parse<rapidjson::kParseIterativeFlag>(json.data(), json.size());
   if (doc.HasParseError() || !doc.IsObject()) return std::nullopt;
-  if (auto direct = usageOf(doc)) return direct;
-  auto response = doc.FindMember("response");  // Responses API events
-  if (response != doc.MemberEnd()) return usageOf(response->value);
+  // Searched as const: rapidjson 1.1's mutable iterators make != ambiguous under C++20.
+  const rapidjson::Value& root = doc;
+  if (auto direct = usageOf(root)) return direct;
+  auto response = root.FindMember("response");  // Responses API events
+  if (response != root.MemberEnd()) return usageOf(response->value);
   return std::nullopt;
 }
 

@@ -152,9 +152,18 @@ std::optional<WallTime> toWallTime(std::tm& tm) {
       tm.tm_sec > 60) {  // 60: a leap second
     return std::nullopt;
   }
-  // A validated date with a four-digit year is always representable: timegm cannot fail
-  // (its -1 is the legitimate 1969-12-31T23:59:59).
-  return std::chrono::system_clock::from_time_t(timegm(&tm));
+  // With a four-digit year timegm cannot fail (its -1 is the legitimate 1969-12-31T23:59:59),
+  // but system_clock may count nanoseconds in 64 bits, which reach only the years 1677 to 2262.
+  // Dates beyond saturate, keeping their meaning: long past is "retry now", far off is "too
+  // long to wait".
+  constexpr auto kEarliest =
+      std::chrono::ceil<std::chrono::seconds>(WallTime::min().time_since_epoch()).count();
+  constexpr auto kLatest =
+      std::chrono::floor<std::chrono::seconds>(WallTime::max().time_since_epoch()).count();
+  const std::time_t seconds = timegm(&tm);
+  if (seconds < kEarliest) return WallTime::min();
+  if (seconds > kLatest) return WallTime::max();
+  return std::chrono::system_clock::from_time_t(seconds);
 }
 
 // After "Sun,": IMF-fixdate " 06 Nov 1994 08:49:37 GMT" or RFC 850 " 06-Nov-94 08:49:37 GMT".

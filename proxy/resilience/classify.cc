@@ -61,8 +61,10 @@ ErrorIdentity parseErrorIdentity(std::string_view body) {
   rapidjson::Document document;
   document.Parse<kFlags>(body.data(), body.size());
   if (document.HasParseError() || !document.IsObject()) return {};
-  auto error = document.FindMember("error");
-  if (error == document.MemberEnd() || !error->value.IsObject()) return {};
+  // Searched as const: rapidjson 1.1's mutable iterators make == ambiguous under C++20.
+  const rapidjson::Value& root = document;
+  auto error = root.FindMember("error");
+  if (error == root.MemberEnd() || !error->value.IsObject()) return {};
   return {scalarText(error->value, "type"), scalarText(error->value, "code")};
 }
 

@@ -14,8 +14,10 @@ bool isErrorData(const std::string& data) {
   rapidjson::Document document;
   document.Parse<rapidjson::kParseIterativeFlag>(data.data(), data.size());
   if (document.HasParseError() || !document.IsObject()) return false;
-  auto error = document.FindMember("error");
-  return error != document.MemberEnd() && !error->value.IsNull();
+  // Searched as const: rapidjson 1.1's mutable iterators make != ambiguous under C++20.
+  const rapidjson::Value& root = document;
+  auto error = root.FindMember("error");
+  return error != root.MemberEnd() && !error->value.IsNull();
 }
 
 }  // namespace

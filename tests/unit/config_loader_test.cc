@@ -2,6 +2,7 @@
 // and lines, all errors at once, no secrets in messages, and no crash on broken input.
 #include "config/loader.h"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -12,6 +13,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "config/yaml_document.h"
 
 namespace bulwark::config {
 namespace {
@@ -577,6 +580,11 @@ const ErrorCase kErrorCases[] = {
     {"RootIsAList", "- server\n", "", 1, "expected a mapping, got a list"},
     {"RootIsAScalar", "hello\n", "", 1, "expected a mapping, got a scalar"},
     {"TwoDocuments", "log: {}\n---\nmetrics: {}\n", "", 3, "expected one YAML document"},
+    // yaml-cpp's LoadAll never returned on these: it read empty documents forever.
+    {"LeadingComma", ",\n", "", 1, "invalid YAML: unexpected \",\""},
+    {"CommaAfterDocumentStart", "---\n,\nlog: {}\n", "", 2, "invalid YAML: unexpected \",\""},
+    {"Anchor", "log: &log {level: info}\n", "", 1, "anchors (&name) and aliases (*name)"},
+    {"AliasToNowhere", "log: *log\n", "", 1, "invalid YAML"},
     {"NonScalarKey", "? [a, b]\n: 1\n", "", 1, "keys must be plain strings"},
 };
 
@@ -639,6 +647,71 @@ TEST(ConfigErrorsTest, ColumnsPointAtTheOffendingValue) {
   result = load("retry:\n  max_atempts: 3\n");
   ASSERT_EQ(result.errors.size(), 1u);
   EXPECT_EQ(result.errors[0].column, 3);  // the key itself
+}
+
+// ---- What the file may not do ----
+
+TEST(ConfigDocumentTest, AnAliasIsAnErrorNamingTheLineOfItsAnchor) {
+  // Anchors and aliases let a few bytes stand for a large value many times over (a list of
+  // aliased upstreams, each with the same thousand headers); proxy.yaml writes values out.
+  LoadResult result = load(R"yaml(upstreams:
+  - name: a
+    base_url: https://a.example
+    headers: &common
+      X-Team: search
+  - name: b
+    base_url: https://b.example
+    headers: *common
+)yaml");
+  EXPECT_FALSE(result.config.has_value());
+  ASSERT_EQ(result.errors.size(), 1u) << describe(result);
+  EXPECT_EQ(result.errors[0].line, 4);
+  EXPECT_EQ(result.errors[0].column, 14);
+  EXPECT_THAT(result.errors[0].message, HasSubstr("not supported; write the value out in full"));
+}
+
+std::string nested(int depth) {
+  return "retry:\n  non_retryable_429_codes: " + std::string(depth, '[') + std::string(depth, ']') +
+         "\n";
+}
+
+TEST(ConfigDocumentTest, NestingDeeperThanTheLimitIsAnErrorAtItsLine) {
+  // The root mapping and retry are two levels; the lists bring it to the limit and past it.
+  LoadResult at_limit = load(nested(kMaxYamlDepth - 2));
+  ASSERT_EQ(at_limit.errors.size(), 1u) << describe(at_limit);
+  EXPECT_THAT(at_limit.errors[0].message, HasSubstr("expected an error code"));
+
+  LoadResult too_deep = load(nested(kMaxYamlDepth - 1));
+  ASSERT_EQ(too_deep.errors.size(), 1u) << describe(too_deep);
+  EXPECT_EQ(too_deep.errors[0].line, 2);
+  EXPECT_THAT(too_deep.errors[0].message, HasSubstr("nested deeper than 32 levels"));
+}
+
+TEST(ConfigDocumentTest, DeepNestingFailsWithoutExhaustingTheStack) {
+  for (char open : {'[', '{'}) {
+    LoadResult result = load("log: " + std::string(200000, open));
+    ASSERT_EQ(result.errors.size(), 1u) << describe(result);
+    EXPECT_THAT(result.errors[0].message, HasSubstr("nested deeper than"));
+  }
+  std::string dashes;
+  for (int i = 0; i < 50000; ++i) dashes += "- ";
+  LoadResult result = load(dashes + "x\n");
+  ASSERT_EQ(result.errors.size(), 1u) << describe(result);
+  EXPECT_THAT(result.errors[0].message, HasSubstr("nested deeper than"));
+}
+
+TEST(ConfigDocumentTest, ManyKeysLoadInLinearTime) {
+  // Key lookups used to scan the mapping: 100k headers took minutes to check.
+  std::string yaml = "upstreams:\n  - name: a\n    base_url: https://a.example\n    headers:\n";
+  constexpr int kHeaders = 50000;
+  for (int i = 0; i < kHeaders; ++i) yaml += "      X-" + std::to_string(i) + ": v\n";
+  yaml += "      x-7: again\n";
+  const auto start = std::chrono::steady_clock::now();
+  LoadResult result = load(yaml);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(10));
+  ASSERT_EQ(result.errors.size(), 1u) << describe(result);
+  EXPECT_EQ(result.errors[0].path, "upstreams[0].headers.x-7");
+  EXPECT_THAT(result.errors[0].message, HasSubstr("duplicate header"));
 }
 
 // ---- Secrets ----

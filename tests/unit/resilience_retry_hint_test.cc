@@ -81,6 +81,13 @@ TEST(ParseHttpDateTest, HandlesCalendarEdges) {
             sys_days(year(2098) / 12 / 31) + hours(12));
 }
 
+TEST(ParseHttpDateTest, DatesBeyondTheClockSaturate) {
+  // system_clock's nanoseconds reach 1677 to 2262; converting year 1007 overflowed.
+  EXPECT_EQ(parseHttpDate("Wed, 21 Oct 1007 07:28:04 GMT"), WallTime::min());
+  EXPECT_EQ(parseHttpDate("Sun Jan  1 00:00:00 0000"), WallTime::min());
+  EXPECT_EQ(parseHttpDate("Fri, 31 Dec 9999 23:59:59 GMT"), WallTime::max());
+}
+
 TEST(ParseHttpDateTest, RejectsGarbage) {
   for (const char* text : {
            "",
@@ -158,6 +165,13 @@ TEST_F(ServerRetryHintTest, RetryAfterDate) {
 TEST_F(ServerRetryHintTest, RetryAfterDateInThePastIsZero) {
   EXPECT_EQ(hint({{"retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"}}), milliseconds(0));
   EXPECT_EQ(hint({{"retry-after", "Sat, 28 Nov 2026 13:59:59 GMT"}}), milliseconds(0));
+}
+
+TEST_F(ServerRetryHintTest, RetryAfterDateBeyondTheClockSaturates) {
+  EXPECT_EQ(hint({{"retry-after", "Wed, 21 Oct 1007 07:28:04 GMT"}}), milliseconds(0));
+  std::optional<Millis> far = hint({{"retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"}});
+  ASSERT_TRUE(far.has_value());
+  EXPECT_GT(*far, hours(24 * 365 * 200));
 }
 
 TEST_F(ServerRetryHintTest, RateLimitResetOnlyFor429) {
