@@ -240,8 +240,10 @@ void Metrics::inflight(std::string_view upstream, int count) {
 void Metrics::tokens(std::string_view upstream, std::string_view model, long long prompt,
                      long long completion) {
   std::string m = impl_->modelLabel(model);
-  for (auto [kind, count] : {std::pair{"prompt", prompt}, std::pair{"completion", completion}}) {
+  for (const auto& [kind_name, count] :
+       {std::pair{"prompt", prompt}, std::pair{"completion", completion}}) {
     if (count <= 0) continue;
+    const char* kind = kind_name;  // a plain variable: lambdas cannot capture bindings (C++17)
     impl_
         ->metric(impl_->tokens_total, 'k', {upstream, m, kind},
                  [&] {
