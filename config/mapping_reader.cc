@@ -15,6 +15,13 @@ int oneBased(int position) {
 }  // namespace
 
 void LoadContext::addError(std::string path, const YAML::Mark& mark, std::string message) {
+  for (const std::string& secret : from_environment_) {
+    if (secret.size() < 3) continue;  // too short to be a secret, too common to redact
+    for (std::size_t at = message.find(secret); at != std::string::npos;
+         at = message.find(secret, at)) {
+      message.replace(at, secret.size(), "<value from the environment>");
+    }
+  }
   errors_.push_back(
       ConfigError{std::move(path), oneBased(mark.line), oneBased(mark.column), std::move(message)});
 }
@@ -29,7 +36,10 @@ std::optional<std::string> LoadContext::expandedScalar(const YAML::Node& value,
   }
   std::string missing;
   std::optional<std::string> expanded = expandEnv(value.Scalar(), env_, &missing);
-  if (expanded) return expanded;
+  if (expanded) {
+    if (*expanded != value.Scalar()) from_environment_.push_back(*expanded);
+    return expanded;
+  }
   if (missing.empty()) {
     addError(path, mark, "malformed ${...} reference (write $$ for a literal $)");
   } else {

@@ -43,6 +43,9 @@ class LoadContext {
  private:
   const EnvLookup& env_;
   std::vector<ConfigError> errors_;
+  // Values that came out of ${VAR} expansion: the environment holds secrets, so error
+  // messages never repeat them, whatever key they were (mis)placed under.
+  std::vector<std::string> from_environment_;
 };
 
 // "a list" / "a mapping" / "an empty value" / "a scalar": how error messages name a node.

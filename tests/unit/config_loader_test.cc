@@ -852,3 +852,21 @@ TEST(ConfigRobustnessTest, HostileDocumentsLoadOrFail) {
 
 }  // namespace
 }  // namespace bulwark::config
+
+namespace bulwark::config {
+namespace {
+
+TEST(ConfigSecretsTest, ValuesFromTheEnvironmentAreNeverRepeatedInErrors) {
+  std::string yaml =
+      "upstreams:\n  - name: a\n    base_url: http://127.0.0.1:1\n    max_inflight: ${KEY}\n";
+  LoadResult result = loadConfigString(yaml, [](const std::string& name) {
+    return name == "KEY" ? std::optional<std::string>("sk-live-SECRET") : std::nullopt;
+  });
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0].toString().find("SECRET"), std::string::npos)
+      << result.errors[0].toString();
+  EXPECT_NE(result.errors[0].toString().find("upstreams[0].max_inflight"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace bulwark::config
