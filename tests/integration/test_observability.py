@@ -621,6 +621,8 @@ class HealthTest(ObservabilityTestCase):
         self.assertEqual(m.value("bulwark_circuit_breaker_state", upstream="fake0"), 0)
         self.assertEqual(m.table("bulwark_circuit_breaker_transitions_total", "to",
                                  upstream="fake0"), {"OPEN": 1, "HALF_OPEN": 1, "CLOSED": 1})
+        # Log lines are written by a background thread: wait for the last one to arrive.
+        bulwark.wait_for_log(lambda e: e.get("msg") == TRANSITION and e.get("to") == "CLOSED")
         transitions = [(e["from"], e["to"], e["level"]) for e in bulwark.logs
                        if e.get("msg") == TRANSITION]
         self.assertEqual(transitions, [("CLOSED", "OPEN", "error"), ("OPEN", "HALF_OPEN", "info"),
