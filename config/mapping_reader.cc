@@ -17,9 +17,10 @@ int oneBased(int position) {
 void LoadContext::addError(std::string path, const YAML::Mark& mark, std::string message) {
   for (const std::string& secret : from_environment_) {
     if (secret.size() < 3) continue;  // too short to be a secret, too common to redact
+    static constexpr std::string_view kRedacted = "<value from the environment>";
     for (std::size_t at = message.find(secret); at != std::string::npos;
-         at = message.find(secret, at)) {
-      message.replace(at, secret.size(), "<value from the environment>");
+         at = message.find(secret, at + kRedacted.size())) {
+      message.replace(at, secret.size(), kRedacted);
     }
   }
   errors_.push_back(
