@@ -178,6 +178,8 @@ void Exchange::onHead(const upstream::ResponseHead& head) {
     hold_ = Hold::kErrorBody;
   } else if (isEventStream()) {
     hold_ = Hold::kFirstEvent;
+    event_scan_ = resilience::CommitPointScanner(resilience::streamKindForPath(request_.path),
+                                                 kMaxHeldBytes);
   } else {
     hold_ = Hold::kNone;
   }
@@ -251,12 +253,21 @@ upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::si
   }
   held_.append(data, len);
   if (hold_ == Hold::kFirstEvent) {
-    resilience::FirstEvent event = resilience::scanFirstEvent(held_);
-    if (event.complete && event.is_error) {
-      first_event_is_error_ = true;
-      return Flow::kAbort;  // retried (or handed over) as stream_error once the attempt ends
+    switch (event_scan_.scan(held_)) {
+      case resilience::CommitPointScanner::Decision::kError:
+        first_event_is_error_ = true;
+        return Flow::kAbort;  // retried (or handed over) as stream_error once the attempt ends
+      case resilience::CommitPointScanner::Decision::kNeedMore:
+        // A Responses preamble is not held past timeouts.first_byte: the client would see
+        // nothing for longer than Bulwark lets an upstream stay silent.
+        if (event_scan_.preambleEvents() == 0 ||
+            context_.clock.now() - attempt_started_ < config_->timeouts.first_byte) {
+          return Flow::kContinue;
+        }
+        break;
+      case resilience::CommitPointScanner::Decision::kCommit:
+        break;
     }
-    if (!event.complete && held_.size() <= kMaxHeldBytes) return Flow::kContinue;
   } else if (held_.size() <= kMaxHeldBytes) {
     return Flow::kContinue;  // an error body: read it whole before deciding
   }
@@ -325,7 +336,7 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
     return;
   }
   if (error == TransferError::kAborted && first_event_is_error_) {
-    afterFailedAttempt(Outcome::streamError(), "the stream's first event is an error");
+    afterFailedAttempt(Outcome::streamError(), "the stream sent an error event before any output");
     return;
   }
   afterFailedAttempt(outcomeOfTransfer(error), detail);

@@ -16,6 +16,7 @@
 #include "proxy/observe/usage.h"
 #include "proxy/resilience/backoff.h"
 #include "proxy/resilience/classify.h"
+#include "proxy/resilience/sse_scanner.h"
 #include "proxy/server/http_request.h"
 #include "proxy/server/request_handler.h"
 #include "proxy/server/response_sink.h"
@@ -41,7 +42,8 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void onDone(upstream::TransferError error, const std::string& detail) override;
 
  private:
-  // Why the bytes before the commit point are being held.
+  // Why the bytes before the commit point are being held. kFirstEvent: a 200 event stream,
+  // until its first event (for the Responses API, its first event past the preamble).
   enum class Hold { kNone, kErrorBody, kFirstEvent };
 
   static void onWaitOver(evutil_socket_t, short, void* arg);
@@ -112,6 +114,7 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   bool has_head_ = false;
   Hold hold_ = Hold::kNone;
   std::string held_;  // body bytes before the commit point (bounded)
+  resilience::CommitPointScanner event_scan_;  // where a held event stream's commit point is
   bool first_event_is_error_ = false;
   resilience::SteadyTime attempt_started_;
   bool first_byte_seen_ = false;
