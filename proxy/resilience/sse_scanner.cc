@@ -87,8 +87,7 @@ DataFacts readData(const RawEvent& event) {
 }
 
 bool isResponsesPreamble(std::string_view type) {
-  return type == "response.created" || type == "response.in_progress" ||
-         type == "response.queued";
+  return type == "response.created" || type == "response.in_progress" || type == "response.queued";
 }
 
 std::size_t afterBom(std::string_view buffered) {

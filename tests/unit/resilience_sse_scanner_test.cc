@@ -169,7 +169,6 @@ TEST(ScanFirstEventTest, SurvivesHostileData) {
   EXPECT_FALSE(event.is_error);
 }
 
-
 // --- The commit point of a whole stream: the first event, or past the Responses preamble ---
 
 using Decision = CommitPointScanner::Decision;
@@ -186,12 +185,14 @@ std::string responsesEvent(std::string_view type, std::string_view rest = "",
 }
 
 std::string preamble(std::string_view eol = "\n") {
-  return responsesEvent("response.created",
-                        R"(,"sequence_number":0,"response":{"id":"resp_1","status":"in_progress","error":null})",
-                        eol) +
-         responsesEvent("response.in_progress",
-                        R"(,"sequence_number":1,"response":{"id":"resp_1","status":"in_progress","error":null})",
-                        eol);
+  return responsesEvent(
+             "response.created",
+             R"(,"sequence_number":0,"response":{"id":"resp_1","status":"in_progress","error":null})",
+             eol) +
+         responsesEvent(
+             "response.in_progress",
+             R"(,"sequence_number":1,"response":{"id":"resp_1","status":"in_progress","error":null})",
+             eol);
 }
 
 const std::string kFailed = responsesEvent(
@@ -260,10 +261,11 @@ TEST(CommitPointScannerTest, FinishedResponsesCommit) {
                      preamble() + responsesEvent("response.completed", R"(,"sequence_number":2)")),
             Decision::kCommit);
   EXPECT_EQ(
-      scanOnce(StreamKind::kResponses,
-               preamble() + responsesEvent(
-                                "response.incomplete",
-                                R"(,"response":{"incomplete_details":{"reason":"max_output_tokens"}})")),
+      scanOnce(
+          StreamKind::kResponses,
+          preamble() + responsesEvent(
+                           "response.incomplete",
+                           R"(,"response":{"incomplete_details":{"reason":"max_output_tokens"}})")),
       Decision::kCommit);
 }
 
@@ -394,8 +396,8 @@ TEST(CommitPointScannerTest, HoldsNoMoreThanTheBound) {
   EXPECT_EQ(scanOnce(StreamKind::kFirstEvent, "data: " + std::string(kMaxHeld, 'x')),
             Decision::kCommit);
   // An error found in what is held still wins over the bound, as it did for a first event.
-  std::string big_error = preamble() + "event: error\ndata: \"" + std::string(kMaxHeld, 'x') +
-                          "\"\n\n";
+  std::string big_error =
+      preamble() + "event: error\ndata: \"" + std::string(kMaxHeld, 'x') + "\"\n\n";
   EXPECT_EQ(scanOnce(StreamKind::kResponses, big_error), Decision::kError);
 }
 
