@@ -55,7 +55,22 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from typing import Any, Callable, Iterable
+
+try:  # Debian's python3-h2 (and python3-brotli): the production transport, TLS + ALPN h2
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+    import h2.settings
+except ImportError:  # pragma: no cover - the plain transport needs only the stdlib
+    h2 = None
+try:
+    import brotli
+except ImportError:  # pragma: no cover
+    brotli = None
 
 __all__ = [
     "Action",
@@ -66,6 +81,7 @@ __all__ = [
     "chat_completion",
     "chat_chunk",
     "openai_error",
+    "make_test_pki",
 ]
 
 DEFAULT_CONTENT = "Hello from the fake upstream."
@@ -223,6 +239,7 @@ class Request:
     head_sent_at: float | None = None
     chunks_sent_at: list[float] = dataclasses.field(default_factory=list)  # body chunks/events
     action: dict | None = None     # the scripted action used, None for the default
+    encoding: str | None = None    # the content coding the fake applied (gzip, br), if any
 
     @property
     def path(self) -> str:
@@ -300,9 +317,17 @@ class FakeUpstream:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, mode: str = "ok",
                  tls_cert: str | None = None, tls_key: str | None = None, seed: int = 1,
-                 responder: "Callable[[Request], Action | dict | None] | None" = None):
+                 responder: "Callable[[Request], Action | dict | None] | None" = None,
+                 http2: bool = False, compress: bool = False, max_streams: int = 100):
         if mode not in ("ok", "flaky", "fast"):
             raise ValueError(f"unknown mode {mode!r}")
+        if http2 and not tls_cert:
+            raise ValueError("http2 needs tls_cert and tls_key (h2 is negotiated by ALPN)")
+        if http2 and h2 is None:
+            raise RuntimeError("http2 needs Debian's python3-h2 (scripts/deps.sh installs it)")
+        self.http2 = http2          # offer h2 by ALPN (HTTP/1.1 stays for clients without it)
+        self.compress = compress    # gzip/br bodies for clients that accept them, as the edge does
+        self.max_streams = max_streams  # SETTINGS_MAX_CONCURRENT_STREAMS on h2 connections
         self.host = host
         self.port = port
         self.mode = mode
@@ -387,7 +412,7 @@ class FakeUpstream:
         if self._tls_cert:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self._tls_cert, self._tls_key)
-            context.set_alpn_protocols(["http/1.1"])
+            context.set_alpn_protocols(["h2", "http/1.1"] if self.http2 else ["http/1.1"])
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, ssl=context, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -517,6 +542,13 @@ class FakeUpstream:
         conn = _Conn(conn_id, reader, writer)
         conn.task = asyncio.current_task()
         self._conns.add(conn)
+        tls = writer.get_extra_info("ssl_object")
+        if tls is not None and tls.selected_alpn_protocol() == "h2":
+            try:
+                await _H2Connection(self, conn).serve()
+            finally:
+                self._conns.discard(conn)
+            return
         pump = asyncio.create_task(self._pump(conn))
         try:
             while await self._serve_one(conn):
@@ -626,14 +658,7 @@ class FakeUpstream:
                 return False
             return await self._control(conn, method, path, body)
 
-        with self._lock:
-            self._request_count += 1
-            request = Request(index=self._request_count, conn_id=conn.id, method=method,
-                              target=target, http_version=version, headers=headers,
-                              arrived_at=time.monotonic(), chunked=chunked)
-            if self.mode != "fast":
-                self._requests.append(request)
-        conn.requests.append(request)
+        request = self._new_request(conn, method, target, version, headers, chunked)
         if conn.eof and not conn.we_closed and request.peer_closed_at is None:
             request.peer_closed_at = time.monotonic()
         self._notify()
@@ -656,6 +681,21 @@ class FakeUpstream:
         tokens = {t.strip() for t in conn_tokens.split(",")}
         keep = ("close" not in tokens) if version == "HTTP/1.1" else ("keep-alive" in tokens)
 
+        return await self._respond(_H1Wire(self, conn), request, self._action_for(request), keep)
+
+    def _new_request(self, conn: _Conn, method: str, target: str, version: str,
+                     headers: list[tuple[str, str]], chunked: bool) -> Request:
+        with self._lock:
+            self._request_count += 1
+            request = Request(index=self._request_count, conn_id=conn.id, method=method,
+                              target=target, http_version=version, headers=headers,
+                              arrived_at=time.monotonic(), chunked=chunked)
+            if self.mode != "fast":
+                self._requests.append(request)
+        conn.requests.append(request)
+        return request
+
+    def _action_for(self, request: Request) -> Action:
         action = self._next_action(request)
         if action is None:
             action = self._outage_action()
@@ -665,7 +705,7 @@ class FakeUpstream:
             request.action = action.to_dict()
         else:
             action = self._default_action(request)
-        return await self._respond(conn, request, action, keep)
+        return action
 
     async def _read_body(self, conn: _Conn, chunked: bool, length: int,
                          sink: bytearray) -> bytes | None:
@@ -753,24 +793,23 @@ class FakeUpstream:
             return Action(sse=events)
         return Action(body=chat_completion(model=model, id=f"chatcmpl-fake-{request.index}"))
 
-    async def _respond(self, conn: _Conn, request: Request, action: Action, keep: bool) -> bool:
+    async def _respond(self, wire: "_H1Wire | _H2Wire", request: Request, action: Action,
+                       keep: bool) -> bool:
         delay = action.delay + _float_or_zero(request.header("x-fake-delay"))
-        if delay and await self._wait_gone(conn, delay):
+        if delay and await wire.wait_gone(delay):
             return False
         if action.hang:
-            await self._wait_gone(conn, None)
+            await wire.wait_gone(None)
             return False
         if action.reset and action.sse is None and action.truncate is None:
-            self._abort(conn, request)
+            wire.abort(request)
             return False
         if action.drop:
-            await self._close(conn, request)
+            await wire.drop(request)
             return False
         if action.raw is not None:
             raw = action.raw.encode() if isinstance(action.raw, str) else bytes(action.raw)
-            await self._write_quietly(conn, raw)
-            request.head_sent_at = time.monotonic()
-            await self._close(conn, request)
+            await wire.raw(raw, request)
             return False
 
         keep = keep and not action.close
@@ -790,6 +829,16 @@ class FakeUpstream:
                 headers.append(("Content-Type", action.content_type or "application/json"))
         streaming = action.sse is not None or action.chunked
         no_body = request.method == "HEAD" or action.status in (204, 304) or action.status < 200
+        encoder = None
+        if self.compress and not no_body and "content-encoding" not in names and (
+                body or action.sse is not None):
+            encoder = _Encoder.choose(request.header("accept-encoding") or "",
+                                      stream=action.sse is not None)
+        if encoder is not None:
+            request.encoding = encoder.name
+            headers += [("Content-Encoding", encoder.name), ("Vary", "Accept-Encoding")]
+            if action.sse is None and action.truncate is None:
+                body = encoder.whole(body)
         if streaming and "transfer-encoding" not in names:
             headers.append(("Transfer-Encoding", "chunked"))
         elif not streaming and "content-length" not in names and action.status not in (204, 304):
@@ -798,56 +847,61 @@ class FakeUpstream:
             headers.append(("Connection", "close"))
 
         request.status = action.status
-        conn.writer.write(_head(action.status, headers))
-        await conn.writer.drain()
+        await wire.head(action.status, headers, chunked=streaming and not no_body)
         request.head_sent_at = time.monotonic()
         self._notify()
         if no_body:
+            await wire.end()
             return keep
-        if action.body_delay and await self._wait_gone(conn, action.body_delay):
+        if action.body_delay and await wire.wait_gone(action.body_delay):
             return False
 
         if action.sse is not None:
-            return await self._send_events(conn, request, action, keep)
+            return await self._send_events(wire, request, action, keep, encoder)
         if action.truncate is not None:
-            conn.writer.write(body[:action.truncate])
-            await conn.writer.drain()
+            # The client's first `truncate` bytes of the body, decodable when it is encoded:
+            # the cut falls after what the client can read, on every transport.
+            piece = body[:action.truncate]
+            await wire.send(encoder.chunk(piece) if encoder else piece, framed=False)
             request.chunks_sent_at.append(time.monotonic())
-            self._cut(conn, request, action)
+            wire.cut(request, action.reset)
             return False
-        if action.chunked:
-            if body:
-                conn.writer.write(b"%x\r\n%s\r\n" % (len(body), body))
-            conn.writer.write(b"0\r\n\r\n")
-        else:
-            conn.writer.write(body)
-        await conn.writer.drain()
+        if body:
+            await wire.send(body)
+        await wire.end()
         request.chunks_sent_at.append(time.monotonic())
         self._notify()
         return keep
 
-    async def _send_events(self, conn: _Conn, request: Request, action: Action, keep: bool) -> bool:
+    async def _send_events(self, wire: "_H1Wire | _H2Wire", request: Request, action: Action,
+                           keep: bool, encoder: "_Encoder | None") -> bool:
         events = [_event_bytes(e, action.sse_raw) for e in action.sse or []]
         if action.done:
             events.append(b"data: [DONE]\n\n")
         cut = action.cut_after
         sent = events if cut is None else events[:cut]
         for i, event in enumerate(sent):
-            if i > 0 and action.gap and await self._wait_gone(conn, action.gap):
+            if i > 0 and action.gap and await wire.wait_gone(action.gap):
                 return False
-            if conn.eof:
+            if wire.gone:
                 return False
-            conn.writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-            await conn.writer.drain()
+            if encoder is None:
+                await wire.send(event)
+            else:  # a huge event is encoded and sent in slices, as an edge streams it
+                for at in range(0, len(event), 256 * 1024):
+                    await wire.send(encoder.chunk(event[at:at + 256 * 1024]))
             request.chunks_sent_at.append(time.monotonic())
             self._notify()
         if cut is not None:
-            if sent and action.gap and await self._wait_gone(conn, action.gap):
+            if sent and action.gap and await wire.wait_gone(action.gap):
                 return False
-            self._cut(conn, request, action)
+            wire.cut(request, action.reset)
             return False
-        conn.writer.write(b"0\r\n\r\n")
-        await conn.writer.drain()
+        if encoder is not None:
+            tail = encoder.finish()
+            if tail:
+                await wire.send(tail)
+        await wire.end()
         return keep
 
     def _body_bytes(self, request: Request, action: Action) -> bytes:
@@ -872,8 +926,8 @@ class FakeUpstream:
             return body.encode()
         return json.dumps(body).encode()
 
-    def _cut(self, conn: _Conn, request: Request, action: Action) -> None:
-        if action.reset:
+    def _cut(self, conn: _Conn, request: Request, reset: bool) -> None:
+        if reset:
             self._abort(conn, request)
         else:
             self._mark_fake_closed(conn, request)
@@ -918,6 +972,13 @@ class FakeUpstream:
     # -- control API
 
     async def _control(self, conn: _Conn, method: str, path: str, body: bytes) -> bool:
+        status, data = self._control_reply(method, path, body)
+        conn.writer.write(_head(status, [("Content-Type", "application/json"),
+                                         ("Content-Length", str(len(data)))]) + data)
+        await conn.writer.drain()
+        return True
+
+    def _control_reply(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         status, payload = 200, None
         try:
             if path == "/__fake/script" and method == "POST":
@@ -951,14 +1012,369 @@ class FakeUpstream:
                                                     "invalid_request_error")
         except (ValueError, TypeError) as error:
             status, payload = 400, openai_error(str(error), "invalid_request_error")
-        data = json.dumps(payload, default=_json_default).encode()
-        conn.writer.write(_head(status, [("Content-Type", "application/json"),
-                                         ("Content-Length", str(len(data)))]) + data)
-        await conn.writer.drain()
-        return True
+        return status, json.dumps(payload, default=_json_default).encode()
+
+
+# --- transports: how one response goes out -------------------------------------------------
+
+
+class _Encoder:
+    """Content coding of a response body, as the API's edge applies it: br or gzip."""
+
+    def __init__(self, name: str):
+        self.name = name
+        if name == "br":
+            self._br = brotli.Compressor(quality=4)  # what an edge uses on the fly
+        else:
+            self._z = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip wrapper
+
+    @classmethod
+    def choose(cls, accept_encoding: str, *, stream: bool) -> "_Encoder | None":
+        offered = {token.split(";", 1)[0].strip().lower()
+                   for token in accept_encoding.split(",") if token.strip()}
+        # Whole bodies prefer br when it is offered; event streams get gzip, so that both
+        # codings are exercised by any client that accepts both.
+        if not stream and "br" in offered and brotli is not None:
+            return cls("br")
+        if "gzip" in offered:
+            return cls("gzip")
+        if "br" in offered and brotli is not None:
+            return cls("br")
+        return None
+
+    def whole(self, data: bytes) -> bytes:
+        return self.chunk(data) + self.finish()
+
+    def chunk(self, data: bytes) -> bytes:
+        """Compressed bytes for `data`, flushed so the reader can decode it at once."""
+        if self.name == "br":
+            return self._br.process(data) + self._br.flush()
+        return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+
+    def finish(self) -> bytes:
+        return self._br.finish() if self.name == "br" else self._z.flush(zlib.Z_FINISH)
+
+
+class _H1Wire:
+    """One response on an HTTP/1.1 connection."""
+
+    def __init__(self, fake: "FakeUpstream", conn: _Conn):
+        self.fake = fake
+        self.conn = conn
+        self.chunked = False
+
+    @property
+    def gone(self) -> bool:
+        return self.conn.eof
+
+    async def wait_gone(self, seconds: float | None) -> bool:
+        return await self.fake._wait_gone(self.conn, seconds)
+
+    async def head(self, status: int, headers: list[tuple[str, str]], *, chunked: bool) -> None:
+        self.chunked = chunked
+        self.conn.writer.write(_head(status, headers))
+        await self.conn.writer.drain()
+
+    async def send(self, data: bytes, *, framed: bool = True) -> None:
+        if self.chunked and framed:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.conn.writer.write(data)
+        await self.conn.writer.drain()
+
+    async def end(self) -> None:
+        if self.chunked:
+            self.conn.writer.write(b"0\r\n\r\n")
+            await self.conn.writer.drain()
+
+    def cut(self, request: Request, reset: bool) -> None:
+        self.fake._cut(self.conn, request, reset)
+
+    def abort(self, request: Request) -> None:
+        self.fake._abort(self.conn, request)
+
+    async def drop(self, request: Request) -> None:
+        await self.fake._close(self.conn, request)
+
+    async def raw(self, data: bytes, request: Request) -> None:
+        await self.fake._write_quietly(self.conn, data)
+        request.head_sent_at = time.monotonic()
+        await self.fake._close(self.conn, request)
+
+
+class _StreamGone(Exception):
+    """The h2 stream was reset (or its connection closed) while the fake was sending."""
+
+
+class _H2Stream:
+    def __init__(self, stream_id: int):
+        self.id = stream_id
+        self.request: Request | None = None
+        self.body = bytearray()
+        self.gone = asyncio.Event()     # RST_STREAM from the peer, or the connection closed
+        self.window = asyncio.Event()   # the send window may have grown
+        self.ended = False              # the fake ended (or reset) the stream itself
+
+
+# Hop-by-hop headers have no place in HTTP/2 (RFC 9113 §8.2.2); h2 sends lower-case names.
+_H2_DROPPED = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+               "te"}
+
+
+class _H2Connection:
+    """One TLS connection that negotiated h2: streams are answered concurrently by tasks."""
+
+    def __init__(self, fake: "FakeUpstream", conn: _Conn):
+        self.fake = fake
+        self.conn = conn
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
+                                           validate_inbound_headers=False)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.streams: dict[int, _H2Stream] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.closed = False
+
+    async def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.closed:
+            try:
+                self.conn.writer.write(data)
+                await self.conn.writer.drain()
+            except (ConnectionError, OSError):
+                self._peer_gone()
+
+    async def serve(self) -> None:
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.fake.max_streams})
+        self.h2.initiate_connection()
+        await self.flush()
+        try:
+            while not self.closed:
+                try:
+                    data = await self.conn.reader.read(65536)
+                except (ConnectionError, OSError, ssl.SSLError):
+                    data = b""
+                if not data:
+                    break
+                try:
+                    events = self.h2.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    break
+                for event in events:
+                    self._on_event(event)
+                await self.flush()
+        finally:
+            if not self.conn.we_closed:
+                self._peer_gone()
+            for task in list(self.tasks):
+                task.cancel()
+            if self.tasks:
+                await asyncio.wait(self.tasks, timeout=2)
+            self.closed = True
+            self.conn.writer.close()
+
+    def _peer_gone(self) -> None:
+        self.conn.eof = True
+        now = time.monotonic()
+        for stream in self.streams.values():
+            request = stream.request
+            if request is not None and request.peer_closed_at is None and \
+                    request.fake_closed_at is None and not stream.ended:
+                request.peer_closed_at = now
+            stream.gone.set()
+            stream.window.set()
+        self.fake._notify()
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            stream = self.streams.setdefault(event.stream_id, _H2Stream(event.stream_id))
+            pseudo = {k: v for k, v in event.headers if k.startswith(":")}
+            headers = [(k, v) for k, v in event.headers if not k.startswith(":")]
+            if ":authority" in pseudo:
+                headers.insert(0, ("host", pseudo[":authority"]))
+            path = pseudo.get(":path", "/")
+            if not path.startswith(CONTROL_PREFIX):
+                stream.request = self.fake._new_request(
+                    self.conn, pseudo.get(":method", "GET"), path, "HTTP/2", headers, False)
+            else:
+                stream.request = Request(index=0, conn_id=self.conn.id,
+                                         method=pseudo.get(":method", "GET"), target=path,
+                                         http_version="HTTP/2", headers=headers,
+                                         arrived_at=time.monotonic())
+            self.fake._notify()
+            if event.stream_ended is not None:
+                self._complete(stream)
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.body += event.data
+                if stream.request is not None:
+                    stream.request.body = bytes(stream.body)
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if event.stream_ended is not None and stream is not None:
+                self._complete(stream)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and not (stream.request and stream.request.complete):
+                self._complete(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                request = stream.request
+                if request is not None and request.peer_closed_at is None and \
+                        request.fake_closed_at is None and not stream.ended:
+                    request.peer_closed_at = time.monotonic()
+                stream.gone.set()
+                stream.window.set()
+                self.fake._notify()
+        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            for stream in self.streams.values():
+                stream.window.set()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.closed = True
+
+    def _complete(self, stream: _H2Stream) -> None:
+        request = stream.request
+        if request is None or request.complete:
+            return
+        request.body = bytes(stream.body)
+        request.complete = True
+        self.fake._notify()
+        task = asyncio.get_running_loop().create_task(self._answer(stream))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, stream: _H2Stream) -> None:
+        request = stream.request
+        wire = _H2Wire(self, stream)
+        try:
+            if request.path.startswith(CONTROL_PREFIX):
+                status, data = self.fake._control_reply(request.method, request.path, request.body)
+                await wire.head(status, [("content-type", "application/json"),
+                                         ("content-length", str(len(data)))], chunked=False)
+                await wire.send(data)
+                await wire.end()
+                return
+            await self.fake._respond(wire, request, self.fake._action_for(request), True)
+        except (_StreamGone, h2.exceptions.StreamClosedError, ConnectionError, OSError):
+            pass
+        finally:
+            self.streams.pop(stream.id, None)
+
+
+class _H2Wire:
+    """One response on an h2 stream. A cut resets the stream; a reset aborts the connection."""
+
+    def __init__(self, connection: _H2Connection, stream: _H2Stream):
+        self.connection = connection
+        self.h2 = connection.h2
+        self.stream = stream
+
+    @property
+    def gone(self) -> bool:
+        return self.stream.gone.is_set()
+
+    async def wait_gone(self, seconds: float | None) -> bool:
+        if self.gone:
+            return True
+        try:
+            await asyncio.wait_for(self.stream.gone.wait(), seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def head(self, status: int, headers: list[tuple[str, str]], *, chunked: bool) -> None:
+        if self.gone:
+            raise _StreamGone()
+        out = [(":status", str(status))]
+        out += [(name.lower(), value) for name, value in headers
+                if name.lower() not in _H2_DROPPED]
+        self.h2.send_headers(self.stream.id, out)
+        await self.connection.flush()
+
+    async def send(self, data: bytes, *, framed: bool = True) -> None:
+        view = memoryview(data)
+        while view:
+            if self.gone:
+                raise _StreamGone()
+            window = self.h2.local_flow_control_window(self.stream.id)
+            if window <= 0:
+                # The peer has not read what it was sent: wait for its WINDOW_UPDATE.
+                self.stream.window.clear()
+                await self.stream.window.wait()
+                continue
+            n = min(len(view), window, self.h2.max_outbound_frame_size)
+            self.h2.send_data(self.stream.id, bytes(view[:n]))
+            view = view[n:]
+            await self.connection.flush()
+
+    async def end(self) -> None:
+        if self.gone:
+            raise _StreamGone()
+        self.stream.ended = True
+        self.h2.end_stream(self.stream.id)
+        await self.connection.flush()
+
+    def cut(self, request: Request, reset: bool) -> None:
+        if reset:
+            self.abort(request)
+            return
+        self._reset_stream(request)
+
+    def abort(self, request: Request) -> None:
+        """The whole connection goes, with RST: every stream on it fails."""
+        self.connection.fake._abort(self.connection.conn, request)
+
+    async def drop(self, request: Request) -> None:
+        self._reset_stream(request)
+        await self.connection.flush()
+
+    async def raw(self, data: bytes, request: Request) -> None:
+        # Verbatim HTTP/1.1 bytes mean nothing on an h2 stream: the stream is reset instead.
+        request.head_sent_at = time.monotonic()
+        await self.drop(request)
+
+    def _reset_stream(self, request: Request) -> None:
+        self.stream.ended = True
+        if request.fake_closed_at is None and request.peer_closed_at is None:
+            request.fake_closed_at = time.monotonic()
+        try:
+            self.h2.reset_stream(self.stream.id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        except h2.exceptions.StreamClosedError:
+            pass
+        asyncio.get_running_loop().create_task(self.connection.flush())
+        self.connection.fake._notify()
 
 
 _FAST_BODY = json.dumps(chat_completion()).encode()
+
+
+def make_test_pki(directory: str) -> dict[str, str]:
+    """A private CA and a server certificate it signed for 127.0.0.1, localhost and ::1, made
+    with the openssl CLI in `directory`: what a TLS upstream needs, and what Bulwark's
+    `upstreams[].ca_file` trusts. Returns {"ca_file", "cert", "key"} paths."""
+    import os
+    import subprocess
+    paths = {"ca_file": os.path.join(directory, "ca.pem"),
+             "cert": os.path.join(directory, "server.pem"),
+             "key": os.path.join(directory, "server.key")}
+    ca_key = os.path.join(directory, "ca.key")
+    csr = os.path.join(directory, "server.csr")
+    ext = os.path.join(directory, "server.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for command in (
+            ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", paths["ca_file"],
+             "-days", "2", "-subj", "/CN=Bulwark test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ["openssl", "req", *ec, "-keyout", paths["key"], "-out", csr,
+             "-subj", "/CN=127.0.0.1"],
+            ["openssl", "x509", "-req", "-in", csr, "-CA", paths["ca_file"], "-CAkey", ca_key,
+             "-CAcreateserial", "-out", paths["cert"], "-days", "2", "-extfile", ext]):
+        subprocess.run(command, check=True, capture_output=True)
+    return paths
 
 
 def _float_or_zero(text: str | None) -> float:
@@ -1024,12 +1440,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="random seed for --mode flaky")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
+    parser.add_argument("--h2", action="store_true",
+                        help="offer HTTP/2 by ALPN (needs --tls-cert/--tls-key)")
+    parser.add_argument("--compress", action="store_true",
+                        help="gzip/br response bodies for clients that accept them")
+    parser.add_argument("--max-streams", type=int, default=100,
+                        help="SETTINGS_MAX_CONCURRENT_STREAMS on h2 connections")
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
 
     fake = FakeUpstream(args.host, args.port, mode=args.mode, seed=args.seed,
-                        tls_cert=args.tls_cert, tls_key=args.tls_key)
+                        tls_cert=args.tls_cert, tls_key=args.tls_key, http2=args.h2,
+                        compress=args.compress, max_streams=args.max_streams)
     fake.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,16 +32,59 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from fake_upstream.fake_upstream import (  # noqa: E402  (after the sys.path fix above)
-    DEFAULT_CONTENT, Action, FakeUpstream, Request, chat_chunk, chat_completion, openai_error)
+    DEFAULT_CONTENT, Action, Request, chat_chunk, chat_completion, make_test_pki, openai_error)
+from fake_upstream.fake_upstream import FakeUpstream as _FakeUpstream  # noqa: E402
 
 __all__ = [
     "Bulwark", "BulwarkDied", "FakeUpstream", "Action", "Request", "RawConnection",
     "RawResponse", "raw_request", "HttpResult", "http_request", "bulwark_binary", "to_yaml",
     "chat_completion", "chat_chunk", "openai_error", "DEFAULT_CONTENT", "REPO_DIR", "TESTS_DIR",
-    "parse_text_log",
+    "parse_text_log", "TRANSPORT", "test_pki", "plain_transport_only",
 ]
 
 STARTUP_TIMEOUT = 10.0
+
+# The transport between Bulwark and the fake upstream for this run: "plain" (HTTP/1.1, no
+# compression) or "h2" (TLS with a private CA, ALPN h2, gzip/br bodies: what api.openai.com
+# speaks). CI runs the integration suite once on each.
+TRANSPORT = os.environ.get("BULWARK_TEST_TRANSPORT", "plain")
+if TRANSPORT not in ("plain", "h2"):
+    raise RuntimeError(f"BULWARK_TEST_TRANSPORT must be plain or h2, not {TRANSPORT!r}")
+
+_pki: dict[str, str] | None = None
+_pki_lock = threading.Lock()
+
+
+def test_pki() -> dict[str, str]:
+    """This process's private CA and 127.0.0.1 server certificate ({"ca_file", "cert", "key"}),
+    made on first use and removed at exit."""
+    global _pki
+    with _pki_lock:
+        if _pki is None:
+            import atexit
+            directory = tempfile.mkdtemp(prefix="bulwark-pki-")
+            atexit.register(shutil.rmtree, directory, True)
+            _pki = make_test_pki(directory)
+        return _pki
+
+
+def plain_transport_only(reason: str):
+    """Skips a test on the h2 transport, for behaviour that only HTTP/1.1 has (byte-level
+    upstream framing, for instance). The reason is printed with the skip."""
+    import unittest
+    return unittest.skipIf(TRANSPORT != "plain", f"HTTP/1.1 upstream only: {reason}")
+
+
+class FakeUpstream(_FakeUpstream):
+    """The fake upstream on this run's transport (TRANSPORT), unless the test picks its own
+    TLS certificate (then it speaks HTTP/1.1 over that) or passes transport= explicitly."""
+
+    def __init__(self, *args: Any, transport: str | None = None, **kwargs: Any):
+        transport = transport or TRANSPORT
+        if transport == "h2" and "tls_cert" not in kwargs:
+            pki = test_pki()
+            kwargs.update(tls_cert=pki["cert"], tls_key=pki["key"], http2=True, compress=True)
+        super().__init__(*args, **kwargs)
 
 
 def bulwark_binary() -> Path:
@@ -105,6 +148,21 @@ def _deep_merge(base: dict, extra: dict) -> dict:
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
+    return out
+
+
+def _with_test_ca(config: dict) -> dict:
+    """Every https upstream on loopback trusts this run's test CA (upstreams[].ca_file), as a
+    user of a private CA would configure it, unless the test set its own ca_file."""
+    if _pki is None or not isinstance(config.get("upstreams"), list):
+        return config
+    out = dict(config)
+    out["upstreams"] = []
+    for entry in config["upstreams"]:
+        if isinstance(entry, dict) and "ca_file" not in entry and \
+                str(entry.get("base_url", "")).startswith(("https://127.0.0.1", "https://localhost")):
+            entry = {**entry, "ca_file": _pki["ca_file"]}
+        out["upstreams"].append(entry)
     return out
 
 
@@ -245,7 +303,7 @@ class Bulwark:
     def write_config(self, config: dict) -> None:
         """(Re)write proxy.yaml; send SIGHUP afterwards to make a running bulwark reload it."""
         self.config = config
-        self.config_text = to_yaml(config) + "\n"
+        self.config_text = to_yaml(_with_test_ca(config)) + "\n"
         assert self.config_path is not None
         self.config_path.write_text(self.config_text)
 
