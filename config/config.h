@@ -48,6 +48,9 @@ struct UpstreamConfig {
   std::vector<std::pair<std::string, std::string>> headers;  // extra request headers
   std::string ca_file;                                       // empty = system store
   int max_inflight = 0;                                      // 0 = unlimited
+  // Egress proxy for this upstream (http://[user:pass@]host:port, https://, socks5://...);
+  // empty = the environment's proxy variables (HTTPS_PROXY, NO_PROXY, ...) apply.
+  std::string proxy;
   bool operator==(const UpstreamConfig&) const = default;
 };
 

@@ -157,6 +157,29 @@ bool isAuthority(std::string_view authority) {
 }
 
 // What is wrong with a base_url, if anything. Never quotes the URL: it may carry a secret.
+std::optional<std::string> proxyUrlProblem(std::string_view url) {
+  static constexpr std::string_view kSchemes[] = {"http://", "https://", "socks4://",
+                                                  "socks4a://", "socks5://", "socks5h://"};
+  std::string_view rest;
+  for (std::string_view scheme : kSchemes) {
+    if (url.starts_with(scheme)) rest = url.substr(scheme.size());
+  }
+  if (rest.empty()) return "must be http://, https:// or socks5:// followed by host:port";
+  const bool has_control = std::any_of(url.begin(), url.end(), [](char c) {
+    return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f;
+  });
+  if (has_control) return "must not contain spaces or control characters";
+  std::string_view authority = rest.substr(0, rest.find('/'));
+  if (rest.size() > authority.size() && rest.substr(authority.size()) != "/") {
+    return "must be a proxy address without a path";
+  }
+  authority = authority.substr(authority.rfind('@') == std::string_view::npos
+                                   ? 0
+                                   : authority.rfind('@') + 1);  // credentials are allowed
+  if (!isAuthority(authority)) return "must have a valid host and optional port";
+  return std::nullopt;
+}
+
 std::optional<std::string> baseUrlProblem(std::string_view url) {
   std::string_view rest;
   if (url.starts_with("http://")) {
@@ -245,6 +268,12 @@ UpstreamConfig readUpstream(MappingReader upstream,
   upstream.check("api_key", !hasLineBreak(out.api_key), "must not contain line breaks");
   readHeaders(upstream.section("headers"), out.headers);
   upstream.readString("ca_file", out.ca_file);
+  upstream.readString("proxy", out.proxy);
+  if (!out.proxy.empty()) {
+    if (std::optional<std::string> problem = proxyUrlProblem(out.proxy)) {
+      upstream.check("proxy", false, *problem);
+    }
+  }
   readInt(upstream, "max_inflight", out.max_inflight, 0);
   upstream.finish();
   return out;

@@ -83,9 +83,8 @@ void Exchange::start() {
   deadline_ = resilience::requestDeadline(cfg.timeouts, request_.headers, started_);
   max_attempts_ = resilience::attemptsAllowed(cfg.retry, request_.headers);
   policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
-  if (cfg.circuit_breaker.scope == config::BreakerScope::kUpstreamModel) {
-    model_ = requestModel(request_.body);
-  }
+  facts_ = readRequestFacts(request_.body);
+  if (cfg.circuit_breaker.scope == config::BreakerScope::kUpstreamModel) model_ = facts_.model;
   upstream_ = &cfg.upstreams.front();
   wait_timer_.reset(evtimer_new(context_.base, &Exchange::onWaitOver, this));
   deadline_timer_.reset(evtimer_new(context_.base, &Exchange::onDeadline, this));
@@ -153,6 +152,12 @@ void Exchange::startAttempt(UpstreamSelection selection) {
   req.headers = upstreamRequestHeaders(request_.headers, *upstream_);
   req.body = &request_.body;
   req.ca_file = upstream_->ca_file;
+  req.proxy = upstream_->proxy;
+  // HTTP/2 only where the response is a bounded JSON answer: libcurl 7.88 grants every h2
+  // stream a 32 MiB window and keeps reading a paused one, so a slow client of an event
+  // stream or a download would make Bulwark buffer it. Over HTTP/1.1, TCP holds the upstream.
+  req.multiplex = request_.method == "POST" && !facts_.stream &&
+                  resilience::followsRetryPolicies(request_.method, request_.path);
   req.connect_timeout = config_->timeouts.connect;
   req.first_byte_timeout = config_->timeouts.first_byte;
   req.idle_timeout = config_->timeouts.idle;
@@ -314,7 +319,7 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
       sink_.finish();
       if (usage_) {
         if (std::optional<observe::TokenUsage> usage = usage_->finish()) {
-          std::string model = usage->model.empty() ? requestModel(request_.body) : usage->model;
+          std::string model = usage->model.empty() ? facts_.model : usage->model;
           context_.metrics.tokens(upstream_->name, model, usage->prompt, usage->completion);
         }
       }

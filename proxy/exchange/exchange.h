@@ -12,6 +12,7 @@
 
 #include "config/config.h"
 #include "proxy/exchange/exchange_context.h"
+#include "proxy/exchange/forwarding.h"
 #include "proxy/exchange/upstream_lease.h"
 #include "proxy/observe/usage.h"
 #include "proxy/resilience/backoff.h"
@@ -89,7 +90,8 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   const config::UpstreamConfig* upstream_ = nullptr;  // the current (or last) attempt's
   int upstream_index_ = 0;
   UpstreamLease lease_;
-  std::string model_;  // for per-model breakers (scope: upstream_model)
+  RequestFacts facts_;  // model and stream flag, read once from the body
+  std::string model_;   // for per-model breakers (scope: upstream_model)
   resilience::Outcome last_outcome_;
   std::optional<HeldResponse> last_response_;  // what the client gets if Bulwark gives up
   struct PendingRetry {

@@ -34,8 +34,9 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
   bool replace_auth = !upstream.api_key.empty();
   for (const http::Header& h : client) {
     if (isHopByHopHeader(h.name) || namedByConnection(client, h.name)) continue;
+    // Accept-Encoding: Bulwark negotiates compression with the upstream on its own.
     if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
-        equalsIgnoreCase(h.name, "expect")) {
+        equalsIgnoreCase(h.name, "expect") || equalsIgnoreCase(h.name, "accept-encoding")) {
       continue;
     }
     if (replace_auth && equalsIgnoreCase(h.name, "authorization")) continue;
@@ -62,29 +63,47 @@ http::Headers clientResponseHeaders(const http::Headers& upstream) {
 
 namespace {
 
-// SAX handler that stops as soon as the top-level "model" string is seen.
-struct ModelFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelFinder> {
+// SAX handler that reads the top-level "model" string and "stream" flag, and stops as soon
+// as it has both.
+struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder> {
+  enum class Next { kOther, kModel, kStream };
   int depth = 0;
-  bool next_is_model = false;
-  std::string model;
+  Next next = Next::kOther;
+  bool seen_model = false;
+  bool seen_stream = false;
+  RequestFacts facts;
 
+  bool done() const { return seen_model && seen_stream; }
   bool Default() {
-    next_is_model = false;
+    next = Next::kOther;
     return true;
   }
   bool String(const char* s, rapidjson::SizeType len, bool) {
-    if (next_is_model) {
-      model.assign(s, len);
-      return false;  // found: stop parsing
+    if (next == Next::kModel) {
+      facts.model.assign(s, len);
+      seen_model = true;
     }
-    return true;
+    next = Next::kOther;
+    return !done();
+  }
+  bool Bool(bool b) {
+    if (next == Next::kStream) {
+      facts.stream = b;
+      seen_stream = true;
+    }
+    next = Next::kOther;
+    return !done();
   }
   bool Key(const char* s, rapidjson::SizeType len, bool) {
-    next_is_model = depth == 1 && std::string_view(s, len) == "model";
+    std::string_view key(s, len);
+    next = depth != 1           ? Next::kOther
+           : key == "model"     ? (seen_model ? Next::kOther : Next::kModel)
+           : key == "stream"    ? (seen_stream ? Next::kOther : Next::kStream)
+                                : Next::kOther;
     return true;
   }
   bool StartObject() {
-    next_is_model = false;
+    next = Next::kOther;
     ++depth;
     return true;
   }
@@ -93,7 +112,7 @@ struct ModelFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelFinder
     return true;
   }
   bool StartArray() {
-    next_is_model = false;
+    next = Next::kOther;
     ++depth;
     return true;
   }
@@ -105,13 +124,19 @@ struct ModelFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelFinder
 
 }  // namespace
 
-std::string requestModel(std::string_view body) {
+RequestFacts readRequestFacts(std::string_view body) {
   if (body.empty() || body.front() != '{') return {};
-  ModelFinder finder;
+  FactsFinder finder;
+  // Most bodies have no "stream" key at all: then the parse stops at the model.
+  finder.seen_stream = body.find("\"stream\"") == std::string_view::npos;
   rapidjson::MemoryStream stream(body.data(), body.size());
   rapidjson::Reader reader;
   reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream, finder);
-  return finder.model;
+  return finder.facts;
+}
+
+std::string requestModel(std::string_view body) {
+  return readRequestFacts(body).model;
 }
 
 std::string upstreamUrl(const config::UpstreamConfig& upstream, std::string_view path) {

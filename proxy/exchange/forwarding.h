@@ -22,8 +22,14 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
 // The upstream's response headers minus hop-by-hop and framing ones.
 http::Headers clientResponseHeaders(const http::Headers& upstream);
 
-// The top-level "model" of a JSON request body ("gpt-4o-mini"), or "" when there is none.
-// Stops reading at the model key, so a large body is not parsed whole.
+// What Bulwark reads from a JSON request body: its top-level "model" ("gpt-4o-mini", or ""
+// when there is none) and whether it asks for an event stream ("stream": true). Stops
+// reading once it has both, so a large body is not parsed whole.
+struct RequestFacts {
+  std::string model;
+  bool stream = false;
+};
+RequestFacts readRequestFacts(std::string_view body);
 std::string requestModel(std::string_view body);
 
 // base_url + path ("/v1/chat/completions?x=1"); the path always starts with '/'.

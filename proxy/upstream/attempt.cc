@@ -85,7 +85,7 @@ Attempt::~Attempt() {
 
 void Attempt::start() {
   handle_ = client_.acquireHandle();
-  if (handle_ == nullptr || !configure() || !client_.add(handle_)) {
+  if (handle_ == nullptr || !configure() || !client_.add(handle_, request_.multiplex)) {
     event_active(deferred_.get(), 0, 0);
     return;
   }
@@ -102,11 +102,29 @@ bool Attempt::configure() {
   set(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error_buffer_));
   set(curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https"));
   set(curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L));  // the path goes out exactly as received
-  set(curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS)));
+  set(curl_easy_setopt(h, CURLOPT_HTTP_VERSION,
+                       static_cast<long>(request_.multiplex ? CURL_HTTP_VERSION_2TLS
+                                                            : CURL_HTTP_VERSION_1_1)));
   set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
                        static_cast<long>(request_.connect_timeout.count())));
   set(curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L));
-  if (!client_.environmentProxy()) set(curl_easy_setopt(h, CURLOPT_PROXY, ""));
+  if (!request_.proxy.empty()) {
+    // A configured proxy applies to this upstream whatever NO_PROXY says.
+    set(curl_easy_setopt(h, CURLOPT_PROXY, request_.proxy.c_str()));
+    set(curl_easy_setopt(h, CURLOPT_NOPROXY, ""));
+  } else if (!client_.environmentProxy()) {
+    set(curl_easy_setopt(h, CURLOPT_PROXY, ""));
+  }
+  // A proxy's "200 Connection established" is not the upstream's answer.
+  set(curl_easy_setopt(h, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L));
+  // Bulwark negotiates compression with the upstream itself (deflate, gzip, br, zstd) and
+  // decodes: the WAN carries compressed bytes, and everything that reads a body (error
+  // classification, the first-event scanner, the usage tap) sees plain bytes. The client,
+  // on loopback, gets identity bytes.
+  set(curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, ""));
+  // A transfer that finds a connection still negotiating waits to multiplex on it rather
+  // than opening one connection (and one TLS handshake) per request in a burst.
+  set(curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L));
   set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Attempt::headerCallback));
   set(curl_easy_setopt(h, CURLOPT_HEADERDATA, this));
   set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Attempt::writeCallback));
@@ -194,6 +212,14 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
   if (trimmed.empty()) {
     if (head.status >= 200) {
       if (http::findHeader(head.headers, "transfer-encoding")) head.content_length.reset();
+      if (http::findHeader(head.headers, "content-encoding")) {
+        // curl decodes the body: its length and coding are no longer what the headers say.
+        std::erase_if(head.headers, [](const http::Header& hdr) {
+          return http::equalsIgnoreCase(hdr.name, "content-encoding") ||
+                 http::equalsIgnoreCase(hdr.name, "content-length");
+        });
+        head.content_length.reset();
+      }
       self->head_done_ = true;
       self->observer_.onHead(head);
     }
@@ -240,6 +266,9 @@ size_t Attempt::writeCallback(char* data, size_t size, size_t nmemb, void* userd
       return CURL_WRITEFUNC_PAUSE;
     case AttemptObserver::Flow::kAbort:
       self->aborted_ = true;
+      // The stream is abandoned: its connection must not go back to the cache with the
+      // reset still unsent (see detach()).
+      curl_easy_setopt(self->handle_, CURLOPT_FORBID_REUSE, 1L);
       return 0;  // curl ends the transfer with CURLE_WRITE_ERROR
   }
   self->timer_error_ = TransferError::kIdleTimeout;
@@ -267,9 +296,8 @@ void Attempt::onDeferredFailure(evutil_socket_t, short, void* arg) {
 }
 
 void Attempt::onCurlDone(CURLcode result) {
-  curl_off_t pretransfer = 0;
-  curl_easy_getinfo(handle_, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
-  TransferError error = classifyCurlCode(result, pretransfer > 0);
+  completed_ = result == CURLE_OK;
+  TransferError error = classifyCurlCode(result, requests_sent_ > 0);
   if (bad_framing_) {
     error = TransferError::kProtocol;
   } else if (aborted_) {
@@ -298,10 +326,24 @@ void Attempt::finish(TransferError error, const std::string& detail) {
 
 void Attempt::detach() {
   evtimer_del(timer_.get());
-  if (in_multi_) {
-    client_.remove(handle_);
-    in_multi_ = false;
+  if (!in_multi_) return;
+  in_multi_ = false;
+  if (completed_) {
+    client_.remove(handle_, request_.multiplex);
+    return;
   }
+  // Cancelled before its end (the client left, a timeout, an aborted first event). The
+  // upstream must learn at once, or it goes on generating (and billing) tokens for nobody.
+  // Over HTTP/1.1 removing the handle closes the connection. Over HTTP/2, libcurl 7.88
+  // queues the RST_STREAM in its own output buffer and sends it only with the connection's
+  // next frame, and puts a connection whose last stream this was back in its cache, RST
+  // unsent. So: a connection with no other stream is not reused (closed now), and one that
+  // carries other streams is made to flush.
+  // (Before a response, curl cannot tell which protocol the stream got; offering h2 is
+  // enough reason to flush.)
+  curl_easy_setopt(handle_, CURLOPT_FORBID_REUSE, 1L);
+  client_.remove(handle_, request_.multiplex);
+  if (request_.multiplex) client_.flushMultiplexedConnections();
 }
 
 }  // namespace bulwark::upstream

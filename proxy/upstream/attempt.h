@@ -38,6 +38,8 @@ struct AttemptRequest {
   http::Headers headers;
   const std::string* body = nullptr;  // not owned; must outlive the attempt
   std::string ca_file;
+  std::string proxy;  // empty: the environment's proxy variables apply
+  bool multiplex = false;  // offer h2 (ALPN); otherwise HTTP/1.1, one transfer per connection
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds first_byte_timeout{120000};
   std::chrono::milliseconds idle_timeout{120000};
@@ -110,8 +112,12 @@ class Attempt {
   bool paused_ = false;
   bool aborted_ = false;
   bool bad_framing_ = false;  // conflicting Content-Length headers in the response
-  int requests_sent_ = 0;  // curl's prereq callback runs once per copy of the request sent
+  // curl's prereq callback runs once per copy of the request about to be sent: while it is
+  // 0, no byte of the request has left Bulwark, which is what makes a retry of a
+  // non-idempotent request safe.
+  int requests_sent_ = 0;
   bool done_ = false;
+  bool completed_ = false;  // curl finished the transfer successfully
   char error_buffer_[CURL_ERROR_SIZE] = {};
 };
 

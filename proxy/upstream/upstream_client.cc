@@ -1,5 +1,6 @@
 #include "proxy/upstream/upstream_client.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "proxy/observe/logger.h"
@@ -9,30 +10,48 @@ namespace bulwark::upstream {
 
 namespace {
 constexpr size_t kMaxIdleHandles = 256;
-}
+}  // namespace
 
-UpstreamClient::UpstreamClient(event_base* base) : base_(base), multi_(curl_multi_init()) {
+UpstreamClient::UpstreamClient(event_base* base) : base_(base) {
   for (const char* name : {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                            "ALL_PROXY"}) {
     const char* value = std::getenv(name);
     environment_proxy_ = environment_proxy_ || (value != nullptr && value[0] != '\0');
   }
-  timer_.reset(evtimer_new(base_, &UpstreamClient::onTimer, this));
-  curl_multi_setopt(multi_.get(), CURLMOPT_SOCKETFUNCTION, &UpstreamClient::socketCallback);
-  curl_multi_setopt(multi_.get(), CURLMOPT_SOCKETDATA, this);
-  curl_multi_setopt(multi_.get(), CURLMOPT_TIMERFUNCTION, &UpstreamClient::timerCallback);
-  curl_multi_setopt(multi_.get(), CURLMOPT_TIMERDATA, this);
-  curl_multi_setopt(multi_.get(), CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+  initLane(multiplexed_, true);
+  initLane(http1_, false);
+}
+
+void UpstreamClient::initLane(Lane& lane, bool multiplex) {
+  lane.client = this;
+  lane.multi.reset(curl_multi_init());
+  lane.timer.reset(evtimer_new(base_, &UpstreamClient::onTimer, &lane));
+  CURLM* multi = lane.multi.get();
+  curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, &UpstreamClient::socketCallback);
+  curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, &lane);
+  curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, &UpstreamClient::timerCallback);
+  curl_multi_setopt(multi, CURLMOPT_TIMERDATA, &lane);
   // Keep enough idle upstream connections for a busy worker to reuse them.
-  curl_multi_setopt(multi_.get(), CURLMOPT_MAXCONNECTS, 256L);
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 256L);
+  if (multiplex) {
+    curl_multi_setopt(multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    // Without a cap, libcurl 7.88 opens one new connection per request once the first is
+    // full (a new connection is not shared until it is confirmed), so a burst of 300 made
+    // hundreds of TLS handshakes. Past the cap, requests wait in libcurl for a stream slot.
+    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, kMaxMultiplexedConnections);
+  } else {
+    curl_multi_setopt(multi, CURLMOPT_PIPELINING, CURLPIPE_NOTHING);
+  }
 }
 
 UpstreamClient::~UpstreamClient() {
-  // Teardown order: easy handles, then the multi handle, then our events.
+  // Teardown order: easy handles, then the multi handles, then our events.
   idle_handles_.clear();
-  multi_.reset();
-  socket_events_.clear();
-  timer_.reset();
+  for (Lane* lane : {&multiplexed_, &http1_}) {
+    lane->multi.reset();
+    lane->socket_events.clear();
+    lane->timer.reset();
+  }
 }
 
 CURL* UpstreamClient::acquireHandle() {
@@ -54,66 +73,86 @@ void UpstreamClient::releaseHandle(CURL* handle) {
   idle_handles_.emplace_back(handle);
 }
 
-bool UpstreamClient::add(CURL* handle) {
-  return curl_multi_add_handle(multi_.get(), handle) == CURLM_OK;
+bool UpstreamClient::add(CURL* handle, bool multiplex) {
+  Lane& l = lane(multiplex);
+  if (curl_multi_add_handle(l.multi.get(), handle) != CURLM_OK) return false;
+  l.running.push_back(handle);
+  return true;
 }
 
-void UpstreamClient::remove(CURL* handle) {
-  curl_multi_remove_handle(multi_.get(), handle);
+void UpstreamClient::remove(CURL* handle, bool multiplex) {
+  Lane& l = lane(multiplex);
+  curl_multi_remove_handle(l.multi.get(), handle);
+  std::erase(l.running, handle);
+}
+
+void UpstreamClient::flushMultiplexedConnections() {
+  // A copy: resuming a transfer may deliver its held bytes, and an observer may then pause
+  // (never add or remove) transfers.
+  std::vector<CURL*> running = multiplexed_.running;
+  for (CURL* handle : running) {
+    char* priv = nullptr;
+    curl_easy_getinfo(handle, CURLINFO_PRIVATE, &priv);
+    auto* attempt = reinterpret_cast<Attempt*>(priv);
+    if (attempt == nullptr || attempt->paused()) continue;
+    curl_easy_pause(handle, CURLPAUSE_RECV);
+    curl_easy_pause(handle, CURLPAUSE_CONT);
+  }
 }
 
 int UpstreamClient::socketCallback(CURL*, curl_socket_t fd, int what, void* clientp, void*) {
-  auto* self = static_cast<UpstreamClient*>(clientp);
+  auto* lane = static_cast<Lane*>(clientp);
   if (what == CURL_POLL_REMOVE) {
-    self->socket_events_.erase(fd);
+    lane->socket_events.erase(fd);
     return 0;
   }
   short kind = EV_PERSIST;
   if (what & CURL_POLL_IN) kind |= EV_READ;
   if (what & CURL_POLL_OUT) kind |= EV_WRITE;
-  support::EventPtr& ev = self->socket_events_[fd];
+  support::EventPtr& ev = lane->socket_events[fd];
+  event_base* base = lane->client->base_;
   if (!ev) {
-    ev.reset(event_new(self->base_, fd, kind, &UpstreamClient::onSocketEvent, self));
+    ev.reset(event_new(base, fd, kind, &UpstreamClient::onSocketEvent, lane));
   } else {
     // The same socket with other interests: re-arm its event rather than allocating anew.
     event_del(ev.get());
-    event_assign(ev.get(), self->base_, fd, kind, &UpstreamClient::onSocketEvent, self);
+    event_assign(ev.get(), base, fd, kind, &UpstreamClient::onSocketEvent, lane);
   }
   event_add(ev.get(), nullptr);
   return 0;
 }
 
 int UpstreamClient::timerCallback(CURLM*, long timeout_ms, void* clientp) {
-  auto* self = static_cast<UpstreamClient*>(clientp);
+  auto* lane = static_cast<Lane*>(clientp);
   if (timeout_ms < 0) {
-    evtimer_del(self->timer_.get());
+    evtimer_del(lane->timer.get());
   } else {
     timeval tv = support::toTimeval(timeout_ms);
-    evtimer_add(self->timer_.get(), &tv);
+    evtimer_add(lane->timer.get(), &tv);
   }
   return 0;
 }
 
 void UpstreamClient::onSocketEvent(evutil_socket_t fd, short events, void* arg) {
-  auto* self = static_cast<UpstreamClient*>(arg);
+  auto* lane = static_cast<Lane*>(arg);
   int action = 0;
   if (events & EV_READ) action |= CURL_CSELECT_IN;
   if (events & EV_WRITE) action |= CURL_CSELECT_OUT;
   int running = 0;
-  curl_multi_socket_action(self->multi_.get(), fd, action, &running);
-  self->checkDone();
+  curl_multi_socket_action(lane->multi.get(), fd, action, &running);
+  checkDone(*lane);
 }
 
 void UpstreamClient::onTimer(evutil_socket_t, short, void* arg) {
-  auto* self = static_cast<UpstreamClient*>(arg);
+  auto* lane = static_cast<Lane*>(arg);
   int running = 0;
-  curl_multi_socket_action(self->multi_.get(), CURL_SOCKET_TIMEOUT, 0, &running);
-  self->checkDone();
+  curl_multi_socket_action(lane->multi.get(), CURL_SOCKET_TIMEOUT, 0, &running);
+  checkDone(*lane);
 }
 
-void UpstreamClient::checkDone() {
+void UpstreamClient::checkDone(Lane& lane) {
   int pending = 0;
-  while (CURLMsg* msg = curl_multi_info_read(multi_.get(), &pending)) {
+  while (CURLMsg* msg = curl_multi_info_read(lane.multi.get(), &pending)) {
     if (msg->msg != CURLMSG_DONE) continue;
     CURL* easy = msg->easy_handle;
     CURLcode result = msg->data.result;

@@ -1,6 +1,14 @@
-// One worker's upstream side: a libcurl multi handle driven by the worker's event_base
-// (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION + curl_multi_socket_action), its
-// connection cache, and a pool of reusable easy handles. Single-threaded.
+// One worker's upstream side: libcurl multi handles driven by the worker's event_base
+// (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION + curl_multi_socket_action), their
+// connection caches, and a pool of reusable easy handles. Single-threaded.
+//
+// Two lanes, each a multi handle of its own:
+//  - the multiplexed lane offers h2 and carries requests whose answers are bounded JSON.
+//    A burst waits for the first connection's ALPN (CURLOPT_PIPEWAIT) and a host gets at
+//    most kMaxMultiplexedConnections connections, so a burst shares a few connections
+//    instead of opening one TLS connection per request;
+//  - the HTTP/1.1 lane carries event streams and everything else, one transfer per
+//    connection, where TCP flow control holds the upstream back for a slow client.
 #pragma once
 
 #include <curl/curl.h>
@@ -18,6 +26,10 @@ class Attempt;
 
 class UpstreamClient {
  public:
+  // h2 connections per upstream host and worker: with the usual server limit of 100 or more
+  // concurrent streams, 4 carry 400 concurrent requests before libcurl queues the rest.
+  static constexpr long kMaxMultiplexedConnections = 4;
+
   explicit UpstreamClient(event_base* base);
   // Every Attempt must be destroyed before its client.
   ~UpstreamClient();
@@ -32,22 +44,37 @@ class UpstreamClient {
  private:
   friend class Attempt;
 
+  // One multi handle with its timer and socket events.
+  struct Lane {
+    UpstreamClient* client = nullptr;
+    support::CurlMultiPtr multi;
+    support::EventPtr timer;
+    std::unordered_map<curl_socket_t, support::EventPtr> socket_events;
+    std::vector<CURL*> running;  // handles in the multi
+  };
+
   CURL* acquireHandle();
   void releaseHandle(CURL* handle);
-  bool add(CURL* handle);
-  void remove(CURL* handle);
+  bool add(CURL* handle, bool multiplex);
+  void remove(CURL* handle, bool multiplex);
+  // Makes libcurl send what it holds back for the h2 connections of running transfers (an
+  // RST_STREAM of a cancelled stream, above all): libcurl 7.88 flushes a connection's output
+  // when one of its transfers is unpaused, so each running, unpaused multiplexed transfer
+  // is paused and resumed at once. Called outside every curl callback.
+  void flushMultiplexedConnections();
 
+  void initLane(Lane& lane, bool multiplex);
+  Lane& lane(bool multiplex) { return multiplex ? multiplexed_ : http1_; }
   static int socketCallback(CURL* easy, curl_socket_t fd, int what, void* clientp, void* socketp);
   static int timerCallback(CURLM* multi, long timeout_ms, void* clientp);
   static void onSocketEvent(evutil_socket_t fd, short events, void* arg);
   static void onTimer(evutil_socket_t fd, short events, void* arg);
-  void checkDone();
+  static void checkDone(Lane& lane);
 
   event_base* base_;
   bool environment_proxy_ = false;
-  support::CurlMultiPtr multi_;
-  support::EventPtr timer_;
-  std::unordered_map<curl_socket_t, support::EventPtr> socket_events_;
+  Lane multiplexed_;
+  Lane http1_;
   std::vector<support::CurlEasyPtr> idle_handles_;
 };
 

@@ -4,6 +4,7 @@
 Run from tests/integration with PYTHONPATH=tests: python3 -m unittest -v test_backpressure
 """
 
+import base64
 import json
 import os
 import time
@@ -26,7 +27,10 @@ def rss_kib(pid: int) -> int:
 class BackpressureTest(unittest.TestCase):
     def test_slow_client_pauses_the_upstream_and_memory_stays_bounded(self):
         with FakeUpstream() as fake, Bulwark([fake]) as bulwark:
-            payloads = [f"{i:08d}" + "x" * (CHUNK - 8) for i in range(CHUNKS)]
+            # Incompressible payloads, so that on a compressing transport the upstream still
+            # has megabytes to send (see test_fault_matrix's huge bodies).
+            noise = base64.b64encode(os.urandom(CHUNK)).decode()
+            payloads = [f"{i:08d}" + noise[i % 64:i % 64 + CHUNK - 8] for i in range(CHUNKS)]
             fake.push({"sse": payloads, "gap": 0, "done": True})
             baseline = rss_kib(bulwark.proc.pid)
             body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": []})

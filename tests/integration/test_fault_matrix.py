@@ -20,15 +20,18 @@ Run from tests/integration with PYTHONPATH=tests: python3 -m unittest -v test_fa
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import time
 import unittest
 from typing import Callable
 
-from harness import Bulwark, FakeUpstream, RawConnection, RawResponse, chat_completion, raw_request
+from harness import (TRANSPORT, Bulwark, FakeUpstream, RawConnection, RawResponse, chat_completion,
+                     raw_request)
 from hardening import (CHAT_BODY, CHAT_PATH, STREAM_BODY, assert_openai_error, closed_port,
                        counter_deltas, rss_kib, scrape, self_signed_cert, sse_body, sse_data,
                        sse_event, stream_events, wait_until)
@@ -75,11 +78,19 @@ class Fault:
     committed: bool = False      # strikes after the commit point: never retried
     action: Callable[[bool], dict] | None = None  # the fake's answer (arg: a streamed request?)
     url: str | None = None       # or: a broken upstream address (see FaultMatrixTest.url_of)
+    # Whether the upstream sees the failed attempt's connection (or h2 stream) closed. Over
+    # h2, libcurl 7.88 rejects a head over 128 KiB inside nghttp2 and leaves that connection
+    # idle, never reused, in its cache: the upstream is not told.
+    closes_on_h2: bool = True
 
 
 def _truncated_chunked(stream: bool) -> dict:
     """A chunked body whose last chunk announces 1 KiB, carries less, and the connection
-    closes (FIN): the terminating 0-chunk never comes."""
+    closes (FIN): the terminating 0-chunk never comes. On h2 (no chunks) the same promise
+    broken: the stream is reset (RST_STREAM) before its END_STREAM, the connection stays."""
+    if TRANSPORT == "h2":
+        return ({"sse": CUT_EVENTS, "cut_after": 1} if stream else
+                {"body": CUT_BODY, "truncate": 40})
     if stream:  # the cut falls on an event boundary (a cut inside an event: see below)
         return {"raw": raw_head("text/event-stream") + chunk(sse_event(CUT_EVENTS[0])) +
                 b"400\r\n" + sse_event(CUT_EVENTS[1])}
@@ -98,10 +109,11 @@ FAULTS = [
     Fault("stall_before_first_byte", "timeout", STEP, action=lambda s: {"hang": True}),
     Fault("stall_after_the_head", "timeout", STEP, action=lambda s: (
         {"sse": CUT_EVENTS, "body_delay": 30} if s else {"body": CUT_BODY, "body_delay": 30})),
+    # (On h2, verbatim bytes mean nothing: the fake resets the stream before any head.)
     Fault("garbage_status_line", "reset", action=lambda s: {"raw": b"HTTX/9 abc\r\n\r\n"}),
     # 400 KiB of response headers: over libcurl's 300 KiB cap on a response head.
     Fault("oversized_headers", "reset", action=lambda s: {
-        "headers": [(f"x-pad-{i:03d}", "h" * 1000) for i in range(400)]}),
+        "headers": [(f"x-pad-{i:03d}", "h" * 1000) for i in range(400)]}, closes_on_h2=False),
     # After the commit point: the client already has part of the answer.
     Fault("reset_mid_body", "200", committed=True, action=lambda s: (
         {"sse": CUT_EVENTS, "cut_after": 2, "reset": True} if s else
@@ -160,7 +172,7 @@ class FaultMatrixTest(unittest.TestCase):
         cert, key = self_signed_cert(cls.tmpdir)
         # Shared by every cell: neither ever gets to answer an HTTP request.
         cls.tls_fake = FakeUpstream(tls_cert=cert, tls_key=key).start()
-        cls.plain_fake = FakeUpstream().start()
+        cls.plain_fake = FakeUpstream(transport="plain").start()
 
     @classmethod
     def tearDownClass(cls):
@@ -241,6 +253,8 @@ class FaultMatrixTest(unittest.TestCase):
                 reqs = fake.wait_for_requests(want.attempts, complete=False)
                 self.assertEqual(len(reqs), want.attempts)
                 failed = {"first": [0], "retry": [1], "every": [0, 1, 2]}[position]
+                if TRANSPORT == "h2" and not fault.closes_on_h2:
+                    failed = []
                 for index in failed[:1] if fault.committed else failed:
                     req = reqs[index]
                     wait_until(lambda: req.fake_closed_at or req.peer_closed_at, 1.0,
@@ -378,7 +392,10 @@ class HugeUpstreamBodyTest(unittest.TestCase):
     past the cap the bytes stream through. Memory stays flat; the client gets every byte."""
 
     def test_huge_error_bodies_and_endless_first_events_stream_through_in_bounded_memory(self):
-        big = b"x" * (48 * 1024 * 1024)
+        # Incompressible, as real bodies nearly are: libcurl decodes a compressed body one
+        # socket read at a time, and a paused transfer keeps what one read decoded to, so a
+        # body of one repeated byte (1000:1) would measure the coding, not the cap.
+        big = base64.b64encode(os.urandom(36 * 1024 * 1024))
         cases = {
             "500 with a 48 MiB body": ({"status": 500, "body": big}, False),
             "429 with a 48 MiB body": ({"status": 429, "body": big}, False),
@@ -412,9 +429,10 @@ class HugeUpstreamBodyTest(unittest.TestCase):
 class OversizedHeadersTest(unittest.TestCase):
 
     def test_200_kib_of_response_headers_below_the_cap_are_forwarded_intact(self):
-        # Below libcurl's 300 KiB cap (see the matrix for above it): a big head is still a
-        # valid answer, passed through header for header.
-        pad = [(f"x-pad-{i:03d}", f"{i:03d}" + "h" * 997) for i in range(200)]
+        # Below libcurl's cap (see the matrix for above it: 300 KiB over HTTP/1.1, 128 KiB
+        # over h2): a big head is still a valid answer, passed through header for header.
+        pad = [(f"x-pad-{i:03d}", f"{i:03d}" + "h" * 997)
+               for i in range(100 if TRANSPORT == "h2" else 200)]
         with FakeUpstream() as fake, Bulwark([fake], CONFIG) as bulwark:
             fake.push({"headers": pad, "body": GOOD_JSON})
             with RawConnection(bulwark.port) as conn:

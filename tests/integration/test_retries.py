@@ -498,7 +498,10 @@ class StreamRetryTest(RetryTestCase):
             self.assertTrue(conn.eof, "bulwark kept the connection of a cut response open")
         self.assertEqual(resp.status, 200)
         self.assert_bulwark_headers(resp, 1)
-        self.assertEqual(resp.header("content-length"), str(len(body)))
+        if self.fake.compress:  # decoded by Bulwark: framed anew, without a length
+            self.assertIsNone(resp.header("content-length"))
+        else:
+            self.assertEqual(resp.header("content-length"), str(len(body)))
         self.assertFalse(resp.complete, "a cut body looked complete to the client")
         self.assertEqual(bytes(resp.body), body[:40])
         self.assert_requests_settled(1)

@@ -173,6 +173,7 @@ upstreams:
       X-Trace: "on"
     ca_file: /etc/ca.pem
     max_inflight: 100
+    proxy: http://user:secret@egress.internal:3128
   - name: fallback
     base_url: http://127.0.0.1:18080
 timeouts: {connect: 1s, first_byte: 30s, idle: 15s, total: 2m}
@@ -220,6 +221,7 @@ metrics: {max_model_labels: 0}
               ElementsAre(Pair("OpenAI-Organization", "org-1"), Pair("X-Trace", "on")));
   EXPECT_EQ(primary.ca_file, "/etc/ca.pem");
   EXPECT_EQ(primary.max_inflight, 100);
+  EXPECT_EQ(primary.proxy, "http://user:secret@egress.internal:3128");
   EXPECT_EQ(config.upstreams[1],
             (UpstreamConfig{"fallback", "http://127.0.0.1:18080", "", {}, "", 0}));
 
@@ -436,6 +438,12 @@ const ErrorCase kErrorCases[] = {
      "expected a number"},
     {"StringIsAMapping", UPSTREAM "    ca_file: {a: 1}\n", "upstreams[0].ca_file", 4,
      "expected a string, got a mapping"},
+    {"ProxyWithoutScheme", UPSTREAM "    proxy: egress:3128\n", "upstreams[0].proxy", 4,
+     "must be http://, https:// or socks5://"},
+    {"ProxyWithPath", UPSTREAM "    proxy: http://egress:3128/x\n", "upstreams[0].proxy", 4,
+     "without a path"},
+    {"ProxyWithBadPort", UPSTREAM "    proxy: http://egress:port\n", "upstreams[0].proxy", 4,
+     "valid host"},
     {"CodesIsAScalar", "retry:\n  non_retryable_429_codes: insufficient_quota\n",
      "retry.non_retryable_429_codes", 2, "expected a list"},
     {"CodeIsAMapping", "retry:\n  non_retryable_429_codes:\n    - {a: 1}\n",
