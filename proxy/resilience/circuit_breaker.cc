@@ -109,16 +109,27 @@ void CircuitBreaker::record(bool counted_failure, bool probe) {
         // Includes a late probe whose sibling already closed the breaker: a fresh outcome
         // like any other.
         addToWindowLocked(counted_failure, now);
-        consecutive_failures_ = counted_failure ? consecutive_failures_ + 1 : 0;
+        if (!counted_failure) {
+          consecutive_failures_ = 0;
+        } else if (consecutive_failures_++ == 0) {
+          streak_started_ = now;
+        }
         int total = 0;
         int failures = 0;
         windowTotalsLocked(now, &total, &failures);
+        // With min_requests outcomes in the window the failure share is worth a decision on
+        // its own; below it, traffic is too light for a share and a streak decides.
+        const bool busy = total > 0 && total >= config_.min_requests;
         // failures / total rather than threshold * total: 7 / 10 rounds to the same double
         // as a configured 0.7, while 0.7 * 10 rounds above 7.
         const bool rate_tripped =
-            total > 0 && total >= config_.min_requests &&
-            static_cast<double>(failures) / total >= config_.failure_rate_threshold;
-        if (consecutive_failures_ >= config_.failure_threshold || rate_tripped) {
+            busy && static_cast<double>(failures) / total >= config_.failure_rate_threshold;
+        // Under busy traffic, random failures line up by the handful many times a minute;
+        // a streak that has gone on for kBusyStreakSpan is an upstream that stopped
+        // answering.
+        const bool streak_tripped = consecutive_failures_ >= config_.failure_threshold &&
+                                    (!busy || now - streak_started_ >= kBusyStreakSpan);
+        if (rate_tripped || streak_tripped) {
           transition = transitionLocked(BreakerState::kOpen, now);
         }
         break;
@@ -129,7 +140,12 @@ void CircuitBreaker::record(bool counted_failure, bool probe) {
         if (!probe) break;
         if (counted_failure) {
           ++consecutive_failures_;
-          transition = transitionLocked(BreakerState::kOpen, now);
+          // One failed probe on an upstream that answers most attempts is noise: the next
+          // probe tries again. failure_threshold of them, with no success between (a success
+          // closes it), mean it is still down.
+          if (++probe_failures_ >= config_.failure_threshold) {
+            transition = transitionLocked(BreakerState::kOpen, now);
+          }
         } else {
           transition = transitionLocked(BreakerState::kClosed, now);
         }
@@ -177,6 +193,7 @@ std::optional<std::pair<BreakerState, BreakerState>> CircuitBreaker::transitionL
       std::fill(window_.begin(), window_.end(), Bucket{});
       break;
     case BreakerState::kHalfOpen:
+      probe_failures_ = 0;
       break;
   }
   state_.store(to, std::memory_order_release);

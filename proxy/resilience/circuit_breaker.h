@@ -1,10 +1,15 @@
-// A circuit breaker for one upstream (or one upstream + model), SPEC §3.9:
-//   CLOSED -> OPEN on failure_threshold consecutive counted failures, or when the counted
-//   failure share over `window` reaches failure_rate_threshold with at least min_requests
-//   outcomes in the window; OPEN -> HALF_OPEN once the recovery timeout has passed (it
-//   doubles on each re-trip up to max_recovery_timeout and resets when the breaker closes);
+// A circuit breaker for one upstream (or one upstream + model):
+//   CLOSED -> OPEN when the counted failure share over `window` reaches
+//   failure_rate_threshold with at least min_requests outcomes in the window, or on a streak
+//   of failure_threshold consecutive counted failures. While the window holds min_requests
+//   outcomes or more (busy traffic) a streak must also have lasted kBusyStreakSpan: at 100
+//   attempts a second a run of five 503s takes 50 ms and comes from noise, a second of
+//   nothing but failures does not.
+//   OPEN -> HALF_OPEN once the recovery timeout has passed (it doubles on each re-trip up to
+//   max_recovery_timeout and resets when the breaker closes).
 //   HALF_OPEN admits at most half_open_max_probes concurrent probes: a probe that succeeds
-//   closes it, a counted failure reopens it.
+//   closes it; failure_threshold counted probe failures (with no success between them, as any
+//   success closes it) reopen it. One unlucky probe on a noisy upstream only costs a retry.
 // Thread-safe: shared by every worker. admit() on a CLOSED breaker takes no lock; outcome
 // recording takes this breaker's own mutex (never a global one).
 #pragma once
@@ -28,6 +33,10 @@ const char* breakerStateName(BreakerState state);  // "CLOSED", "OPEN", "HALF_OP
 
 class CircuitBreaker {
  public:
+  // How long a streak of consecutive failures must have lasted to open the breaker while the
+  // window holds min_requests outcomes or more.
+  static constexpr Millis kBusyStreakSpan{1000};
+
   // Called after every state change, outside the breaker's lock, on the thread that caused
   // it. Must be thread-safe.
   using TransitionListener = std::function<void(BreakerState from, BreakerState to)>;
@@ -85,6 +94,8 @@ class CircuitBreaker {
   config::CircuitBreakerConfig config_;
   std::atomic<BreakerState> state_{BreakerState::kClosed};
   int consecutive_failures_ = 0;
+  SteadyTime streak_started_{};  // the first failure of the current streak
+  int probe_failures_ = 0;       // counted failures of probes since entering HALF_OPEN
   std::optional<WallTime> last_failure_;
   SteadyTime open_until_{};
   Millis current_recovery_;

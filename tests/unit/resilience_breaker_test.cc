@@ -1,9 +1,12 @@
 // The circuit breaker's transitions with a fake clock: the consecutive and rate rules, OPEN
 // fail-fast, HALF_OPEN probes, the doubling recovery timeout, and hammering from threads.
+// Then the shipped defaults against simulated traffic: random failures at volume never trip
+// them, a real outage does, fast.
 #include "proxy/resilience/circuit_breaker.h"
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <random>
 #include <thread>
 #include <utility>
@@ -69,6 +72,18 @@ class BreakerTest : public testing::Test {
     ASSERT_TRUE(admission.admitted);
     ASSERT_TRUE(admission.probe);
     ASSERT_EQ(breaker_->state(), kHalfOpen);
+  }
+  // The probe taken by probe() fails, and so do the next ones, failure_threshold in all:
+  // the breaker reopens.
+  void failTheProbes() {
+    breaker_->record(/*counted_failure=*/true, /*probe=*/true);
+    for (int i = 1; i < config_.failure_threshold; ++i) {
+      ASSERT_EQ(breaker_->state(), kHalfOpen);
+      CircuitBreaker::Admission admission = breaker_->admit();
+      ASSERT_TRUE(admission.probe);
+      breaker_->record(true, true);
+    }
+    ASSERT_EQ(breaker_->state(), kOpen);
   }
 
   fakes::FakeClock clock_;
@@ -285,10 +300,10 @@ TEST_F(BreakerTest, ClosingClearsTheRateWindow) {
   EXPECT_EQ(breaker_->state(), kClosed) << "the failures that tripped it must be forgotten";
 }
 
-TEST_F(BreakerTest, AProbeFailureReopensWithADoubledTimeoutUpToTheMax) {
+TEST_F(BreakerTest, FailedProbesReopenWithADoubledTimeoutUpToTheMax) {
   trip();
   probe();
-  breaker_->record(/*counted_failure=*/true, /*probe=*/true);
+  failTheProbes();
   EXPECT_EQ(breaker_->state(), kOpen);
   EXPECT_EQ(breaker_->snapshot().current_recovery_timeout, seconds(20));
   EXPECT_EQ(breaker_->snapshot().last_failure, clock_.wallNow());
@@ -298,12 +313,12 @@ TEST_F(BreakerTest, AProbeFailureReopensWithADoubledTimeoutUpToTheMax) {
 
   clock_.advance(milliseconds(1));
   EXPECT_TRUE(breaker_->admit().probe);
-  breaker_->record(true, true);
+  failTheProbes();
   EXPECT_EQ(breaker_->snapshot().current_recovery_timeout, seconds(35));  // 40 s, capped
   EXPECT_EQ(breaker_->admit().retry_after, seconds(35));
 
   probe();
-  breaker_->record(true, true);
+  failTheProbes();
   EXPECT_EQ(breaker_->snapshot().current_recovery_timeout, seconds(35));
   EXPECT_EQ(transitions_, (std::vector<Transition>{{kClosed, kOpen},
                                                    {kOpen, kHalfOpen},
@@ -317,9 +332,9 @@ TEST_F(BreakerTest, AProbeFailureReopensWithADoubledTimeoutUpToTheMax) {
 TEST_F(BreakerTest, TheRecoveryTimeoutResetsOnceClosed) {
   trip();
   probe();
-  breaker_->record(true, true);
+  failTheProbes();
   probe();
-  breaker_->record(true, true);
+  failTheProbes();
   ASSERT_EQ(breaker_->snapshot().current_recovery_timeout, seconds(35));
   probe();
   breaker_->record(false, true);
@@ -377,8 +392,7 @@ TEST_F(BreakerTest, ALateProbeKeepsItsSlotUntilItReports) {
   trip();
   probe();
   ASSERT_TRUE(breaker_->admit().probe);  // a slow probe
-  breaker_->record(true, true);          // the first probe fails: OPEN for 20 s
-  ASSERT_EQ(breaker_->state(), kOpen);
+  failTheProbes();                       // the others fail in the other slot: OPEN for 20 s
   clock_.advance(seconds(20));
   EXPECT_TRUE(breaker_->admit().probe);
   EXPECT_FALSE(breaker_->admit().admitted) << "the slow probe still holds a slot";
@@ -397,7 +411,7 @@ TEST_F(BreakerTest, TheListenerRunsOutsideTheLockAndSeesEachChangeOnce) {
   EXPECT_FALSE(breaker_->admit().admitted);
   probe();
   EXPECT_FALSE(breaker_->admit().admitted);
-  breaker_->record(true, true);
+  failTheProbes();
   probe();
   breaker_->record(false, true);
   succeed(5);
@@ -423,11 +437,12 @@ TEST_F(BreakerTest, UpdateConfigKeepsTheStateAndAppliesNewThresholds) {
   ASSERT_EQ(breaker_->state(), kOpen);
   EXPECT_EQ(breaker_->admit().retry_after, seconds(4));
 
-  config_.failure_threshold = 50;
+  config_.failure_threshold = 1;  // now one failed probe reopens it
   breaker_->updateConfig(config_);
   EXPECT_EQ(breaker_->state(), kOpen);
   probe();
   breaker_->record(true, true);
+  EXPECT_EQ(breaker_->state(), kOpen);
   EXPECT_EQ(breaker_->snapshot().current_recovery_timeout, seconds(6));
 }
 
@@ -438,6 +453,90 @@ TEST_F(BreakerTest, ReleasingAPlainAttemptChangesNothing) {
   breaker_->release(false);
   EXPECT_EQ(breaker_->snapshot().consecutive_failures, 2);
   EXPECT_EQ(breaker_->state(), kClosed);
+}
+
+TEST_F(BreakerTest, UnderBusyTrafficAStreakMustLastASecond) {
+  config_.min_requests = 20;  // the window holds enough outcomes for the rate rule
+  breaker_->updateConfig(config_);
+  succeed(20);
+  fail(10);  // ten in a row within a millisecond: noise at volume
+  EXPECT_EQ(breaker_->state(), kClosed);
+  EXPECT_EQ(breaker_->snapshot().consecutive_failures, 10);
+  clock_.advance(CircuitBreaker::kBusyStreakSpan - milliseconds(1));
+  fail();
+  EXPECT_EQ(breaker_->state(), kClosed);
+  clock_.advance(milliseconds(1));
+  fail();  // a second of nothing but failures
+  EXPECT_EQ(breaker_->state(), kOpen);
+  EXPECT_EQ(transitions_, (std::vector<Transition>{{kClosed, kOpen}}));
+}
+
+TEST_F(BreakerTest, UnderBusyTrafficASuccessRestartsTheStreak) {
+  config_.min_requests = 20;
+  breaker_->updateConfig(config_);
+  succeed(20);
+  fail(5);
+  clock_.advance(milliseconds(900));
+  succeed();
+  fail(5);  // the streak starts again here
+  clock_.advance(milliseconds(900));
+  fail();
+  EXPECT_EQ(breaker_->state(), kClosed) << "1.8 s of failures, but not one streak of a second";
+  clock_.advance(milliseconds(100));
+  fail();
+  EXPECT_EQ(breaker_->state(), kOpen);
+}
+
+TEST_F(BreakerTest, AStreakOpensAtOnceWhileTheWindowIsLight) {
+  config_.min_requests = 20;
+  breaker_->updateConfig(config_);
+  succeed(16);
+  fail(3);  // 19 outcomes: below min_requests, the plain count decides
+  EXPECT_EQ(breaker_->state(), kOpen);
+}
+
+TEST_F(BreakerTest, TheStreakThatMadeTheWindowBusyMustLastASecond) {
+  config_.min_requests = 20;
+  breaker_->updateConfig(config_);
+  succeed(18);
+  fail(3);  // 21 outcomes, the third failure among them: busy traffic, a 0 ms streak
+  EXPECT_EQ(breaker_->state(), kClosed);
+  clock_.advance(seconds(1));
+  fail();
+  EXPECT_EQ(breaker_->state(), kOpen);
+}
+
+TEST_F(BreakerTest, OneFailedProbeLeavesItHalfOpenForTheNextProbe) {
+  trip();
+  probe();
+  breaker_->record(/*counted_failure=*/true, /*probe=*/true);  // noise on a recovered upstream
+  EXPECT_EQ(breaker_->state(), kHalfOpen);
+  EXPECT_EQ(breaker_->snapshot().current_recovery_timeout, seconds(10));
+  CircuitBreaker::Admission next = breaker_->admit();  // the slot is free again
+  ASSERT_TRUE(next.probe);
+  EXPECT_FALSE(breaker_->admit().admitted) << "others still fail fast";
+  breaker_->record(/*counted_failure=*/false, /*probe=*/true);
+  EXPECT_EQ(breaker_->state(), kClosed);
+  EXPECT_EQ(breaker_->snapshot().current_recovery_timeout, seconds(10)) << "never doubled";
+  EXPECT_EQ(transitions_,
+            (std::vector<Transition>{{kClosed, kOpen}, {kOpen, kHalfOpen}, {kHalfOpen, kClosed}}));
+}
+
+TEST_F(BreakerTest, ProbeFailuresCountOnlyWithinOneHalfOpenPeriod) {
+  trip();
+  probe();
+  breaker_->record(true, true);
+  ASSERT_TRUE(breaker_->admit().probe);
+  breaker_->record(true, true);  // two of three
+  ASSERT_TRUE(breaker_->admit().probe);
+  breaker_->record(false, true);
+  ASSERT_EQ(breaker_->state(), kClosed);
+  trip();
+  probe();
+  breaker_->record(true, true);
+  ASSERT_TRUE(breaker_->admit().probe);
+  breaker_->record(true, true);
+  EXPECT_EQ(breaker_->state(), kHalfOpen) << "the earlier period's failures were forgotten";
 }
 
 // Many threads admit and report on one breaker while the clock moves. Probes in flight never
@@ -523,11 +622,14 @@ TEST(BreakerHammerTest, ConcurrentAdmitAndRecord) {
 
   // Drive it to HALF_OPEN: with no slot leaked, exactly half_open_max_probes probes get in.
   if (breaker.state() == kClosed) {
+    clock.advance(config.window);  // an empty window: a plain streak opens it
     for (int i = 0; i < config.failure_threshold; ++i) breaker.record(true, false);
   } else if (breaker.state() == kHalfOpen) {
-    CircuitBreaker::Admission admission = breaker.admit();
-    ASSERT_TRUE(admission.probe) << "a probe slot leaked";
-    breaker.record(true, true);
+    for (int i = 0; i < config.failure_threshold && breaker.state() == kHalfOpen; ++i) {
+      CircuitBreaker::Admission admission = breaker.admit();
+      ASSERT_TRUE(admission.probe) << "a probe slot leaked";
+      breaker.record(true, true);
+    }
   }
   ASSERT_EQ(breaker.state(), kOpen);
   clock.advance(config.max_recovery_timeout);
@@ -535,6 +637,158 @@ TEST(BreakerHammerTest, ConcurrentAdmitAndRecord) {
     EXPECT_TRUE(breaker.admit().probe) << "a probe slot leaked";
   }
   EXPECT_FALSE(breaker.admit().admitted);
+}
+
+// ---- The shipped defaults against simulated traffic ----
+
+// One breaker with the shipped defaults (config::CircuitBreakerConfig{}) fed `per_second`
+// outcomes a second, each a counted failure with a given probability drawn from a seeded
+// generator (mt19937_64 and its own conversion to [0, 1), so every standard library draws the
+// same sequence). Rejected attempts are counted and dropped, as a client would see them.
+class TrafficSimulation {
+ public:
+  explicit TrafficSimulation(std::uint64_t seed) : random_(seed) {
+    breaker_.setTransitionListener([this](BreakerState from, BreakerState to) {
+      transitions_.emplace_back(from, to);
+      if (to == kOpen) ++opens_;
+      if (from == kHalfOpen && to == kOpen) ++reopens_;
+    });
+  }
+
+  // Runs `duration` of traffic, or until `stop` returns true after an outcome.
+  template <typename Stop>
+  void run(int per_second, double failure_share, milliseconds duration, Stop stop) {
+    const milliseconds step(1000 / per_second);
+    for (milliseconds elapsed{0}; elapsed < duration; elapsed += step) {
+      clock_.advance(step);
+      CircuitBreaker::Admission admission = breaker_.admit();
+      if (!admission.admitted) {
+        ++rejected_;
+        continue;
+      }
+      const bool failed = draw() < failure_share;
+      breaker_.record(failed, admission.probe);
+      ++outcomes_;
+      if (failed) ++failures_;
+      if (stop()) return;
+    }
+  }
+  void run(int per_second, double failure_share, milliseconds duration) {
+    run(per_second, failure_share, duration, [] { return false; });
+  }
+  // Runs a total outage until the breaker opens (at most a minute); returns how long it took
+  // and how many failures it saw.
+  std::pair<milliseconds, int> outageUntilOpen(int per_second) {
+    const resilience::SteadyTime start = clock_.now();
+    const int failures_before = failures_;
+    run(per_second, 1.0, seconds(60), [this] { return breaker_.state() == kOpen; });
+    return {std::chrono::duration_cast<milliseconds>(clock_.now() - start),
+            failures_ - failures_before};
+  }
+
+  double draw() { return static_cast<double>(random_() >> 11) * 0x1.0p-53; }
+
+  fakes::FakeClock clock_;
+  CircuitBreaker breaker_{config::CircuitBreakerConfig{}, clock_};
+  std::mt19937_64 random_;
+  std::vector<Transition> transitions_;
+  int opens_ = 0;
+  int reopens_ = 0;
+  long outcomes_ = 0;
+  long failures_ = 0;
+  long rejected_ = 0;
+};
+
+TEST(ShippedDefaultsTest, AreTheOnesDocumented) {
+  const config::CircuitBreakerConfig defaults;
+  EXPECT_EQ(defaults.failure_threshold, 5);
+  EXPECT_EQ(defaults.failure_rate_threshold, 0.5);
+  EXPECT_EQ(defaults.window, seconds(30));
+  EXPECT_EQ(defaults.min_requests, 20);
+  EXPECT_EQ(defaults.recovery_timeout, seconds(60));
+  EXPECT_EQ(defaults.max_recovery_timeout, std::chrono::minutes(5));
+  EXPECT_EQ(defaults.half_open_max_probes, 1);
+}
+
+TEST(ShippedDefaultsTest, TwentyPercentRandomFailuresAt100PerSecondFor150sNeverTrip) {
+  for (std::uint64_t seed = 1; seed <= 10; ++seed) {
+    TrafficSimulation sim(seed);
+    sim.run(100, 0.20, seconds(150));
+    EXPECT_EQ(sim.opens_, 0) << "seed " << seed;
+    EXPECT_EQ(sim.rejected_, 0) << "seed " << seed;
+    EXPECT_NEAR(static_cast<double>(sim.failures_) / sim.outcomes_, 0.20, 0.01);
+  }
+}
+
+TEST(ShippedDefaultsTest, TenPercentRandomFailuresAt100PerSecondFor10MinutesNeverTrip) {
+  for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+    TrafficSimulation sim(seed);
+    sim.run(100, 0.10, std::chrono::minutes(10));
+    EXPECT_EQ(sim.opens_, 0) << "seed " << seed;
+    EXPECT_EQ(sim.outcomes_, 60000);
+  }
+}
+
+TEST(ShippedDefaultsTest, ATotalOutageAt100PerSecondOpensWithinTwoSeconds) {
+  for (double noise : {0.0, 0.20}) {
+    TrafficSimulation sim(7);
+    sim.run(100, noise, seconds(60));  // a busy window first: the rate rule alone would need 15 s
+    ASSERT_EQ(sim.opens_, 0);
+    auto [took, failures] = sim.outageUntilOpen(100);
+    EXPECT_EQ(sim.breaker_.state(), kOpen) << "noise " << noise;
+    EXPECT_LE(took, seconds(2)) << "noise " << noise;
+    EXPECT_GE(took, CircuitBreaker::kBusyStreakSpan) << "noise " << noise;
+    EXPECT_LE(failures, 101 + 10) << "noise " << noise;  // the streak, plus what noise began
+  }
+}
+
+TEST(ShippedDefaultsTest, ATotalOutageAtOneRequestASecondOpensOnTheFifthFailure) {
+  TrafficSimulation cold(1);
+  EXPECT_EQ(cold.outageUntilOpen(1).second, 5) << "from a cold start";
+
+  TrafficSimulation warm(1);
+  warm.run(1, 0.0, seconds(120));  // 30 outcomes in the window: busy, but a second apart
+  auto [took, failures] = warm.outageUntilOpen(1);
+  EXPECT_EQ(failures, 5);
+  EXPECT_EQ(took, seconds(5));
+  EXPECT_EQ(warm.opens_, 1);
+}
+
+TEST(ShippedDefaultsTest, AMajorityOfFailuresOpensItByTheRateRule) {
+  TrafficSimulation sim(3);
+  sim.run(100, 0.0, seconds(60));
+  sim.run(100, 0.60, seconds(60), [&] { return sim.breaker_.state() == kOpen; });
+  EXPECT_EQ(sim.opens_, 1);
+  // 60 % failures against a window of successes: the share reaches 0.5 after ~25 s.
+  EXPECT_LE(sim.outcomes_, 6000 + 3000);
+}
+
+TEST(ShippedDefaultsTest, ARecoveredButNoisyUpstreamClosesAfterOneRecoveryTimeout) {
+  // 200 outages, each followed by an upstream that answers 80 % of attempts: the probes
+  // close the breaker every time, and the recovery timeout never doubles.
+  TrafficSimulation sim(11);
+  for (int outage = 0; outage < 200; ++outage) {
+    sim.outageUntilOpen(100);
+    ASSERT_EQ(sim.breaker_.state(), kOpen);
+    EXPECT_EQ(sim.breaker_.snapshot().current_recovery_timeout, seconds(60));
+    sim.run(100, 0.20, seconds(62), [&] { return sim.breaker_.state() == kClosed; });
+    ASSERT_EQ(sim.breaker_.state(), kClosed) << "outage " << outage;
+    sim.run(100, 0.20, seconds(30));  // the noise goes on
+  }
+  EXPECT_EQ(sim.opens_, 200);
+  EXPECT_EQ(sim.reopens_, 0);
+}
+
+TEST(ShippedDefaultsTest, AnUpstreamThatStaysDownIsProbedLessAndLessOften) {
+  TrafficSimulation sim(5);
+  sim.outageUntilOpen(100);
+  sim.run(100, 1.0, std::chrono::minutes(30));
+  // Open after 5 failures (a cold window), then each HALF_OPEN period fails its five probes
+  // at once and reopens with the wait doubled: 60 s, 120 s, 240 s, then 300 s (the maximum).
+  // Reopened at 1, 3, 7, 12, 17, 22 and 27 minutes.
+  EXPECT_EQ(sim.breaker_.snapshot().current_recovery_timeout, std::chrono::minutes(5));
+  EXPECT_EQ(sim.reopens_, 7);
+  EXPECT_EQ(sim.failures_, 5 + 5 * 7);
 }
 
 }  // namespace
