@@ -4,6 +4,8 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <ctime>
 #include <string>
 #include <utility>
 
@@ -17,6 +19,17 @@ namespace {
 // Unparsed input kept while a request is active (pipelined requests). Past this, reading
 // pauses until the current response is done.
 constexpr size_t kMaxBufferedInput = 1024 * 1024;
+// Lingering close: the longest wait for more input, the whole linger at most, and the most
+// bytes discarded (past the largest upload a client could have started).
+constexpr long long kLingerIdleMs = 5000;
+constexpr long long kLingerTotalMs = 30000;
+constexpr std::uint64_t kLingerMaxBytes = 1ull << 30;
+
+long long monotonicMillis() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<long long>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
 
 bool isFramingHeader(std::string_view name) {
   return http::equalsIgnoreCase(name, "content-length") ||
@@ -65,9 +78,21 @@ void ClientConnection::readCallback(bufferevent*, void* arg) {
   switch (self->phase_) {
     case Phase::kActive:
       return;  // pipelined bytes wait in the input buffer; reading goes on to see EOF
-    case Phase::kClosing:
-      evbuffer_drain(bufferevent_get_input(self->bev_.get()), SIZE_MAX);
+    case Phase::kClosing: {
+      evbuffer* input = bufferevent_get_input(self->bev_.get());
+      std::size_t discarded = evbuffer_get_length(input);
+      evbuffer_drain(input, SIZE_MAX);
+      if (self->lingering_) {
+        self->linger_bytes_ += discarded;
+        long long left = self->linger_ends_ms_ - monotonicMillis();
+        if (self->linger_bytes_ > kLingerMaxBytes || left <= 0) {
+          self->destroy();
+          return;
+        }
+        self->armTimer(std::min(kLingerIdleMs, left));
+      }
       return;
+    }
     case Phase::kReadingBody:
       self->armTimer(self->limits_.header_timeout_ms);  // a gap between body bytes
       break;
@@ -107,14 +132,17 @@ bool ClientConnection::processInput() {
         return true;
       case ParseStatus::kBadRequest:
         keep_alive_ = false;
+        linger_ = true;
         sendError(400, "bad_request", "malformed HTTP request: " + parser_.errorDetail());
         return true;
       case ParseStatus::kHeadersTooLarge:
         keep_alive_ = false;
+        linger_ = true;
         sendError(431, "bad_request", parser_.errorDetail());
         return true;
       case ParseStatus::kBodyTooLarge:
         keep_alive_ = false;
+        linger_ = true;
         sendError(413, "request_too_large",
                   "request body is larger than server.max_request_body (" +
                       std::to_string(limits_.parser.max_body) + " bytes)");
@@ -163,6 +191,7 @@ void ClientConnection::sendError(int status, std::string_view code, std::string_
 
 void ClientConnection::rejectAndClose(int status, std::string_view code, std::string_view message) {
   keep_alive_ = false;
+  linger_ = true;
   sendError(status, code, message);
 }
 
@@ -275,17 +304,32 @@ void ClientConnection::closeAfterFlush() {
   phase_ = Phase::kClosing;
   evtimer_del(timer_.get());
   if (pendingOutput() == 0) {
-    destroy();
+    closeFlushed();
     return;
   }
   // The write callback closes once the output is flushed; the write timeout bounds the wait.
   evbuffer_drain(bufferevent_get_input(bev_.get()), SIZE_MAX);
 }
 
+void ClientConnection::closeFlushed() {
+  if (!linger_) {
+    destroy();
+    return;
+  }
+  // Half-close: the client reads the answer to its end, then sees EOF; what it still
+  // sends is read and dropped until it closes too, or the linger runs out.
+  lingering_ = true;
+  linger_ends_ms_ = monotonicMillis() + kLingerTotalMs;
+  shutdown(bufferevent_getfd(bev_.get()), SHUT_WR);
+  evbuffer_drain(bufferevent_get_input(bev_.get()), SIZE_MAX);
+  bufferevent_enable(bev_.get(), EV_READ);
+  armTimer(kLingerIdleMs);
+}
+
 void ClientConnection::writeCallback(bufferevent*, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
   if (self->phase_ == Phase::kClosing) {
-    self->destroy();
+    if (!self->lingering_) self->closeFlushed();
     return;
   }
   if (self->drained_callback_) {

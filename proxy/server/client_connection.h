@@ -56,7 +56,7 @@ class ClientConnection final : public ResponseSink {
     kReadingHead,  // part of a request head received
     kReadingBody,  // head complete, body arriving
     kActive,       // request handed to the exchange; response pending or streaming
-    kClosing,      // flushing the last bytes, then closing
+    kClosing,      // flushing the last bytes, then closing (lingering, if asked)
   };
 
   static void readCallback(bufferevent* bev, void* arg);
@@ -70,6 +70,8 @@ class ClientConnection final : public ResponseSink {
   void startRequest(HttpRequest request);
   void sendError(int status, std::string_view code, std::string_view message);
   void closeAfterFlush();
+  // The output is flushed: close now, or first linger (see linger_).
+  void closeFlushed();
   void destroy();
   void armTimer(long long millis);
   void kick();
@@ -97,6 +99,15 @@ class ClientConnection final : public ResponseSink {
   bool draining_ = false;
   std::function<void()> drained_callback_;
   bool drain_wanted_ = false;
+  // An answer sent before the request was read whole (413, 400, 431, 503 overloaded): the
+  // client may still be sending. Closing with unread bytes queued makes the kernel send a
+  // reset, which can destroy the answer before the client reads it. So, like nginx's
+  // lingering close, Bulwark half-closes and reads and discards what still comes, bounded in
+  // time and bytes, then closes.
+  bool linger_ = false;
+  bool lingering_ = false;  // half-closed, discarding input
+  long long linger_ends_ms_ = 0;  // monotonic deadline of the whole linger
+  std::uint64_t linger_bytes_ = 0;
 };
 
 }  // namespace bulwark::server
