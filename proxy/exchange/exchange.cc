@@ -158,6 +158,7 @@ void Exchange::startAttempt(UpstreamSelection selection) {
   // stream or a download would make Bulwark buffer it. Over HTTP/1.1, TCP holds the upstream.
   req.multiplex = request_.method == "POST" && !facts_.stream &&
                   resilience::followsRetryPolicies(request_.method, request_.path);
+  req.identity_encoding = facts_.stream;
   req.connect_timeout = config_->timeouts.connect;
   req.first_byte_timeout = config_->timeouts.first_byte;
   req.idle_timeout = config_->timeouts.idle;

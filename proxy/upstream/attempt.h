@@ -40,6 +40,9 @@ struct AttemptRequest {
   std::string ca_file;
   std::string proxy;  // empty: the environment's proxy variables apply
   bool multiplex = false;  // offer h2 (ALPN); otherwise HTTP/1.1, one transfer per connection
+  // Ask for an uncompressed body (a compressed one is still decoded): an event stream's
+  // events are small and each concurrent gzip stream costs a 32 KiB inflate window.
+  bool identity_encoding = false;
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds first_byte_timeout{120000};
   std::chrono::milliseconds idle_timeout{120000};
