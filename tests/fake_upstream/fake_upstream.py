@@ -183,6 +183,7 @@ class Action:
     echo: bool = False          # body = JSON description of the received request
     raw: Any = None             # bytes/str written verbatim instead of a response, then close
     match: str | None = None    # applies only when the request path starts with this
+    encode: str | None = None   # gzip | br: compress the body even if the client did not ask
 
     @classmethod
     def of(cls, spec: "Action | dict") -> "Action":
@@ -830,7 +831,9 @@ class FakeUpstream:
         streaming = action.sse is not None or action.chunked
         no_body = request.method == "HEAD" or action.status in (204, 304) or action.status < 200
         encoder = None
-        if self.compress and not no_body and "content-encoding" not in names and (
+        if action.encode is not None and not no_body:
+            encoder = _Encoder(action.encode)
+        elif self.compress and not no_body and "content-encoding" not in names and (
                 body or action.sse is not None):
             encoder = _Encoder.choose(request.header("accept-encoding") or "",
                                       stream=action.sse is not None)

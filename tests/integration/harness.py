@@ -183,9 +183,11 @@ class Bulwark:
     """
 
     def __init__(self, upstreams: list | None = None, config: dict | None = None, *,
-                 workers: int = 1, env: dict | None = None,
+                 workers: int | None = None, env: dict | None = None,
                  startup_timeout: float = STARTUP_TIMEOUT, stop_timeout: float = 10.0,
                  check_exit: bool = True):
+        if workers is None:  # the ThreadSanitizer stage runs the suite with 2 workers
+            workers = int(os.environ.get("BULWARK_TEST_WORKERS", "1"))
         base: dict = {
             "server": {
                 "listen": "127.0.0.1:0",
