@@ -8,13 +8,12 @@ packages=(
   libevent-dev libcurl4-openssl-dev libhttp-parser-dev rapidjson-dev
   prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev
-  python3 python3-h2 python3-brotli libssl-dev
+  python3 python3-h2 python3-brotli
   prometheus
   clang libclang-rt-14-dev openssl
   nginx wrk gnuplot-nox
 )
-# python3-h2, python3-brotli: the fake upstream's production transport (h2, br); libssl-dev:
-# libcurl's TLS library, whose per-connection buffers Bulwark trims.
+# python3-h2, python3-brotli: the fake upstream's production transport (h2, br).
 # clang + libclang-rt-14-dev: the libFuzzer build; openssl: test certificates for the TLS
 # fault tests; nginx, wrk, gnuplot-nox: the benchmark suite (nginx is the yardstick).
 # prometheus ships promtool and the server the metrics tests scrape Bulwark with (the

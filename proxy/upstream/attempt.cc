@@ -1,7 +1,5 @@
 #include "proxy/upstream/attempt.h"
 
-#include <openssl/ssl.h>
-
 #include <charconv>
 #include <string_view>
 
@@ -18,16 +16,6 @@ std::string_view trim(std::string_view s) {
     s.remove_suffix(1);
   }
   return s;
-}
-
-// Each upstream TLS connection gets its own SSL_CTX from libcurl. OpenSSL keeps a read and
-// a write buffer of about 17 KiB each per connection for its whole life; with
-// SSL_MODE_RELEASE_BUFFERS they exist only while a record is being read or written. An event
-// stream idles between tokens, and each one has a connection of its own: this is most of
-// what a TLS stream costs over a plain one.
-CURLcode tuneSslContext(CURL*, void* ssl_ctx, void*) {
-  SSL_CTX_set_mode(static_cast<SSL_CTX*>(ssl_ctx), SSL_MODE_RELEASE_BUFFERS);
-  return CURLE_OK;
 }
 
 TransferError classifyCurlCode(CURLcode code, bool request_sent) {
@@ -147,9 +135,6 @@ bool Attempt::configure() {
   set(curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &Attempt::prereqCallback));
   set(curl_easy_setopt(h, CURLOPT_PREREQDATA, this));
   if (!request_.ca_file.empty()) set(curl_easy_setopt(h, CURLOPT_CAINFO, request_.ca_file.c_str()));
-  if (request_.url.starts_with("https:")) {
-    set(curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, &tuneSslContext));
-  }
 
   const std::string& method = request_.method;
   bool has_body = request_.body != nullptr && !request_.body->empty();

@@ -46,7 +46,7 @@ EXPLAIN_TRANSITION = {
     ("CLOSED", "OPEN"): "too many failures in a row: requests now fail fast (503 circuit_open)",
     ("OPEN", "HALF_OPEN"): "recovery_timeout passed: one probe request may try the upstream",
     ("HALF_OPEN", "CLOSED"): "the probe succeeded: traffic flows again",
-    ("HALF_OPEN", "OPEN"): "the probe failed: open again, the next wait is twice as long",
+    ("HALF_OPEN", "OPEN"): "the probes kept failing: open again, the next wait is twice as long",
 }
 
 

@@ -357,7 +357,8 @@ class PassThroughTest(unittest.TestCase):
             self.assertIsNotNone(conn.wait_closed(2.0), "HTTP/1.0 without keep-alive: must close")
 
     def test_upstream_connection_is_reused(self):
-        with Bulwark([self.fake]) as bulwark:  # its own, so its pool starts empty
+        # Its own, so its pool starts empty; one worker, one pool.
+        with Bulwark([self.fake], workers=1) as bulwark:
             for _ in range(5):
                 self.assertEqual(http_request(bulwark.port, "GET", "/v1/models").status, 200)
             requests = self.fake.wait_for_requests(5)
