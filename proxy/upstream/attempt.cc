@@ -71,6 +71,7 @@ const char* transferErrorName(TransferError e) {
 
 Attempt::Attempt(UpstreamClient& client, AttemptObserver& observer, AttemptRequest request)
     : client_(client), observer_(observer), request_(std::move(request)) {
+  request_.multiplex = request_.multiplex && client_.multiplexes(request_.url);
   timer_.reset(evtimer_new(client_.base(), &Attempt::onTimeout, this));
   deferred_.reset(event_new(client_.base(), -1, 0, &Attempt::onDeferredFailure, this));
 }
@@ -225,6 +226,11 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
         head.content_length.reset();
       }
       self->head_done_ = true;
+      if (self->request_.multiplex) {
+        long version = 0;
+        curl_easy_getinfo(self->handle_, CURLINFO_HTTP_VERSION, &version);
+        if (version != CURL_HTTP_VERSION_2_0) self->client_.noteHttp1Only(self->request_.url);
+      }
       self->observer_.onHead(head);
     }
     return len;

@@ -39,7 +39,9 @@ struct AttemptRequest {
   const std::string* body = nullptr;  // not owned; must outlive the attempt
   std::string ca_file;
   std::string proxy;  // empty: the environment's proxy variables apply
-  bool multiplex = false;  // offer h2 (ALPN); otherwise HTTP/1.1, one transfer per connection
+  // Ask for the multiplexed lane (h2 by ALPN); the client grants it to https origins that
+  // have not answered without h2. Otherwise HTTP/1.1, one transfer per connection.
+  bool multiplex = false;
   // Ask for an uncompressed body (a compressed one is still decoded): an event stream's
   // events are small and each concurrent gzip stream costs a 32 KiB inflate window.
   bool identity_encoding = false;

@@ -10,6 +10,13 @@ namespace bulwark::upstream {
 
 namespace {
 constexpr size_t kMaxIdleHandles = 256;
+
+// "https://host:port" of an absolute URL (everything before the path).
+std::string_view originOf(std::string_view url) {
+  std::size_t scheme_end = url.find("://");
+  if (scheme_end == std::string_view::npos) return url;
+  return url.substr(0, url.find('/', scheme_end + 3));
+}
 }  // namespace
 
 UpstreamClient::UpstreamClient(event_base* base) : base_(base) {
@@ -71,6 +78,15 @@ void UpstreamClient::releaseHandle(CURL* handle) {
   }
   curl_easy_reset(handle);
   idle_handles_.emplace_back(handle);
+}
+
+bool UpstreamClient::multiplexes(std::string_view url) const {
+  return url.starts_with("https://") &&
+         !http1_only_origins_.contains(std::string(originOf(url)));
+}
+
+void UpstreamClient::noteHttp1Only(std::string_view url) {
+  if (http1_only_origins_.size() < 1024) http1_only_origins_.emplace(originOf(url));
 }
 
 bool UpstreamClient::add(CURL* handle, bool multiplex) {

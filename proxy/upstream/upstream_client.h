@@ -14,7 +14,10 @@
 #include <curl/curl.h>
 
 #include <memory>
+#include <string>
+#include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "proxy/support/curl.h"
@@ -55,6 +58,14 @@ class UpstreamClient {
 
   CURL* acquireHandle();
   void releaseHandle(CURL* handle);
+  // Whether a transfer that asks to multiplex gets the multiplexed lane: only https origins
+  // (h2 is negotiated by ALPN), and not those that answered without h2 before. Otherwise
+  // the lane's PIPEWAIT and connection cap would queue requests behind one HTTP/1.1
+  // connection, until its first response, or behind four.
+  bool multiplexes(std::string_view url) const;
+  // A response on the multiplexed lane came over HTTP/1.x: this worker sends that origin's
+  // requests over the HTTP/1.1 lane from now on.
+  void noteHttp1Only(std::string_view url);
   bool add(CURL* handle, bool multiplex);
   void remove(CURL* handle, bool multiplex);
   // Makes libcurl send what it holds back for the h2 connections of running transfers (an
@@ -76,6 +87,7 @@ class UpstreamClient {
   Lane multiplexed_;
   Lane http1_;
   std::vector<support::CurlEasyPtr> idle_handles_;
+  std::unordered_set<std::string> http1_only_origins_;  // "https://host:port"
 };
 
 }  // namespace bulwark::upstream

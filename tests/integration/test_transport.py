@@ -24,7 +24,7 @@ import unittest
 
 from connect_proxy import ConnectProxy
 from harness import (TESTS_DIR, TRANSPORT, Bulwark, FakeUpstream, RawConnection, chat_chunk,
-                     http_request, openai_error, raw_request)
+                     http_request, openai_error, raw_request, test_pki)
 from hardening import CHAT_PATH, assert_openai_error, rss_kib, scrape, wait_until
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -294,6 +294,30 @@ class MultiplexingTest(unittest.TestCase):
             limit = (math.ceil(300 / 100) + 1) * workers  # connection pools are per worker
             print(f"\nburst of 300: {fake.connections_accepted} upstream connections")
             self.assertLessEqual(fake.connections_accepted, limit)
+
+
+class Http1OverTlsTest(unittest.TestCase):
+    """An https upstream that offers only HTTP/1.1 (an OpenAI-compatible server, say) gets
+    as many connections as requests in flight: nothing queues behind the h2 lane's cap."""
+
+    def test_concurrent_requests_do_not_queue(self):
+        pki = test_pki()
+        with FakeUpstream(tls_cert=pki["cert"], tls_key=pki["key"]) as fake, \
+                Bulwark([fake], workers=1) as bulwark:
+            self.assertEqual(post(bulwark.port, CHAT).status, 200)  # its first answer
+            self.assertEqual(fake.requests[0].http_version, "HTTP/1.1")
+            fake.responder = lambda request: {"delay": 1.0}
+            results = []
+            threads = [threading.Thread(target=lambda: results.append(post(bulwark.port, CHAT)))
+                       for _ in range(12)]
+            started = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            elapsed = time.monotonic() - started
+            self.assertEqual([r.status for r in results], [200] * 12)
+            self.assertLess(elapsed, 1.9, "requests waited for each other's connections")
 
 
 class StreamMemoryTest(unittest.TestCase):
