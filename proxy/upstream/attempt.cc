@@ -129,6 +129,7 @@ bool Attempt::configure() {
   // A transfer that finds a connection still negotiating waits to multiplex on it rather
   // than opening one connection (and one TLS handshake) per request in a burst.
   set(curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L));
+  set(curl_easy_setopt(h, CURLOPT_SHARE, client_.share()));
   set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Attempt::headerCallback));
   set(curl_easy_setopt(h, CURLOPT_HEADERDATA, this));
   set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Attempt::writeCallback));

@@ -19,7 +19,8 @@ std::string_view originOf(std::string_view url) {
 }
 }  // namespace
 
-UpstreamClient::UpstreamClient(event_base* base) : base_(base) {
+UpstreamClient::UpstreamClient(event_base* base) : base_(base), share_(curl_share_init()) {
+  curl_share_setopt(share_.get(), CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
   for (const char* name : {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                            "ALL_PROXY"}) {
     const char* value = std::getenv(name);
@@ -52,13 +53,15 @@ void UpstreamClient::initLane(Lane& lane, bool multiplex) {
 }
 
 UpstreamClient::~UpstreamClient() {
-  // Teardown order: easy handles, then the multi handles, then our events.
+  // Teardown order: easy handles, then the multi handles, then our events; the share
+  // once no handle uses it.
   idle_handles_.clear();
   for (Lane* lane : {&multiplexed_, &http1_}) {
     lane->multi.reset();
     lane->socket_events.clear();
     lane->timer.reset();
   }
+  share_.reset();
 }
 
 CURL* UpstreamClient::acquireHandle() {

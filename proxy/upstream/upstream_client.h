@@ -40,6 +40,10 @@ class UpstreamClient {
   UpstreamClient& operator=(const UpstreamClient&) = delete;
 
   event_base* base() const { return base_; }
+  // One TLS session cache for all of this worker's transfers (single-threaded: no locks).
+  // Without it each pooled easy handle keeps sessions of its own, and a new connection
+  // resumes a session only if its handle happened to hold one.
+  CURLSH* share() const { return share_.get(); }
   // Whether the environment names an HTTP(S) proxy (read once, at start). Without one,
   // transfers tell curl so, which saves it reading the environment on every request.
   bool environmentProxy() const { return environment_proxy_; }
@@ -84,6 +88,7 @@ class UpstreamClient {
 
   event_base* base_;
   bool environment_proxy_ = false;
+  support::CurlSharePtr share_;
   Lane multiplexed_;
   Lane http1_;
   std::vector<support::CurlEasyPtr> idle_handles_;
