@@ -1,4 +1,4 @@
-// Control experiment for the README's memory per TLS stream: build with
+// Control experiment for the README's memory per TLS stream: build with (libssl-dev)
 //   cc -O2 tests/bench/tls_conn_memory.c -o /tmp/tls_conn_memory -lssl -lcrypto
 // and run against a TLS server on 127.0.0.1 (the fake upstream with --tls-cert/--tls-key):
 //   /tmp/tls_conn_memory PORT CA_FILE [shared]
