@@ -190,15 +190,17 @@ void ClientConnection::sendError(int status, std::string_view code, std::string_
 }
 
 void ClientConnection::rejectAndClose(int status, std::string_view code, std::string_view message) {
+  // No lingering here: this answers a connection over max_connections at once, before it
+  // sent anything; holding it open would keep the server over its limit.
   keep_alive_ = false;
-  linger_ = true;
   sendError(status, code, message);
 }
 
 bool ClientConnection::drain() {
   draining_ = true;
   keep_alive_ = false;
-  return phase_ == Phase::kIdle;
+  // A lingering connection has had its answer: shutting down does not wait for it.
+  return phase_ == Phase::kIdle || lingering_;
 }
 
 void ClientConnection::sendHead(int status, const http::Headers& headers,

@@ -99,7 +99,7 @@ class ClientConnection final : public ResponseSink {
   bool draining_ = false;
   std::function<void()> drained_callback_;
   bool drain_wanted_ = false;
-  // An answer sent before the request was read whole (413, 400, 431, 503 overloaded): the
+  // An answer sent before the request was read whole (413, 400, 431): the
   // client may still be sending. Closing with unread bytes queued makes the kernel send a
   // reset, which can destroy the answer before the client reads it. So, like nginx's
   // lingering close, Bulwark half-closes and reads and discards what still comes, bounded in

@@ -91,6 +91,11 @@ void Attempt::start() {
     return;
   }
   in_multi_ = true;
+  // Until the request is about to be written (the prereq callback), the transfer may wait in
+  // libcurl for a connection or a stream slot, which no curl timeout covers. Nothing has been
+  // sent then, so running out of this time is a connect failure: safe to retry anywhere.
+  timer_error_ = TransferError::kConnect;
+  armTimer(request_.connect_timeout + request_.first_byte_timeout);
 }
 
 bool Attempt::configure() {
@@ -127,8 +132,10 @@ bool Attempt::configure() {
   // lives as long as the transfer: the smallest size it takes is plenty for a request head.
   set(curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 16384L));
   // A transfer that finds a connection still negotiating waits to multiplex on it rather
-  // than opening one connection (and one TLS handshake) per request in a burst.
-  set(curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L));
+  // than opening one connection (and one TLS handshake) per request in a burst. Only on the
+  // multiplexed lane: libcurl 7.88 also parks a transfer that cannot multiplex while
+  // another connection to the host is connecting, which serialised HTTP/1.1 handshakes.
+  if (request_.multiplex) set(curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L));
   set(curl_easy_setopt(h, CURLOPT_SHARE, client_.share()));
   set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Attempt::headerCallback));
   set(curl_easy_setopt(h, CURLOPT_HEADERDATA, this));
@@ -297,9 +304,13 @@ void Attempt::resume() {
 
 void Attempt::onTimeout(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Attempt*>(arg);
-  self->finish(self->timer_error_, self->timer_error_ == TransferError::kFirstByteTimeout
-                                       ? "no response within timeouts.first_byte"
-                                       : "no data within timeouts.idle");
+  const char* detail = "no data within timeouts.idle";
+  if (self->timer_error_ == TransferError::kFirstByteTimeout) {
+    detail = "no response within timeouts.first_byte";
+  } else if (self->timer_error_ == TransferError::kConnect) {
+    detail = "no upstream connection within timeouts.connect + timeouts.first_byte";
+  }
+  self->finish(self->timer_error_, detail);
 }
 
 void Attempt::onDeferredFailure(evutil_socket_t, short, void* arg) {

@@ -269,6 +269,47 @@ class Http2BackpressureTest(unittest.TestCase):
                 self.assertLessEqual(grown, 1024, f"RSS grew by {grown} KiB")
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class MultiplexedSlowReaderTest(unittest.TestCase):
+    """A client that stops reading a large JSON answer (embeddings over h2) holds only its own
+    stream: the requests that share its connection still flow, and the worker does not spin."""
+
+    def test_a_stalled_json_reader_does_not_stall_its_connection(self):
+        noise = base64.b64encode(os.urandom(3 * 1024 * 1024)).decode()
+        big = {"object": "list", "data": [{"object": "embedding", "index": 0,
+                                           "embedding": noise}], "usage": {"prompt_tokens": 1}}
+
+        def respond(request):
+            return {"body": big} if request.path.endswith("/embeddings") else None
+
+        with FakeUpstream(responder=respond) as fake, Bulwark([fake], workers=1) as bulwark:
+            self.assertEqual(post(bulwark.port, CHAT).status, 200)  # warm
+            with RawConnection(bulwark.port, timeout=30) as stalled:
+                stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+                stalled.send(raw_request("POST", "/v1/embeddings",
+                                         json.dumps({"model": "e", "input": "x"}),
+                                         headers=[("Content-Type", "application/json")]))
+                self.assertEqual(stalled.read_head().status, 200)
+                cpu_before, started = cpu_seconds(bulwark.proc.pid), time.monotonic()
+                latencies = []
+                for _ in range(20):
+                    t = time.monotonic()
+                    self.assertEqual(post(bulwark.port, CHAT, timeout=5).status, 200)
+                    latencies.append(time.monotonic() - t)
+                time.sleep(1.0)  # idle, apart from the stalled reader: the worker must rest
+                busy = (cpu_seconds(bulwark.proc.pid) - cpu_before) / (time.monotonic() - started)
+            conns = {r.conn_id for r in fake.requests}
+            print(f"\nstalled JSON reader: others' worst latency {max(latencies) * 1000:.0f} ms, "
+                  f"worker busy {busy * 100:.0f} %, {len(conns)} upstream connection(s)")
+            self.assertLess(max(latencies), 1.0, "requests sharing the connection stalled")
+            self.assertLess(busy, 0.5, "the worker spun while a stream was paused")
+
+
 @unittest.skipIf(TRANSPORT != "h2", "multiplexing needs the h2 transport")
 class MultiplexingTest(unittest.TestCase):
     """A cold burst shares connections instead of opening one TLS connection per request."""
