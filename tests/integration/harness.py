@@ -39,7 +39,7 @@ __all__ = [
     "Bulwark", "BulwarkDied", "FakeUpstream", "Action", "Request", "RawConnection",
     "RawResponse", "raw_request", "HttpResult", "http_request", "bulwark_binary", "to_yaml",
     "chat_completion", "chat_chunk", "openai_error", "DEFAULT_CONTENT", "REPO_DIR", "TESTS_DIR",
-    "parse_text_log", "TRANSPORT", "test_pki", "plain_transport_only",
+    "parse_text_log", "TRANSPORT", "test_pki",
 ]
 
 STARTUP_TIMEOUT = 10.0
@@ -66,13 +66,6 @@ def test_pki() -> dict[str, str]:
             atexit.register(shutil.rmtree, directory, True)
             _pki = make_test_pki(directory)
         return _pki
-
-
-def plain_transport_only(reason: str):
-    """Skips a test on the h2 transport, for behaviour that only HTTP/1.1 has (byte-level
-    upstream framing, for instance). The reason is printed with the skip."""
-    import unittest
-    return unittest.skipIf(TRANSPORT != "plain", f"HTTP/1.1 upstream only: {reason}")
 
 
 class FakeUpstream(_FakeUpstream):
