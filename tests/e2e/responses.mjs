@@ -6,16 +6,13 @@
 // Prints one JSON summary line on stdout; exits 0 only if the stream had the expected text, came
 // from one upstream response, and ended with response.completed.
 import OpenAI from 'openai';
+import { check, run } from './summary.mjs';
 
 const baseURL = process.env.BASE_URL;
 const expectText = process.env.EXPECT_TEXT ?? '';
 const model = process.env.MODEL ?? 'gpt-4o-mini';
 
 const summary = { ok: false, base_url: baseURL ?? null };
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
 
 async function main() {
   check(baseURL, 'BASE_URL is not set (e.g. http://127.0.0.1:8080/v1)');
@@ -43,11 +40,4 @@ async function main() {
   summary.ok = true;
 }
 
-try {
-  await main();
-} catch (error) {
-  summary.error = `${error?.constructor?.name ?? 'Error'}: ${error?.message ?? error}`;
-  if (error?.status !== undefined) summary.error_status = error.status;
-}
-console.log(JSON.stringify(summary));
-process.exitCode = summary.ok ? 0 : 1;
+await run(main, summary);

@@ -14,6 +14,7 @@
 //
 // Prints one JSON summary line on stdout; exits 0 only if every step behaved as expected.
 import OpenAI from 'openai';
+import { check, run } from './summary.mjs';
 
 const baseURL = process.env.BASE_URL;
 const expectChat = process.env.EXPECT_CHAT ?? 'Hello from the fake upstream.';
@@ -22,10 +23,6 @@ const model = process.env.MODEL ?? 'gpt-4o-mini';
 const messages = [{ role: 'user', content: 'Say hello.' }];
 
 const summary = { ok: false, base_url: baseURL ?? null };
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
 
 function describeError(error) {
   return {
@@ -102,11 +99,4 @@ async function main() {
   summary.ok = true;
 }
 
-try {
-  await main();
-} catch (error) {
-  summary.error = `${error?.constructor?.name ?? 'Error'}: ${error?.message ?? error}`;
-  if (error?.status !== undefined) summary.error_status = error.status;
-}
-console.log(JSON.stringify(summary));
-process.exitCode = summary.ok ? 0 : 1;
+await run(main, summary);
