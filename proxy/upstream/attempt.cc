@@ -225,7 +225,8 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
   if (trimmed.empty()) {
     if (head.status >= 200) {
       if (http::findHeader(head.headers, "transfer-encoding")) head.content_length.reset();
-      if (http::findHeader(head.headers, "content-encoding")) {
+      std::optional<std::string_view> coding = http::findHeader(head.headers, "content-encoding");
+      if (coding && !http::equalsIgnoreCase(*coding, "identity")) {
         // curl decodes the body: its length and coding are no longer what the headers say.
         std::erase_if(head.headers, [](const http::Header& hdr) {
           return http::equalsIgnoreCase(hdr.name, "content-encoding") ||
