@@ -867,7 +867,7 @@ class FakeUpstream:
             piece = body[:action.truncate]
             await wire.send(encoder.chunk(piece) if encoder else piece, framed=False)
             request.chunks_sent_at.append(time.monotonic())
-            wire.cut(request, action.reset)
+            await wire.cut(request, action.reset)
             return False
         if body:
             await wire.send(body)
@@ -898,7 +898,7 @@ class FakeUpstream:
         if cut is not None:
             if sent and action.gap and await wire.wait_gone(action.gap):
                 return False
-            wire.cut(request, action.reset)
+            await wire.cut(request, action.reset)
             return False
         if encoder is not None:
             tail = encoder.finish()
@@ -1089,7 +1089,7 @@ class _H1Wire:
             self.conn.writer.write(b"0\r\n\r\n")
             await self.conn.writer.drain()
 
-    def cut(self, request: Request, reset: bool) -> None:
+    async def cut(self, request: Request, reset: bool) -> None:
         self.fake._cut(self.conn, request, reset)
 
     def abort(self, request: Request) -> None:
@@ -1135,6 +1135,7 @@ class _H2Connection:
         self.streams: dict[int, _H2Stream] = {}
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
+        self.pings: dict[bytes, asyncio.Future] = {}
 
     async def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -1144,6 +1145,22 @@ class _H2Connection:
                 await self.conn.writer.drain()
             except (ConnectionError, OSError):
                 self._peer_gone()
+
+    async def ping_round_trip(self, timeout: float = 2.0) -> None:
+        """Send a PING and wait (bounded) for its ACK."""
+        if self.closed:
+            return
+        opaque = struct.pack(">Q", random.getrandbits(64))
+        waiter = asyncio.get_running_loop().create_future()
+        self.pings[opaque] = waiter
+        self.h2.ping(opaque)
+        await self.flush()
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self.pings.pop(opaque, None)
 
     async def serve(self) -> None:
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -1185,6 +1202,9 @@ class _H2Connection:
                 request.peer_closed_at = now
             stream.gone.set()
             stream.window.set()
+        for waiter in self.pings.values():
+            if not waiter.done():
+                waiter.set_result(None)
         self.fake._notify()
 
     def _on_event(self, event: Any) -> None:
@@ -1232,6 +1252,10 @@ class _H2Connection:
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             for stream in self.streams.values():
                 stream.window.set()
+        elif isinstance(event, h2.events.PingAckReceived):
+            waiter = self.pings.get(event.ping_data)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.closed = True
 
@@ -1317,8 +1341,12 @@ class _H2Wire:
         self.h2.end_stream(self.stream.id)
         await self.connection.flush()
 
-    def cut(self, request: Request, reset: bool) -> None:
+    async def cut(self, request: Request, reset: bool) -> None:
         if reset:
+            # The client may still be writing frames (SETTINGS ACK, WINDOW_UPDATE): a reset that
+            # overtakes them fails its send before it has read what came before the reset. A
+            # PING round trip proves the client has read everything sent so far.
+            await self.connection.ping_round_trip()
             self.abort(request)
             return
         self._reset_stream(request)
