@@ -837,11 +837,17 @@ class FakeUpstream:
                 body or action.sse is not None):
             encoder = _Encoder.choose(request.header("accept-encoding") or "",
                                       stream=action.sse is not None)
+        # A large body is compressed on the fly, as an edge does it: chunked, no length, so
+        # its head does not wait for the whole body to be compressed.
+        encode_as_sent = False
         if encoder is not None:
             request.encoding = encoder.name
             headers += [("Content-Encoding", encoder.name), ("Vary", "Accept-Encoding")]
             if action.sse is None and action.truncate is None:
-                body = encoder.whole(body)
+                if len(body) > _ENCODE_AS_SENT_OVER and "content-length" not in names:
+                    encode_as_sent = streaming = True
+                else:
+                    body = encoder.whole(body)
         if streaming and "transfer-encoding" not in names:
             headers.append(("Transfer-Encoding", "chunked"))
         elif not streaming and "content-length" not in names and action.status not in (204, 304):
@@ -869,7 +875,15 @@ class FakeUpstream:
             request.chunks_sent_at.append(time.monotonic())
             await wire.cut(request, action.reset)
             return False
-        if body:
+        if encode_as_sent:
+            for at in range(0, len(body), _ENCODE_AS_SENT_OVER):
+                if wire.gone:
+                    return False
+                await wire.send(encoder.chunk(body[at:at + _ENCODE_AS_SENT_OVER]))
+            tail = encoder.finish()
+            if tail:
+                await wire.send(tail)
+        elif body:
             await wire.send(body)
         await wire.end()
         request.chunks_sent_at.append(time.monotonic())
@@ -1019,6 +1033,9 @@ class FakeUpstream:
 
 
 # --- transports: how one response goes out -------------------------------------------------
+
+
+_ENCODE_AS_SENT_OVER = 1024 * 1024
 
 
 class _Encoder:
