@@ -30,7 +30,10 @@ struct ServerConfig {
   ListenAddress listen{"127.0.0.1", 8080};
   ListenAddress admin_listen{"0.0.0.0", 9090};
   int workers = 0;  // 0 = one per core
-  std::uint64_t max_request_body = 32 * kMiB;
+  std::uint64_t max_request_body = 512 * kMiB;
+  // Bodies up to this are held whole, so a failed attempt can be sent again; larger ones
+  // (and chunked ones that grow past it) stream to the upstream as they arrive.
+  std::uint64_t retry_body_limit = 8 * kMiB;
   int max_connections = 10000;
   Duration shutdown_grace = 30s;
   // Extensions beyond the SPEC's list (documented in the README): a client must finish

@@ -126,6 +126,7 @@ void readServer(MappingReader server, ServerConfig& out) {
   readListen(server, "admin_listen", out.admin_listen);
   readInt(server, "workers", out.workers, 0);
   server.read("max_request_body", out.max_request_body, parseSize, kSizeExpected);
+  server.read("retry_body_limit", out.retry_body_limit, parseSize, kSizeExpected);
   readInt(server, "max_connections", out.max_connections, 1);
   readDuration(server, "shutdown_grace", out.shutdown_grace);
   readPositiveDuration(server, "header_timeout", out.header_timeout);

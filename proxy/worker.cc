@@ -1,5 +1,6 @@
 #include "proxy/worker.h"
 
+#include <algorithm>
 #include <random>
 
 #include "proxy/observe/logger.h"
@@ -10,6 +11,8 @@ namespace {
 server::ConnectionLimits limitsFrom(const config::Config& cfg) {
   server::ConnectionLimits limits;
   limits.parser.max_body = cfg.server.max_request_body;
+  // A limit above max_request_body would never be reached: every body would be held.
+  limits.parser.retry_body = std::min(cfg.server.retry_body_limit, cfg.server.max_request_body);
   limits.header_timeout_ms = cfg.server.header_timeout.count();
   limits.idle_timeout_ms = cfg.server.idle_timeout.count();
   return limits;

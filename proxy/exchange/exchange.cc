@@ -73,6 +73,7 @@ Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
 
 Exchange::~Exchange() {
   sink_.onDrained(nullptr);
+  if (request_.body_stream) request_.body_stream->onReadable(nullptr);
   attempt_.reset();  // cancels a running transfer; the timers go with their events
   if (!finished_ && upstream_ != nullptr) logAccess(499, true);  // the client left first
 }
@@ -83,31 +84,129 @@ void Exchange::start() {
   deadline_ = resilience::requestDeadline(cfg.timeouts, request_.headers, started_);
   max_attempts_ = resilience::attemptsAllowed(cfg.retry, request_.headers);
   policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
-  facts_ = readRequestFacts(request_.body);
-  if (cfg.circuit_breaker.scope == config::BreakerScope::kUpstreamModel) model_ = facts_.model;
   upstream_ = &cfg.upstreams.front();
   wait_timer_.reset(evtimer_new(context_.base, &Exchange::onWaitOver, this));
   deadline_timer_.reset(evtimer_new(context_.base, &Exchange::onDeadline, this));
   timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
   evtimer_add(deadline_timer_.get(), &until_deadline);
 
+  if (!request_.body_stream) {
+    startBuffered();
+    return;
+  }
+  server::RequestBody& body = *request_.body_stream;
+  body.onReadable([this] { onBodyReadable(); });
+  if (!body.retained()) {
+    startStreamed();
+    return;
+  }
+  // The client waits for "100 Continue" before it sends a body small enough to hold: it is
+  // told to go on only if an upstream would admit the request now (the lease is claimed
+  // again, with the model, once the body is in).
   UpstreamSelection selection = select(false);
   if (!selection.lease) {
-    if (selection.breaker_rejected) {
-      // Fail fast: every upstream's breaker is open. Retry-After says when one may admit.
-      long long seconds = (selection.retry_after.count() + 999) / 1000;
-      respondWithError(503, "circuit_open",
-                       "the circuit breaker is open for every upstream; retry after " +
-                           std::to_string(std::max(1LL, seconds)) + "s",
-                       std::max(1LL, seconds));
-    } else {
-      respondWithError(503, "overloaded",
-                       "every upstream is at its max_inflight limit; retry later");
-    }
+    rejectUnadmitted(selection);
+    return;
+  }
+  selection.lease.reset();
+  waiting_for_body_ = true;
+  sink_.sendContinue();
+  onBodyReadable();  // it may have come whole already
+}
+
+void Exchange::startBuffered() {
+  facts_ = readRequestFacts(request_.body);
+  if (config_->circuit_breaker.scope == config::BreakerScope::kUpstreamModel) {
+    model_ = facts_.model;
+  }
+  UpstreamSelection selection = select(false);
+  if (!selection.lease) {
+    rejectUnadmitted(selection);
     return;
   }
   selection.lease.health()->budget().recordRequest();
   startAttempt(std::move(selection));
+}
+
+void Exchange::startStreamed() {
+  // The body is not parsed (multipart uploads pass through untouched): no model, no stream
+  // flag. The 100 Continue goes to the client once the upstream is connected.
+  streamed_ = true;
+  UpstreamSelection selection = select(false);
+  if (!selection.lease) {
+    rejectUnadmitted(selection);
+    return;
+  }
+  selection.lease.health()->budget().recordRequest();
+  startAttempt(std::move(selection));
+}
+
+void Exchange::rejectUnadmitted(const UpstreamSelection& selection) {
+  if (selection.breaker_rejected) {
+    // Fail fast: every upstream's breaker is open. Retry-After says when one may admit.
+    long long seconds = (selection.retry_after.count() + 999) / 1000;
+    respondWithError(503, "circuit_open",
+                     "the circuit breaker is open for every upstream; retry after " +
+                         std::to_string(std::max(1LL, seconds)) + "s",
+                     std::max(1LL, seconds));
+  } else {
+    respondWithError(503, "overloaded", "every upstream is at its max_inflight limit; retry later");
+  }
+}
+
+void Exchange::onBodyReadable() {
+  if (finished_ || !request_.body_stream) return;
+  server::RequestBody& body = *request_.body_stream;
+  if (body.failure() != server::RequestBody::Failure::kNone) {
+    failBody();
+    return;
+  }
+  if (waiting_for_body_) {
+    if (body.retained() && !body.ended()) return;
+    waiting_for_body_ = false;
+    if (body.retained()) {
+      request_.body = body.takeAll();
+      startBuffered();
+    } else {
+      startStreamed();  // a chunked body that grew past the retry limit
+    }
+    return;
+  }
+  if (attempt_) attempt_->bodyReadable();
+}
+
+void Exchange::failBody() {
+  if (committed_) return;  // the upstream answered already; its response goes on
+  evtimer_del(wait_timer_.get());
+  attempt_.reset();  // the upstream is not to blame: no outcome for its breaker
+  lease_.reset();
+  if (request_.body_stream->failure() == server::RequestBody::Failure::kTooLarge) {
+    respondWithError(413, "request_too_large",
+                     "request body is larger than server.max_request_body (" +
+                         std::to_string(config_->server.max_request_body) + " bytes)");
+  } else {
+    respondWithError(400, "bad_request", "malformed HTTP request: bad chunked request body");
+  }
+}
+
+void Exchange::onRequestStart() {
+  // The upstream is connected and the request about to go: a client waiting for
+  // "100 Continue" may send its body now.
+  if (streamed_) sink_.sendContinue();
+}
+
+upstream::AttemptObserver::BodyRead Exchange::readBody(char* out, std::size_t max) {
+  if (!request_.body_stream) return {0, BodyState::kFailed};
+  server::RequestBody& body = *request_.body_stream;
+  if (std::size_t n = body.read(out, max); n > 0) return {n, BodyState::kData};
+  if (body.failure() != server::RequestBody::Failure::kNone) return {0, BodyState::kFailed};
+  if (body.ended()) return {0, BodyState::kEnd};
+  return {0, BodyState::kWait};
+}
+
+void Exchange::onBodySent(std::uint64_t bytes) {
+  body_bytes_sent_ += bytes;
+  context_.metrics.requestBodyBytes(upstream_->name, bytes);
 }
 
 UpstreamSelection Exchange::selectFor(bool retry) const {
@@ -151,12 +250,18 @@ void Exchange::startAttempt(UpstreamSelection selection) {
   req.method = request_.method;
   req.headers = upstreamRequestHeaders(request_.headers, *upstream_);
   req.body = &request_.body;
+  if (streamed_) {
+    req.stream_body = true;
+    req.body_length = request_.body_stream->length();
+  }
   req.ca_file = upstream_->ca_file;
   req.proxy = upstream_->proxy;
   // HTTP/2 only where the response is a bounded JSON answer: libcurl 7.88 grants every h2
   // stream a 32 MiB window and keeps reading a paused one, so a slow client of an event
   // stream or a download would make Bulwark buffer it. Over HTTP/1.1, TCP holds the upstream.
-  req.multiplex = request_.method == "POST" && !facts_.stream &&
+  // A streamed upload takes HTTP/1.1 too: one connection of its own, so a 500 MB body does
+  // not queue the other requests' frames behind it on a shared connection.
+  req.multiplex = !streamed_ && request_.method == "POST" && !facts_.stream &&
                   resilience::followsRetryPolicies(request_.method, request_.path);
   req.identity_encoding = facts_.stream;
   req.connect_timeout = config_->timeouts.connect;
@@ -366,7 +471,10 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   resilience::RetryDelay plan;
   std::string why_not = verdict.reason;
   if (verdict.retryable) {
-    if (attempts_ >= max_attempts_) {
+    if (streamed_ && request_.body_stream->consumed() > 0) {
+      // Part of the body is gone to this upstream and Bulwark did not keep it.
+      why_not = "body_streamed";
+    } else if (attempts_ >= max_attempts_) {
       why_not = "max_attempts";
     } else {
       std::optional<resilience::Millis> hint;
@@ -589,6 +697,10 @@ void Exchange::logAccess(int status, bool client_left) {
                                {"upstream", upstream_->name},
                                {"duration_ms", millisBetween(started_, context_.clock.now())},
                                {"bytes", bytes_sent_},
+                               {"request_bytes", request_.body_stream
+                                                     ? request_.body_stream->received()
+                                                     : static_cast<std::uint64_t>(
+                                                           request_.body.size())},
                                {"upstream_request_id", upstream_request_id},
                                {"client_left", client_left}});
 }

@@ -41,6 +41,9 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void onHead(const upstream::ResponseHead& head) override;
   Flow onData(const char* data, std::size_t len) override;
   void onDone(upstream::TransferError error, const std::string& detail) override;
+  void onRequestStart() override;
+  BodyRead readBody(char* out, std::size_t max) override;
+  void onBodySent(std::uint64_t bytes) override;
 
  private:
   // Why the bytes before the commit point are being held. kFirstEvent: a 200 event stream,
@@ -50,6 +53,16 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   static void onWaitOver(evutil_socket_t, short, void* arg);
   static void onDeadline(evutil_socket_t, short, void* arg);
 
+  // The first attempt of a request whose body was read whole.
+  void startBuffered();
+  // The first attempt of a request whose body streams to the upstream as it arrives.
+  void startStreamed();
+  // The request body (still arriving) has news: bytes, its end, a failure.
+  void onBodyReadable();
+  // The client's body turned out too large or malformed: Bulwark answers for it.
+  void failBody();
+  // No upstream admitted the first attempt: 503 circuit_open or overloaded.
+  void rejectUnadmitted(const UpstreamSelection& selection);
   // Claims an upstream for the next attempt (breaker, in-flight limit, failover order).
   UpstreamSelection selectFor(bool retry) const;
   void startAttempt(UpstreamSelection selection);
@@ -104,6 +117,11 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   resilience::SteadyTime started_;
   resilience::SteadyTime deadline_;
   int max_attempts_ = 1;
+  // A body held back until the client has sent all of it (it asked for "100 Continue").
+  bool waiting_for_body_ = false;
+  // The body streams: an attempt that consumed any of it cannot be repeated.
+  bool streamed_ = false;
+  std::uint64_t body_bytes_sent_ = 0;  // request body bytes sent upstream, all attempts
   bool policies_apply_ = true;
   resilience::Backoff backoff_;
   support::EventPtr wait_timer_;

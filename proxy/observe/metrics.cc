@@ -81,6 +81,10 @@ struct Metrics::Impl {
                                  .Name("bulwark_stream_interruptions_total")
                                  .Help("Responses that failed after bytes reached the client")
                                  .Register(*registry)),
+        request_body_bytes(BuildCounter()
+                               .Name("bulwark_request_body_bytes_total")
+                               .Help("Request body bytes sent to each upstream (every attempt)")
+                               .Register(*registry)),
         inflight_requests(BuildGauge()
                               .Name("bulwark_inflight_requests")
                               .Help("Attempts in flight on each upstream")
@@ -143,6 +147,7 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Counter>& breaker_transitions;
   prometheus::Family<prometheus::Counter>& breaker_rejections;
   prometheus::Family<prometheus::Counter>& stream_interruptions;
+  prometheus::Family<prometheus::Counter>& request_body_bytes;
   prometheus::Family<prometheus::Gauge>& inflight_requests;
   prometheus::Family<prometheus::Counter>& tokens_total;
   prometheus::Family<prometheus::Gauge>& build_info;
@@ -233,6 +238,11 @@ void Metrics::streamInterruption(std::string_view upstream) {
   impl_->stream_interruptions.Add({{"upstream", std::string(upstream)}}).Increment();
 }
 
+void Metrics::requestBodyBytes(std::string_view upstream, std::uint64_t bytes) {
+  impl_->request_body_bytes.Add({{"upstream", std::string(upstream)}})
+      .Increment(static_cast<double>(bytes));
+}
+
 void Metrics::inflight(std::string_view upstream, int count) {
   impl_->inflight_requests.Add({{"upstream", std::string(upstream)}}).Set(count);
 }
@@ -261,6 +271,7 @@ void Metrics::declareUpstream(std::string_view upstream) {
   impl_->budget_exhausted.Add({{"upstream", u}});
   impl_->breaker_rejections.Add({{"upstream", u}});
   impl_->stream_interruptions.Add({{"upstream", u}});
+  impl_->request_body_bytes.Add({{"upstream", u}});
   // Every transition series exists from the start, so increase() sees the first trip.
   for (const char* to : {"OPEN", "HALF_OPEN", "CLOSED"}) {
     impl_->breaker_transitions.Add({{"upstream", u}, {"to", to}});

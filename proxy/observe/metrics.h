@@ -4,6 +4,7 @@
 // names, status codes, outcome names, at most metrics.max_model_labels model names).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -37,6 +38,8 @@ class Metrics {
   void breakerRejection(std::string_view upstream);
   void streamInterruption(std::string_view upstream);
   void inflight(std::string_view upstream, int count);
+  // Request body bytes an attempt sent to the upstream.
+  void requestBodyBytes(std::string_view upstream, std::uint64_t bytes);
   void tokens(std::string_view upstream, std::string_view model, long long prompt,
               long long completion);
   // Makes the families of an upstream visible (at zero) before its first request.

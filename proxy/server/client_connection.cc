@@ -19,6 +19,10 @@ namespace {
 // Unparsed input kept while a request is active (pipelined requests). Past this, reading
 // pauses until the current response is done.
 constexpr size_t kMaxBufferedInput = 1024 * 1024;
+// A streamed request body: what is held between the client and the upstream, and the most
+// unparsed input read ahead from the client's socket meanwhile.
+constexpr size_t kBodyWindow = 256 * 1024;
+constexpr size_t kMaxStreamingInput = 64 * 1024;
 // Lingering close: the longest wait for more input, the whole linger at most, and the most
 // bytes discarded (past the largest upload a client could have started).
 constexpr long long kLingerIdleMs = 5000;
@@ -46,6 +50,7 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
   bev_.reset(bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE));
   timer_.reset(evtimer_new(base, &ClientConnection::timerCallback, this));
   kick_.reset(event_new(base, -1, 0, &ClientConnection::kickCallback, this));
+  body_room_.reset(event_new(base, -1, 0, &ClientConnection::bodyRoomCallback, this));
   bufferevent_setcb(bev_.get(), &ClientConnection::readCallback, &ClientConnection::writeCallback,
                     &ClientConnection::eventCallback, this);
   bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxBufferedInput);
@@ -56,6 +61,7 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
 }
 
 ClientConnection::~ClientConnection() {
+  if (body_) body_->onRoom(nullptr);
   // Cancel the request first: it may still hold this connection as its sink.
   active_.reset();
 }
@@ -77,7 +83,8 @@ void ClientConnection::readCallback(bufferevent*, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
   switch (self->phase_) {
     case Phase::kActive:
-      return;  // pipelined bytes wait in the input buffer; reading goes on to see EOF
+      if (!self->body_) return;  // pipelined bytes wait in the input buffer; reading goes on to see EOF
+      break;  // the active request's body, still arriving
     case Phase::kClosing: {
       evbuffer* input = bufferevent_get_input(self->bev_.get());
       std::size_t discarded = evbuffer_get_length(input);
@@ -104,20 +111,38 @@ void ClientConnection::readCallback(bufferevent*, void* arg) {
 
 bool ClientConnection::processInput() {
   evbuffer* input = bufferevent_get_input(bev_.get());
-  while (phase_ == Phase::kIdle || phase_ == Phase::kReadingHead || phase_ == Phase::kReadingBody) {
+  for (;;) {
+    bool streaming = phase_ == Phase::kActive && body_ != nullptr;
+    if (!streaming && phase_ != Phase::kIdle && phase_ != Phase::kReadingHead &&
+        phase_ != Phase::kReadingBody) {
+      break;
+    }
+    std::size_t limit = SIZE_MAX;
+    if (streaming) {
+      limit = body_->room();
+      if (limit == 0) {
+        // The upstream takes the body slower than the client sends it: the client waits
+        // (TCP holds it once the input buffer is full) until the exchange makes room. Its
+        // own clock stops meanwhile; the upstream's idle timeout covers this side.
+        evtimer_del(timer_.get());
+        return true;
+      }
+    }
     evbuffer_iovec vec;
-    if (evbuffer_peek(input, -1, nullptr, &vec, 1) < 1 || vec.iov_len == 0) break;
+    if (evbuffer_peek(input, -1, nullptr, &vec, 1) < 1 || vec.iov_len == 0) {
+      if (streaming) armTimer(limits_.header_timeout_ms);  // a gap between body bytes
+      break;
+    }
     if (phase_ == Phase::kIdle) {
       phase_ = Phase::kReadingHead;
       armTimer(limits_.header_timeout_ms);  // the whole head must arrive within this
     }
     size_t consumed = 0;
-    ParseStatus status =
-        parser_.feed(static_cast<const char*>(vec.iov_base), vec.iov_len, &consumed);
+    ParseStatus status = parser_.feed(static_cast<const char*>(vec.iov_base),
+                                      std::min(vec.iov_len, limit), &consumed);
     evbuffer_drain(input, consumed);
-    if (parser_.takeExpectContinue()) {
-      static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
-      bufferevent_write(bev_.get(), kContinue, sizeof kContinue - 1);
+    if (streaming && body_->retained() && body_->received() > limits_.parser.retry_body) {
+      body_->stopRetaining();  // a chunked body grew past the retry limit: it streams
     }
     if (phase_ == Phase::kReadingHead && parser_.headComplete()) {
       phase_ = Phase::kReadingBody;
@@ -130,26 +155,75 @@ bool ClientConnection::processInput() {
       case ParseStatus::kComplete:
         startRequest(parser_.takeRequest());
         return true;
+      case ParseStatus::kStreamStart:
+        startStreamingRequest(parser_.takeRequest());
+        continue;
+      case ParseStatus::kBodyEnd:
+        endBody();
+        continue;
       case ParseStatus::kBadRequest:
-        keep_alive_ = false;
-        linger_ = true;
-        sendError(400, "bad_request", "malformed HTTP request: " + parser_.errorDetail());
-        return true;
       case ParseStatus::kHeadersTooLarge:
-        keep_alive_ = false;
-        linger_ = true;
-        sendError(431, "bad_request", parser_.errorDetail());
-        return true;
       case ParseStatus::kBodyTooLarge:
+        if (streaming) {
+          failBody(status);
+          return true;
+        }
         keep_alive_ = false;
         linger_ = true;
-        sendError(413, "request_too_large",
-                  "request body is larger than server.max_request_body (" +
-                      std::to_string(limits_.parser.max_body) + " bytes)");
+        if (status == ParseStatus::kBadRequest) {
+          sendError(400, "bad_request", "malformed HTTP request: " + parser_.errorDetail());
+        } else if (status == ParseStatus::kHeadersTooLarge) {
+          sendError(431, "bad_request", parser_.errorDetail());
+        } else {
+          sendError(413, "request_too_large",
+                    "request body is larger than server.max_request_body (" +
+                        std::to_string(limits_.parser.max_body) + " bytes)");
+        }
         return true;
     }
   }
   return true;
+}
+
+void ClientConnection::startStreamingRequest(HttpRequest request) {
+  std::optional<std::uint64_t> length = parser_.contentLength();
+  // Held whole (and so retryable) when the client only waits for "100 Continue" and the
+  // body is within the retry limit; a chunked body is held until it grows past it.
+  bool retained = request.expect_continue && request.body.empty() &&
+                  (!length || *length <= limits_.parser.retry_body);
+  body_ = std::make_shared<RequestBody>(kBodyWindow, length, retained);
+  body_->append(request.body.data(), request.body.size());  // a chunked body's start
+  request.body.clear();
+  request.body.shrink_to_fit();
+  body_->onRoom([this] { event_active(body_room_.get(), 0, 0); });
+  parser_.streamBodyTo(body_.get());
+  request.body_stream = body_;
+  bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxStreamingInput);
+  startRequest(std::move(request));
+}
+
+void ClientConnection::endBody() {
+  if (!body_) return;
+  body_->onRoom(nullptr);
+  body_->end();
+  body_.reset();
+  bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxBufferedInput);
+  evtimer_del(timer_.get());  // the response is the exchange's to time now
+}
+
+void ClientConnection::failBody(ParseStatus status) {
+  // The exchange answers (413 or 400); what the client still sends is discarded.
+  keep_alive_ = false;
+  linger_ = true;
+  std::shared_ptr<RequestBody> body = std::move(body_);
+  body->onRoom(nullptr);
+  evtimer_del(timer_.get());
+  body->fail(status == ParseStatus::kBodyTooLarge ? RequestBody::Failure::kTooLarge
+                                                  : RequestBody::Failure::kMalformed);
+}
+
+void ClientConnection::bodyRoomCallback(evutil_socket_t, short, void* arg) {
+  static_cast<ClientConnection*>(arg)->processInput();
 }
 
 void ClientConnection::startRequest(HttpRequest request) {
@@ -161,6 +235,8 @@ void ClientConnection::startRequest(HttpRequest request) {
   response_done_ = false;
   response_aborted_ = false;
   request_is_head_ = request.method == "HEAD";
+  expect_continue_ = request.expect_continue;
+  continue_sent_ = false;
   request_minor_ = request.http_major == 1 ? request.http_minor : 1;
   keep_alive_ = request.keep_alive && !draining_;
   if (request.method == "CONNECT" || request.path.empty()) {
@@ -243,6 +319,16 @@ void ClientConnection::sendHead(int status, const http::Headers& headers,
   evbuffer_add(out, "\r\n", 2);
 }
 
+void ClientConnection::sendContinue() {
+  if (phase_ != Phase::kActive || !expect_continue_ || continue_sent_ || head_sent_ ||
+      response_done_) {
+    return;
+  }
+  continue_sent_ = true;
+  static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+  bufferevent_write(bev_.get(), kContinue, sizeof kContinue - 1);
+}
+
 void ClientConnection::sendBody(const char* data, std::size_t len) {
   if (phase_ != Phase::kActive || !head_sent_ || response_done_ || no_body_ || len == 0) return;
   evbuffer* out = bufferevent_get_output(bev_.get());
@@ -293,6 +379,16 @@ void ClientConnection::afterResponse() {
   if (phase_ != Phase::kActive || !response_done_) return;
   drained_callback_ = nullptr;
   active_.reset();
+  if (parser_.inRequest()) {
+    // Answered before its body was read whole (an early upstream answer, an error): the
+    // connection cannot carry another request; the rest of the body is discarded.
+    keep_alive_ = false;
+    linger_ = true;
+    if (body_) {
+      body_->onRoom(nullptr);
+      body_.reset();
+    }
+  }
   if (!keep_alive_ || draining_) {
     closeAfterFlush();
     return;
@@ -352,7 +448,7 @@ void ClientConnection::eventCallback(bufferevent*, short what, void* arg) {
 
 void ClientConnection::timerCallback(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
-  if (self->phase_ == Phase::kReadingHead || self->phase_ == Phase::kReadingBody) {
+  if (self->phase_ == Phase::kReadingHead || self->phase_ == Phase::kReadingBody || self->body_) {
     observe::logDebug("client too slow sending its request; connection dropped");
   }
   self->destroy();

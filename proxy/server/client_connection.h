@@ -44,6 +44,7 @@ class ClientConnection final : public ResponseSink {
   // ResponseSink
   void sendHead(int status, const http::Headers& headers,
                 std::optional<std::uint64_t> content_length) override;
+  void sendContinue() override;
   void sendBody(const char* data, std::size_t len) override;
   void finish() override;
   void abort() override;
@@ -64,10 +65,16 @@ class ClientConnection final : public ResponseSink {
   static void eventCallback(bufferevent* bev, short what, void* arg);
   static void timerCallback(evutil_socket_t, short, void* arg);
   static void kickCallback(evutil_socket_t, short, void* arg);
+  static void bodyRoomCallback(evutil_socket_t, short, void* arg);
 
   // Parses buffered input; returns false when the connection was destroyed.
   bool processInput();
   void startRequest(HttpRequest request);
+  // A request handed over with its body still to come (the parser's kStreamStart).
+  void startStreamingRequest(HttpRequest request);
+  // The streamed body ended, or the client sent something that cannot be a body.
+  void endBody();
+  void failBody(ParseStatus status);
   void sendError(int status, std::string_view code, std::string_view message);
   void closeAfterFlush();
   // The output is flushed: close now, or first linger (see linger_).
@@ -84,8 +91,11 @@ class ClientConnection final : public ResponseSink {
   support::BuffereventPtr bev_;
   support::EventPtr timer_;
   support::EventPtr kick_;
+  support::EventPtr body_room_;  // deferred: the exchange made room in body_
   Phase phase_ = Phase::kIdle;
   std::unique_ptr<ActiveRequest> active_;
+  // The active request's body while it is still arriving (shared with the exchange).
+  std::shared_ptr<RequestBody> body_;
 
   // Response state of the active request.
   bool head_sent_ = false;
@@ -95,6 +105,8 @@ class ClientConnection final : public ResponseSink {
   bool response_done_ = false;
   bool response_aborted_ = false;
   bool request_is_head_ = false;
+  bool expect_continue_ = false;  // the client waits for "100 Continue"
+  bool continue_sent_ = false;
   int request_minor_ = 1;
   bool draining_ = false;
   std::function<void()> drained_callback_;

@@ -115,6 +115,14 @@ ParseStatus RequestParser::feed(const char* data, std::size_t len, std::size_t* 
     error_detail_ = http_errno_description(err);
     return failure_;
   }
+  if (stream_start_) {
+    stream_start_ = false;
+    return ParseStatus::kStreamStart;
+  }
+  if (body_end_) {
+    body_end_ = false;
+    return ParseStatus::kBodyEnd;
+  }
   if (complete_) return ParseStatus::kComplete;
   return ParseStatus::kNeedMore;
 }
@@ -129,13 +137,13 @@ ParseStatus RequestParser::finish() {
   return failure_;
 }
 
+std::optional<std::uint64_t> RequestParser::contentLength() const {
+  return content_length_;
+}
+
 HttpRequest RequestParser::takeRequest() {
   complete_ = false;
   return std::move(ready_);
-}
-
-bool RequestParser::takeExpectContinue() {
-  return std::exchange(expect_continue_pending_, false);
 }
 
 bool RequestParser::countHeaderBytes(size_t len) {
@@ -155,6 +163,7 @@ int RequestParser::onMessageBegin(http_parser* p) {
   r->last_was_value_ = false;
   r->in_message_ = true;
   r->head_complete_ = false;
+  r->body_bytes_ = 0;
   return 0;
 }
 
@@ -248,37 +257,63 @@ bool RequestParser::finishHead() {
     error_detail_ = "request body too large";
     return false;
   }
+  bool chunked = (parser_.flags & F_CHUNKED) != 0;
+  content_length_.reset();
+  if (!chunked && parser_.content_length != ULLONG_MAX) content_length_ = parser_.content_length;
+  bool has_body = chunked || (parser_.content_length != ULLONG_MAX && parser_.content_length > 0);
   if (auto expect = http::findHeader(req.headers, "expect")) {
-    if (http::equalsIgnoreCase(*expect, "100-continue") && req.http_minor >= 1) {
-      expect_continue_pending_ = true;
-    }
+    req.expect_continue = has_body && http::equalsIgnoreCase(*expect, "100-continue") &&
+                          req.http_minor >= 1;
+  }
+  // A body that will not be held whole, or one the client sends only once it is told to:
+  // the request is handed over now and its body streamed.
+  if (req.expect_continue || (has_body && !chunked && parser_.content_length > limits_.retry_body)) {
+    startStreaming();
   }
   return true;
 }
 
+void RequestParser::startStreaming() {
+  ready_ = std::move(current_);
+  stream_start_ = true;
+  http_parser_pause(&parser_, 1);
+}
+
 int RequestParser::onBody(http_parser* p, const char* at, size_t len) {
   RequestParser* r = self(p);
-  if (r->current_.body.size() + len > r->limits_.max_body) {
+  r->body_bytes_ += len;
+  if (r->body_bytes_ > r->limits_.max_body) {
     r->failure_ = ParseStatus::kBodyTooLarge;
     r->error_detail_ = "request body too large";
     return -1;
   }
+  if (r->stream_to_ != nullptr) {
+    r->stream_to_->append(at, len);
+    return 0;
+  }
   if (r->current_.body.empty() && r->parser_.content_length != ULLONG_MAX &&
       (r->parser_.flags & F_CHUNKED) == 0) {
-    // Content-Length is known: one allocation for the whole body.
+    // Content-Length is known (and within the retry limit): one allocation for the body.
     r->current_.body.reserve(len + r->parser_.content_length);
   }
   r->current_.body.append(at, len);
+  if (r->current_.body.size() > r->limits_.retry_body) {
+    r->startStreaming();  // a chunked body that grew past the retry limit
+  }
   return 0;
 }
 
 int RequestParser::onMessageComplete(http_parser* p) {
   RequestParser* r = self(p);
-  r->expect_continue_pending_ = false;
-  r->ready_ = std::move(r->current_);
-  r->complete_ = true;
   r->in_message_ = false;
-  if (p->upgrade) r->ready_.keep_alive = false;
+  if (r->stream_to_ != nullptr) {
+    r->stream_to_ = nullptr;
+    r->body_end_ = true;
+  } else {
+    r->ready_ = std::move(r->current_);
+    r->complete_ = true;
+    if (p->upgrade) r->ready_.keep_alive = false;
+  }
   http_parser_pause(p, 1);  // one request at a time: the rest waits in the input buffer
   return 0;
 }

@@ -19,6 +19,9 @@ class ResponseSink {
   // Connection) are the sink's business: pass the body length when it is known.
   virtual void sendHead(int status, const http::Headers& headers,
                         std::optional<std::uint64_t> content_length) = 0;
+  // The request is admitted: a client that asked "Expect: 100-continue" is told to send its
+  // body (once, and only before the response head). Nothing for any other client.
+  virtual void sendContinue() = 0;
   // Queues body bytes for the client (copied). Never blocks.
   virtual void sendBody(const char* data, std::size_t len) = 0;
   // The response is complete. The request object may be destroyed after this returns,

@@ -74,11 +74,13 @@ Attempt::Attempt(UpstreamClient& client, AttemptObserver& observer, AttemptReque
   request_.multiplex = request_.multiplex && client_.multiplexes(request_.url);
   timer_.reset(evtimer_new(client_.base(), &Attempt::onTimeout, this));
   deferred_.reset(event_new(client_.base(), -1, 0, &Attempt::onDeferredFailure, this));
+  upload_ready_.reset(event_new(client_.base(), -1, 0, &Attempt::onUploadReady, this));
 }
 
 Attempt::~Attempt() {
   if (!done_) {
     done_ = true;
+    reportBodySent();
     detach();
   }
   client_.releaseHandle(handle_);
@@ -147,7 +149,18 @@ bool Attempt::configure() {
 
   const std::string& method = request_.method;
   bool has_body = request_.body != nullptr && !request_.body->empty();
-  if (method == "HEAD") {
+  if (request_.stream_body) {
+    set(curl_easy_setopt(h, CURLOPT_POST, 1L));
+    set(curl_easy_setopt(h, CURLOPT_READFUNCTION, &Attempt::readCallback));
+    set(curl_easy_setopt(h, CURLOPT_READDATA, this));
+    set(curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
+                         request_.body_length ? static_cast<curl_off_t>(*request_.body_length)
+                                              : static_cast<curl_off_t>(-1)));
+    if (method != "POST") set(curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method.c_str()));
+    // The body goes out in libcurl's default upload buffer (64 KiB): fewer, larger writes.
+    set(curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 65536L));
+    set(curl_easy_setopt(h, CURLOPT_EXPECT_100_TIMEOUT_MS, 1000L));
+  } else if (method == "HEAD") {
     set(curl_easy_setopt(h, CURLOPT_NOBODY, 1L));
   } else if (method == "GET" && !has_body) {
     set(curl_easy_setopt(h, CURLOPT_HTTPGET, 1L));
@@ -181,7 +194,9 @@ bool Attempt::configure() {
   if (!has_accept) list = curl_slist_append(list, "Accept:");
   if (request_.identity_encoding) list = curl_slist_append(list, "Accept-Encoding: identity");
   if (!has_content_type) list = curl_slist_append(list, "Content-Type:");
-  list = curl_slist_append(list, "Expect:");
+  // A streamed body waits for the upstream's "100 Continue" (or its early answer: then none
+  // of the body was read, and the request can go elsewhere). A held body goes at once.
+  list = curl_slist_append(list, request_.stream_body ? "Expect: 100-continue" : "Expect:");
   header_list_.reset(list);
   set(curl_easy_setopt(h, CURLOPT_HTTPHEADER, list));
   return ok && list != nullptr;
@@ -203,7 +218,64 @@ int Attempt::prereqCallback(void* clientp, char*, char*, int, int) {
   // Connected (or reusing a connection) and about to send: the first-byte clock starts.
   self->timer_error_ = TransferError::kFirstByteTimeout;
   self->armTimer(self->request_.first_byte_timeout);
+  self->observer_.onRequestStart();
   return CURL_PREREQFUNC_OK;
+}
+
+size_t Attempt::readCallback(char* buffer, size_t size, size_t nitems, void* userdata) {
+  auto* self = static_cast<Attempt*>(userdata);
+  AttemptObserver::BodyRead read = self->observer_.readBody(buffer, size * nitems);
+  switch (read.state) {
+    case AttemptObserver::BodyState::kData:
+      if (!self->head_done_) {
+        // Uploading: the upstream must keep taking the body; a stall is an idle timeout.
+        self->timer_error_ = TransferError::kIdleTimeout;
+        self->armTimer(self->request_.idle_timeout);
+      }
+      return read.bytes;
+    case AttemptObserver::BodyState::kWait:
+      // The client has not sent more yet: its own timeout covers it.
+      self->upload_paused_ = true;
+      if (!self->head_done_) evtimer_del(self->timer_.get());
+      return CURL_READFUNC_PAUSE;
+    case AttemptObserver::BodyState::kEnd:
+      if (!self->head_done_) {
+        self->timer_error_ = TransferError::kFirstByteTimeout;
+        self->armTimer(self->request_.first_byte_timeout);
+      }
+      return 0;
+    case AttemptObserver::BodyState::kFailed:
+      break;
+  }
+  return CURL_READFUNC_ABORT;
+}
+
+void Attempt::bodyReadable() {
+  if (upload_paused_ && !done_) event_active(upload_ready_.get(), 0, 0);
+}
+
+void Attempt::onUploadReady(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Attempt*>(arg);
+  if (!self->upload_paused_ || self->done_) return;
+  self->upload_paused_ = false;
+  if (!self->head_done_) {
+    self->timer_error_ = TransferError::kIdleTimeout;
+    self->armTimer(self->request_.idle_timeout);
+  }
+  curl_easy_pause(self->handle_, self->pauseMask());  // may call the read callback right here
+}
+
+int Attempt::pauseMask() const {
+  return (paused_ ? CURLPAUSE_RECV : 0) | (upload_paused_ ? CURLPAUSE_SEND : 0);
+}
+
+void Attempt::reportBodySent() {
+  if (body_sent_reported_ || handle_ == nullptr || requests_sent_ == 0) return;
+  body_sent_reported_ = true;
+  curl_off_t bytes = 0;
+  if (curl_easy_getinfo(handle_, CURLINFO_SIZE_UPLOAD_T, &bytes) == CURLE_OK && bytes > 0) {
+    observer_.onBodySent(static_cast<std::uint64_t>(bytes));
+  }
 }
 
 size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* userdata) {
@@ -300,7 +372,7 @@ void Attempt::resume() {
   paused_ = false;
   timer_error_ = TransferError::kIdleTimeout;
   armTimer(request_.idle_timeout);
-  curl_easy_pause(handle_, CURLPAUSE_CONT);  // may deliver the held bytes right here
+  curl_easy_pause(handle_, pauseMask());  // may deliver the held bytes right here
 }
 
 void Attempt::onTimeout(evutil_socket_t, short, void* arg) {
@@ -343,6 +415,7 @@ void Attempt::onCurlDone(CURLcode result) {
 void Attempt::finish(TransferError error, const std::string& detail) {
   if (done_) return;
   done_ = true;
+  reportBodySent();
   detach();
   observer_.onDone(error, detail);  // may destroy this attempt: nothing after this line
 }

@@ -37,6 +37,11 @@ struct AttemptRequest {
   std::string method;  // "POST"
   http::Headers headers;
   const std::string* body = nullptr;  // not owned; must outlive the attempt
+  // The body is read through AttemptObserver::readBody as it arrives, instead of `body`:
+  // sent on HTTP/1.1 (chunked when its length is unknown) after the upstream's
+  // "100 Continue", so an upstream that refuses at the head has read none of it.
+  bool stream_body = false;
+  std::optional<std::uint64_t> body_length;
   std::string ca_file;
   std::string proxy;  // empty: the environment's proxy variables apply
   // Ask for the multiplexed lane (h2 by ALPN); the client grants it to https origins that
@@ -59,7 +64,20 @@ struct ResponseHead {
 class AttemptObserver {
  public:
   enum class Flow { kContinue, kPause, kAbort };
+  // What a streamed body has for the transfer right now.
+  enum class BodyState { kData, kWait, kEnd, kFailed };
+  struct BodyRead {
+    std::size_t bytes = 0;
+    BodyState state = BodyState::kWait;
+  };
   virtual ~AttemptObserver() = default;
+  // The upstream is connected and the request is about to be sent.
+  virtual void onRequestStart() {}
+  // A streamed body's next bytes (copied into `out`). kWait: none now; call
+  // Attempt::bodyReadable() when there are. Called from inside a curl callback.
+  virtual BodyRead readBody(char* /*out*/, std::size_t /*max*/) { return {0, BodyState::kFailed}; }
+  // Once per started attempt, as it ends (or is cancelled): request body bytes it sent.
+  virtual void onBodySent(std::uint64_t /*bytes*/) {}
   // The final (non-1xx) response head. Called from inside a curl callback: do not destroy
   // the attempt here.
   virtual void onHead(const ResponseHead& head) = 0;
@@ -83,6 +101,8 @@ class Attempt {
   void start();
   // Continues a transfer paused by onData returning kPause.
   void resume();
+  // A streamed body has more bytes (or has ended, or failed): the upload goes on.
+  void bodyReadable();
   bool paused() const { return paused_; }
   bool receivedBody() const { return body_started_; }
 
@@ -91,6 +111,8 @@ class Attempt {
 
   static size_t headerCallback(char* data, size_t size, size_t nmemb, void* userdata);
   static size_t writeCallback(char* data, size_t size, size_t nmemb, void* userdata);
+  static size_t readCallback(char* buffer, size_t size, size_t nitems, void* userdata);
+  static void onUploadReady(evutil_socket_t, short, void* arg);
   static int prereqCallback(void* clientp, char* conn_primary_ip, char* conn_local_ip,
                             int conn_primary_port, int conn_local_port);
   static void onTimeout(evutil_socket_t, short, void* arg);
@@ -101,6 +123,9 @@ class Attempt {
   void detach();
   bool configure();
   void armTimer(std::chrono::milliseconds timeout);
+  // The pause state both directions should have: receive and send are paused separately.
+  int pauseMask() const;
+  void reportBodySent();
 
   UpstreamClient& client_;
   AttemptObserver& observer_;
@@ -110,11 +135,14 @@ class Attempt {
   support::CurlSlistPtr header_list_;
   support::EventPtr timer_;
   support::EventPtr deferred_;
+  support::EventPtr upload_ready_;  // deferred unpause of a streamed upload
   TransferError timer_error_ = TransferError::kFirstByteTimeout;
   ResponseHead head_;
   bool head_done_ = false;
   bool body_started_ = false;
   bool paused_ = false;
+  bool upload_paused_ = false;  // a streamed body waits for the client's next bytes
+  bool body_sent_reported_ = false;
   bool aborted_ = false;
   bool bad_framing_ = false;  // conflicting Content-Length headers in the response
   // curl's prereq callback runs once per copy of the request about to be sent: while it is

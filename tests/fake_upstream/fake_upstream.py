@@ -184,6 +184,9 @@ class Action:
     raw: Any = None             # bytes/str written verbatim instead of a response, then close
     match: str | None = None    # applies only when the request path starts with this
     encode: str | None = None   # gzip | br: compress the body even if the client did not ask
+    early: bool = False         # HTTP/1.1: answer at the head, before reading the body (no 100
+                                # Continue), then close: an edge refusing an upload
+    reset_after: int | None = None  # HTTP/1.1: read this many request body bytes, then RST
 
     @classmethod
     def of(cls, spec: "Action | dict") -> "Action":
@@ -241,6 +244,7 @@ class Request:
     chunks_sent_at: list[float] = dataclasses.field(default_factory=list)  # body chunks/events
     action: dict | None = None     # the scripted action used, None for the default
     encoding: str | None = None    # the content coding the fake applied (gzip, br), if any
+    received: int = 0              # request body bytes read so far (grows while it arrives)
 
     @property
     def path(self) -> str:
@@ -606,7 +610,8 @@ class FakeUpstream:
             conn.changed.clear()
             await conn.changed.wait()
 
-    async def _read_exact(self, conn: _Conn, n: int, sink: bytearray | None = None) -> bytes | None:
+    async def _read_exact(self, conn: _Conn, n: int, sink: bytearray | None = None,
+                          request: Request | None = None) -> bytes | None:
         """Read n bytes; with a sink, append to it as they come (so partial bodies show)."""
         out = sink if sink is not None else bytearray()
         remaining = n
@@ -616,6 +621,9 @@ class FakeUpstream:
                 out += conn.buf[:take]
                 del conn.buf[:take]
                 remaining -= take
+                if request is not None:
+                    request.received += take
+                    self._notify()
                 continue
             if conn.eof:
                 return None
@@ -664,13 +672,26 @@ class FakeUpstream:
             request.peer_closed_at = time.monotonic()
         self._notify()
 
+        early = self._early_action(request)
+        if early is not None and early.early:
+            request.action = early.to_dict()
+            await self._respond(_H1Wire(self, conn), request, dataclasses.replace(early, close=True),
+                                False)
+            return False
+
         expect = next((v for k, v in lower if k == "expect"), "")
         if expect.lower() == "100-continue" and (chunked or length > 0):
             conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await conn.writer.drain()
 
         sink = bytearray()
-        body = await self._read_body(conn, chunked, length, sink)
+        if early is not None:  # reset_after: read that much of the body, then reset
+            request.action = early.to_dict()
+            await self._read_exact(conn, early.reset_after, sink, request)
+            request.body = bytes(sink)
+            self._abort(conn, request)
+            return False
+        body = await self._read_body(conn, chunked, length, sink, request)
         if body is None:
             request.body = bytes(sink)
             return False
@@ -708,10 +729,20 @@ class FakeUpstream:
             action = self._default_action(request)
         return action
 
+    def _early_action(self, request: Request) -> Action | None:
+        """The next scripted action, taken now if it acts before the body is read."""
+        with self._lock:
+            if self._queue:
+                head = self._queue[0]
+                if (head.early or head.reset_after is not None) and (
+                        head.match is None or request.path.startswith(head.match)):
+                    return self._queue.pop(0)
+        return None
+
     async def _read_body(self, conn: _Conn, chunked: bool, length: int,
-                         sink: bytearray) -> bytes | None:
+                         sink: bytearray, request: Request | None = None) -> bytes | None:
         if not chunked:
-            return await self._read_exact(conn, length, sink)
+            return await self._read_exact(conn, length, sink, request)
         while True:
             line = await self._read_until(conn, b"\r\n", 4096)
             if line is None:
@@ -727,7 +758,7 @@ class FakeUpstream:
                         return None
                     if trailer == b"\r\n":
                         return bytes(sink)
-            if await self._read_exact(conn, size, sink) is None:
+            if await self._read_exact(conn, size, sink, request) is None:
                 return None
             if await self._read_exact(conn, 2) is None:
                 return None

@@ -94,7 +94,8 @@ TEST(ConfigDefaultsTest, DefaultValuesMatchTheSpec) {
   EXPECT_EQ(config.server.listen.toString(), "127.0.0.1:8080");
   EXPECT_EQ(config.server.admin_listen.toString(), "0.0.0.0:9090");
   EXPECT_EQ(config.server.workers, 0);
-  EXPECT_EQ(config.server.max_request_body, 32u * 1024 * 1024);
+  EXPECT_EQ(config.server.max_request_body, 512u * 1024 * 1024);
+  EXPECT_EQ(config.server.retry_body_limit, 8u * 1024 * 1024);
   EXPECT_EQ(config.server.max_connections, 10000);
   EXPECT_EQ(config.server.shutdown_grace, seconds(30));
   EXPECT_EQ(config.server.header_timeout, seconds(10));
@@ -160,6 +161,7 @@ server:
   admin_listen: 127.0.0.1:9191
   workers: 4
   max_request_body: 1MiB
+  retry_body_limit: 256KiB
   max_connections: 50
   shutdown_grace: 5s
   header_timeout: 2s
@@ -207,6 +209,7 @@ metrics: {max_model_labels: 0}
   EXPECT_EQ(config.server.admin_listen, (ListenAddress{"127.0.0.1", 9191}));
   EXPECT_EQ(config.server.workers, 4);
   EXPECT_EQ(config.server.max_request_body, 1024u * 1024);
+  EXPECT_EQ(config.server.retry_body_limit, 256u * 1024);
   EXPECT_EQ(config.server.max_connections, 50);
   EXPECT_EQ(config.server.shutdown_grace, seconds(5));
   EXPECT_EQ(config.server.header_timeout, seconds(2));

@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace bulwark::server {
 namespace {
@@ -137,14 +140,116 @@ TEST(RequestParserTest, Http10DefaultsToClose) {
   EXPECT_EQ(req.http_minor, 0);
 }
 
-TEST(RequestParserTest, ReportsExpectContinueOnce) {
+// Feeds `raw` from `from` on, the way the connection does: each status is handled before
+// the rest is fed. Returns the statuses seen, in order.
+std::vector<ParseStatus> feedStreaming(RequestParser& parser, const std::string& raw,
+                                       RequestBody& body, HttpRequest* head,
+                                       std::size_t step = SIZE_MAX) {
+  std::vector<ParseStatus> seen;
+  std::size_t at = 0;
+  while (at < raw.size()) {
+    std::size_t consumed = 0;
+    std::size_t len = std::min(step, raw.size() - at);
+    ParseStatus status = parser.feed(raw.data() + at, len, &consumed);
+    at += consumed;
+    if (status != ParseStatus::kNeedMore) seen.push_back(status);
+    if (status == ParseStatus::kStreamStart) {
+      *head = parser.takeRequest();
+      body.append(head->body.data(), head->body.size());
+      parser.streamBodyTo(&body);
+    } else if (status == ParseStatus::kComplete) {
+      parser.takeRequest();
+    } else if (status != ParseStatus::kNeedMore && status != ParseStatus::kBodyEnd) {
+      break;
+    } else if (consumed == 0 && status == ParseStatus::kNeedMore) {
+      break;
+    }
+  }
+  return seen;
+}
+
+std::string drain(RequestBody& body) {
+  std::string out(body.buffered(), '\0');
+  out.resize(body.read(out.data(), out.size()));
+  return out;
+}
+
+TEST(RequestParserTest, ExpectContinueHandsTheHeadOverBeforeTheBody) {
   RequestParser parser{ParserLimits{}};
-  Fed fed =
-      feedAll(parser, "POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
-  EXPECT_EQ(fed.status, ParseStatus::kNeedMore);
-  EXPECT_TRUE(parser.takeExpectContinue());
-  EXPECT_FALSE(parser.takeExpectContinue());
-  EXPECT_EQ(feedAll(parser, "hi").status, ParseStatus::kComplete);
+  RequestBody body(1024, std::nullopt, true);
+  HttpRequest head;
+  std::string raw = "POST /v1/x HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
+  EXPECT_EQ(feedStreaming(parser, raw, body, &head),
+            (std::vector{ParseStatus::kStreamStart}));
+  EXPECT_TRUE(head.expect_continue);
+  EXPECT_TRUE(head.body.empty());
+  EXPECT_EQ(parser.contentLength(), 2u);
+  EXPECT_EQ(body.buffered(), 0u);
+  EXPECT_EQ(feedStreaming(parser, "hiGET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n", body, &head),
+            (std::vector{ParseStatus::kBodyEnd, ParseStatus::kComplete}));
+  EXPECT_EQ(drain(body), "hi");
+}
+
+TEST(RequestParserTest, ExpectWithoutABodyIsAnOrdinaryRequest) {
+  RequestParser parser{ParserLimits{}};
+  ASSERT_EQ(feedAll(parser, "POST /v1/x HTTP/1.1\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n")
+                .status,
+            ParseStatus::kComplete);
+  EXPECT_FALSE(parser.takeRequest().expect_continue);
+}
+
+TEST(RequestParserTest, BodyOverTheRetryLimitStreamsFromTheHead) {
+  ParserLimits limits;
+  limits.retry_body = 4;
+  for (std::size_t step : {std::size_t{1}, std::size_t{3}, SIZE_MAX}) {
+    RequestParser parser{limits};
+    RequestBody body(1024, std::nullopt, false);
+    HttpRequest head;
+    std::string raw = "POST /v1/files HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+    EXPECT_EQ(feedStreaming(parser, raw, body, &head, step),
+              (std::vector{ParseStatus::kStreamStart, ParseStatus::kBodyEnd}))
+        << step;
+    EXPECT_EQ(head.path, "/v1/files");
+    EXPECT_FALSE(head.expect_continue);
+    EXPECT_TRUE(head.body.empty());
+    EXPECT_EQ(drain(body), "0123456789");
+  }
+}
+
+TEST(RequestParserTest, ChunkedBodyStreamsOnceItGrowsPastTheRetryLimit) {
+  ParserLimits limits;
+  limits.retry_body = 4;
+  RequestParser parser{limits};
+  RequestBody body(1024, std::nullopt, false);
+  HttpRequest head;
+  std::string raw =
+      "POST /v1/files HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n3\r\ndef\r\n2\r\ngh\r\n0\r\n\r\n";
+  EXPECT_EQ(feedStreaming(parser, raw, body, &head),
+            (std::vector{ParseStatus::kStreamStart, ParseStatus::kBodyEnd}));
+  EXPECT_EQ(parser.contentLength(), std::nullopt);
+  EXPECT_EQ(drain(body), "abcdefgh");  // the held start, then the rest
+
+  // Within the limit, a chunked body is still read whole.
+  RequestParser small{limits};
+  ASSERT_EQ(feedAll(small, "POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           "3\r\nabc\r\n0\r\n\r\n")
+                .status,
+            ParseStatus::kComplete);
+  EXPECT_EQ(small.takeRequest().body, "abc");
+}
+
+TEST(RequestParserTest, StreamedChunkedBodyStillHasTheSizeLimit) {
+  ParserLimits limits;
+  limits.retry_body = 2;
+  limits.max_body = 5;
+  RequestParser parser{limits};
+  RequestBody body(1024, std::nullopt, false);
+  HttpRequest head;
+  std::string raw =
+      "POST /v1/files HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n";
+  EXPECT_EQ(feedStreaming(parser, raw, body, &head),
+            (std::vector{ParseStatus::kStreamStart, ParseStatus::kBodyTooLarge}));
 }
 
 TEST(RequestParserTest, ByteAtATimeGivesTheSameRequest) {
