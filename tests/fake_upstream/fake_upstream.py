@@ -187,6 +187,8 @@ class Action:
     early: bool = False         # HTTP/1.1: answer at the head, before reading the body (no 100
                                 # Continue), then close: an edge refusing an upload
     reset_after: int | None = None  # HTTP/1.1: read this many request body bytes, then RST
+    answer_after: int | None = None  # HTTP/1.1: read this many request body bytes, then answer
+                                     # (and close): a failure in the middle of an upload
 
     @classmethod
     def of(cls, spec: "Action | dict") -> "Action":
@@ -685,11 +687,17 @@ class FakeUpstream:
             await conn.writer.drain()
 
         sink = bytearray()
-        if early is not None:  # reset_after: read that much of the body, then reset
+        if early is not None:  # reset_after, answer_after: part of the body, then the end
             request.action = early.to_dict()
-            await self._read_exact(conn, early.reset_after, sink, request)
+            if early.reset_after is not None:
+                await self._read_exact(conn, early.reset_after, sink, request)
+                request.body = bytes(sink)
+                self._abort(conn, request)
+                return False
+            await self._read_exact(conn, early.answer_after, sink, request)
             request.body = bytes(sink)
-            self._abort(conn, request)
+            await self._respond(_H1Wire(self, conn), request, dataclasses.replace(early, close=True),
+                                False)
             return False
         body = await self._read_body(conn, chunked, length, sink, request)
         if body is None:
@@ -734,7 +742,8 @@ class FakeUpstream:
         with self._lock:
             if self._queue:
                 head = self._queue[0]
-                if (head.early or head.reset_after is not None) and (
+                if (head.early or head.reset_after is not None or
+                        head.answer_after is not None) and (
                         head.match is None or request.path.startswith(head.match)):
                     return self._queue.pop(0)
         return None

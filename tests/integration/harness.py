@@ -612,24 +612,28 @@ class RawConnection:
                 raise ConnectionError(f"connection closed while waiting for {delimiter!r}; "
                                       f"got {bytes(self.buf)[:200]!r}")
 
+    def read_any_head(self) -> RawResponse:
+        """The next response head, interim (1xx) or final."""
+        head = self._take_until(b"\r\n\r\n").decode("latin-1")
+        lines = head[:-4].split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        headers = []
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.append((name, value.strip()))
+        return RawResponse(version, int(code), reason, headers, time.monotonic())
+
     def read_head(self) -> RawResponse:
         """The next final response head (1xx interim responses are skipped and noted)."""
         interim = []
         while True:
-            head = self._take_until(b"\r\n\r\n").decode("latin-1")
-            lines = head[:-4].split("\r\n")
-            version, _, rest = lines[0].partition(" ")
-            code, _, reason = rest.partition(" ")
-            headers = []
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers.append((name, value.strip()))
-            status = int(code)
-            if 100 <= status < 200 and status != 101:
-                interim.append(status)
+            resp = self.read_any_head()
+            if 100 <= resp.status < 200 and resp.status != 101:
+                interim.append(resp.status)
                 continue
-            return RawResponse(version, status, reason, headers, time.monotonic(),
-                               interim=interim)
+            resp.interim = interim
+            return resp
 
     def iter_body(self, resp: RawResponse, method: str = "GET") -> Iterator[tuple[float, bytes]]:
         """Yield (monotonic time, bytes) for body data as it arrives (chunk framing removed).

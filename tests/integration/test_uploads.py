@@ -149,3 +149,251 @@ class StreamedUploadTest(unittest.TestCase):
                                     e.get("request_bytes", 0) > MIB * UPLOAD_MIB)
         self.assertEqual(line["request_bytes"], int(float(uploaded)))
         self.assertEqual(line["attempts"], 1)
+
+    def run_sdk(self, bulwark: Bulwark, path: Path, **env: str) -> dict:
+        node = shutil.which("node")
+        self.assertIsNotNone(node, "node is not installed")
+        proc = subprocess.run([node, "upload.mjs"], cwd=TESTS_DIR / "e2e", capture_output=True,
+                              text=True, timeout=180,
+                              env={**os.environ, "BASE_URL": bulwark.openai_base_url,
+                                   "FILE": str(path), **env})
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        self.assertTrue(lines, proc.stderr)
+        return json.loads(lines[-1])
+
+    def test_sdk_files_create_streams_byte_for_byte_in_bounded_memory(self):
+        fake, bulwark = self.start()
+        fake.script([{"status": 200, "body": "{}"}, {"status": 200, "body": FILE_OBJECT}])
+        warm_up(bulwark, fake)
+        sampler = RssSampler(bulwark.proc.pid)
+        summary = self.run_sdk(bulwark, self.file)
+        growth = sampler.stop()
+        self.assertTrue(summary["ok"], summary)
+        self.assertEqual(summary["id"], "file-upload-1")
+        request = fake.requests[-1]
+        self.assertEqual(request.path, FILES_PATH)
+        self.assert_received_whole(fake, request)
+        print(f"\n{UPLOAD_MIB} MiB files.create through the SDK ({TRANSPORT}): "
+              f"{summary['seconds']:.1f} s, RSS +{growth} KiB")
+        if not SANITIZED:
+            self.assertLessEqual(growth, 4 * 1024, f"bulwark grew by {growth} KiB")
+
+    def test_sdk_reads_the_413_of_a_body_over_max_request_body(self):
+        # The SDK sends no Expect: it uploads, Bulwark answers 413 at the head, discards the
+        # rest (a lingering close) and the SDK reads the answer. The size is scaled down by
+        # max_request_body, not by the mechanism: 600 MB against the 512 MiB default runs in
+        # the sanitizer-free release suite below.
+        fake, bulwark = self.start({"server": {"max_request_body": f"{UPLOAD_MIB // 2}MiB"}})
+        summary = self.run_sdk(bulwark, self.file, EXPECT_STATUS="413",
+                               EXPECT_CODE="request_too_large")
+        self.assertTrue(summary["ok"], summary)
+        self.assertEqual(fake.requests, [])
+
+
+class Over512MiBTest(unittest.TestCase):
+    """600 MB against the default max_request_body (512 MiB): refused before any body byte."""
+
+    def test_600_mb_gets_413_before_the_body_with_expect_and_after_it_without(self):
+        fake = FakeUpstream().start()
+        self.addCleanup(fake.stop)
+        bulwark = Bulwark([fake], CONFIG).start()
+        self.addCleanup(bulwark.stop)
+        size = 600 * 1000 * 1000
+        head = (f"POST {FILES_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                f"boundary=b\r\nContent-Length: {size}\r\n").encode()
+        # With Expect: the 413 comes instead of 100 Continue; nothing is sent.
+        with RawConnection(bulwark.port, timeout=10) as conn:
+            conn.send(head + b"Expect: 100-continue\r\n\r\n")
+            resp = conn.read_response("POST")
+            assert_openai_error(self, resp, 413, "request_too_large")
+            self.assertIsNotNone(conn.wait_closed(10))
+        # Without: the client is sending when the 413 comes; it still reads the answer.
+        with RawConnection(bulwark.port, timeout=30) as conn:
+            conn.send(head + b"\r\n")
+            sent = 0
+            chunk = b"z" * MIB
+            try:
+                while sent < size:
+                    conn.sock.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass  # Bulwark stopped discarding: the answer is waiting
+            resp = conn.read_response("POST")
+            assert_openai_error(self, resp, 413, "request_too_large")
+        self.assertEqual(fake.requests, [])
+
+
+class AdmissionBeforeUploadTest(unittest.TestCase):
+
+    def test_an_open_breaker_answers_503_before_the_client_sends_its_body(self):
+        fake = FakeUpstream().start()
+        self.addCleanup(fake.stop)
+        bulwark = Bulwark([fake], {**CONFIG, "retry": {**CONFIG["retry"], "max_attempts": 1},
+                                   "circuit_breaker": {"failure_threshold": 2, "min_requests": 100,
+                                                       "recovery_timeout": "30s"}}).start()
+        self.addCleanup(bulwark.stop)
+        fake.script([{"status": 503}, {"status": 503}])
+        for _ in range(2):
+            with RawConnection(bulwark.port) as conn:
+                conn.send(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2"
+                          f"\r\nContent-Type: application/json\r\n\r\n{{}}".encode())
+                self.assertEqual(conn.read_response("POST").status, 503)
+        fake.wait_for_requests(2)
+        with RawConnection(bulwark.port, timeout=10) as conn:
+            conn.send(f"POST {FILES_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {500 * MIB}\r\n"
+                      "Content-Type: multipart/form-data; boundary=b\r\n"
+                      "Expect: 100-continue\r\n\r\n".encode())
+            resp = conn.read_response("POST")
+            assert_openai_error(self, resp, 503, "circuit_open")
+            self.assertEqual(resp.interim, [], "the client was told to send its body")
+            self.assertTrue(resp.header("retry-after"))
+        self.assertEqual(len(fake.requests), 2, "the upload reached the upstream")
+
+    def test_100_continue_comes_once_the_upstream_is_connected(self):
+        fake = FakeUpstream().start()
+        self.addCleanup(fake.stop)
+        bulwark = Bulwark([fake], {**CONFIG, "server": {"retry_body_limit": "1MiB"}}).start()
+        self.addCleanup(bulwark.stop)
+        fake.script([{"status": 200, "body": FILE_OBJECT}])
+        body = os.urandom(3 * MIB)
+        with RawConnection(bulwark.port, timeout=10) as conn:
+            conn.send(f"POST {FILES_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                      "Content-Type: application/octet-stream\r\n"
+                      "Expect: 100-continue\r\n\r\n".encode())
+            self.assertEqual(conn.read_any_head().status, 100)
+            # The upstream was reached before the client was told to go on.
+            self.assertEqual(len(fake.wait_for_requests(1, complete=False)), 1)
+            conn.send(body)
+            resp = conn.read_response("POST")
+            self.assertEqual(resp.status, 200, resp.body[:200])
+        self.assertEqual(hashlib.sha256(fake.requests[0].body).digest(),
+                         hashlib.sha256(body).digest())
+
+
+    def test_a_small_body_behind_expect_is_held_and_retried(self):
+        # Within the retry limit: 100 Continue once an upstream would admit it (no upstream
+        # is contacted for that), then the body is read whole and retried like any other.
+        fake = FakeUpstream().start()
+        self.addCleanup(fake.stop)
+        bulwark = Bulwark([fake], CONFIG).start()
+        self.addCleanup(bulwark.stop)
+        fake.script([{"status": 503}, {"status": 200, "body": FILE_OBJECT}])
+        body = os.urandom(100 * 1024)
+        with RawConnection(bulwark.port, timeout=10) as conn:
+            conn.send(f"POST {FILES_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                      "Content-Type: application/octet-stream\r\n"
+                      "Expect: 100-continue\r\n\r\n".encode())
+            self.assertEqual(conn.read_any_head().status, 100)
+            self.assertEqual(fake.requests, [])
+            conn.send(body)
+            resp = conn.read_response("POST")
+        self.assertEqual(resp.status, 200, resp.body[:200])
+        self.assertEqual(resp.header("x-bulwark-attempts"), "2")
+        self.assertEqual([r.body for r in fake.requests], [body, body])
+
+
+class UploadFailureTest(unittest.TestCase):
+    SIZE = 64 * MIB
+
+    def setUp(self):
+        self.fake = FakeUpstream().start()
+        self.addCleanup(self.fake.stop)
+        self.bulwark = Bulwark([self.fake], CONFIG).start()
+        self.addCleanup(self.bulwark.stop)
+        self.head = (f"POST {FILES_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {self.SIZE}\r\n"
+                     "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+    def test_a_client_that_leaves_mid_upload_aborts_the_upstream_transfer(self):
+        self.fake.script([{"status": 200, "body": FILE_OBJECT}])
+        conn = RawConnection(self.bulwark.port, timeout=10)
+        conn.send(self.head + os.urandom(self.SIZE // 2))
+        request = self.fake.wait_for_requests(1, complete=False)[0]
+        # Half of the body has left the client; Bulwark holds only a window of it.
+        wait_until(lambda: request.received >= self.SIZE // 2 - 4 * MIB, 10,
+                   what="the upstream to have most of the first half")
+        left_at = time.monotonic()
+        conn.close()
+        self.assertTrue(self.fake.wait_peer_closed(request, timeout=5))
+        aborted_after = request.peer_closed_at - left_at
+        print(f"\nupstream transfer aborted {aborted_after * 1000:.1f} ms after the client left")
+        self.assertLess(aborted_after, 0.1)
+        self.assertFalse(request.complete)
+        line = self.bulwark.wait_for_log(lambda e: e.get("msg") == "request")
+        self.assertEqual(line["status"], 499)
+
+    def upload_with(self, failing: dict):
+        self.fake.script([failing, {"status": 200, "body": FILE_OBJECT}])
+        with RawConnection(self.bulwark.port, timeout=30) as conn:
+            conn.send(self.head)
+            try:
+                conn.sock.sendall(os.urandom(self.SIZE))
+            except OSError:
+                pass  # Bulwark answered and stopped reading: the answer is waiting
+            return conn.read_response("POST")
+
+    def test_an_upstream_reset_mid_upload_is_a_502_and_is_not_retried(self):
+        resp = self.upload_with({"reset_after": self.SIZE // 2})
+        assert_openai_error(self, resp, 502, "upstream_unavailable")
+        self.assertEqual(resp.header("x-bulwark-attempts"), "1")
+        self.assertEqual(len(self.fake.requests), 1)
+        self.assertGreaterEqual(self.fake.requests[0].received, self.SIZE // 2)
+        failed = self.bulwark.wait_for_log(lambda e: e.get("msg") == "upstream attempt failed")
+        self.assertEqual(failed["outcome"], "reset")
+        self.assertIsNone(failed["delay_ms"])
+
+    def test_a_retryable_error_after_part_of_the_upload_is_not_retried(self):
+        # A 503 would be retried, but the upstream read half of a body Bulwark did not keep.
+        resp = self.upload_with({"answer_after": self.SIZE // 2, "status": 503})
+        self.assertEqual(resp.status, 503)
+        self.assertEqual(resp.header("x-bulwark-attempts"), "1")
+        self.assertEqual(resp.header("x-should-retry"), "false")
+        self.assertEqual(len(self.fake.requests), 1)
+        failed = self.bulwark.wait_for_log(lambda e: e.get("msg") == "upstream attempt failed")
+        self.assertTrue(failed["retryable"])
+        self.assertEqual(failed["not_retried_because"], "body_streamed")
+
+    def test_an_upstream_that_refuses_at_the_head_lets_the_upload_go_again(self):
+        # 429 before reading: none of the body was consumed, so the streamed upload is retried.
+        self.fake.script([{"early": True, "status": 429, "headers": {"retry-after-ms": "10"}},
+                          {"status": 200, "body": FILE_OBJECT}])
+        body = os.urandom(self.SIZE)
+        with RawConnection(self.bulwark.port, timeout=30) as conn:
+            conn.send(self.head + body)
+            resp = conn.read_response("POST")
+        self.assertEqual(resp.status, 200, resp.body[:300])
+        self.assertEqual(resp.header("x-bulwark-attempts"), "2")
+        self.assertEqual(len(self.fake.requests), 2)
+        self.assertEqual(self.fake.requests[0].received, 0)
+        self.assertEqual(hashlib.sha256(self.fake.requests[1].body).digest(),
+                         hashlib.sha256(body).digest())
+
+    def test_a_chunked_body_that_grows_past_the_limit_streams_whole(self):
+        self.bulwark.stop()
+        self.bulwark = Bulwark([self.fake], {**CONFIG, "server": {"retry_body_limit": "1MiB"}})
+        self.bulwark.start()
+        self.fake.script([{"status": 200, "body": FILE_OBJECT}])
+        pieces = [os.urandom(300 * 1024) for _ in range(20)]
+        with RawConnection(self.bulwark.port, timeout=30) as conn:
+            conn.send(f"POST {FILES_PATH} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      "Content-Type: application/octet-stream\r\n\r\n".encode())
+            for piece in pieces:
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.send(b"0\r\n\r\n")
+            resp = conn.read_response("POST")
+        self.assertEqual(resp.status, 200, resp.body[:300])
+        self.assertEqual(self.fake.requests[0].body, b"".join(pieces))
+
+    def test_a_1_mib_body_that_fails_with_503_is_still_retried(self):
+        self.fake.script([{"status": 503}, {"status": 200, "body": FILE_OBJECT}])
+        body = os.urandom(MIB)
+        with RawConnection(self.bulwark.port, timeout=10) as conn:
+            conn.send(f"POST {FILES_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                      "Content-Type: application/octet-stream\r\n\r\n".encode() + body)
+            resp = conn.read_response("POST")
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("x-bulwark-attempts"), "2")
+        self.assertEqual([r.body for r in self.fake.requests], [body, body])
+
+
+if __name__ == "__main__":
+    unittest.main()
