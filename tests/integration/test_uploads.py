@@ -383,6 +383,29 @@ class UploadFailureTest(unittest.TestCase):
         self.assertEqual(resp.status, 200, resp.body[:300])
         self.assertEqual(self.fake.requests[0].body, b"".join(pieces))
 
+    def test_a_chunked_body_over_max_request_body_while_streaming_gets_413(self):
+        self.bulwark.stop()
+        self.bulwark = Bulwark([self.fake], {**CONFIG, "server": {
+            "retry_body_limit": "1MiB", "max_request_body": "4MiB"}})
+        self.bulwark.start()
+        self.fake.script([{"status": 200, "body": FILE_OBJECT}])
+        piece = os.urandom(256 * 1024)
+        with RawConnection(self.bulwark.port, timeout=30) as conn:
+            conn.send(f"POST {FILES_PATH} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      "Content-Type: application/octet-stream\r\n\r\n".encode())
+            try:
+                for _ in range(24):  # 6 MiB
+                    conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+                conn.send(b"0\r\n\r\n")
+            except OSError:
+                pass
+            resp = conn.read_response("POST")
+        assert_openai_error(self, resp, 413, "request_too_large")
+        request = self.fake.wait_for_requests(1, complete=False)[0]
+        self.assertTrue(self.fake.wait_peer_closed(request, timeout=5),
+                        "the upstream transfer was not aborted")
+        self.assertFalse(request.complete)
+
     def test_a_1_mib_body_that_fails_with_503_is_still_retried(self):
         self.fake.script([{"status": 503}, {"status": 200, "body": FILE_OBJECT}])
         body = os.urandom(MIB)
