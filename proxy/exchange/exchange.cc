@@ -102,9 +102,10 @@ void Exchange::start() {
   }
   // The client waits for "100 Continue" before it sends a body small enough to hold: it is
   // told to go on only if an upstream would admit the request now (the lease is claimed
-  // again, with the model, once the body is in).
-  UpstreamSelection selection = select(false);
+  // again, with the model, once the body is in; rejections are counted then, once).
+  UpstreamSelection selection = selectFor(false);
   if (!selection.lease) {
+    countRejections(selection);
     rejectUnadmitted(selection);
     return;
   }
@@ -225,10 +226,14 @@ UpstreamSelection Exchange::selectFor(bool retry) const {
 
 UpstreamSelection Exchange::select(bool retry) {
   UpstreamSelection selection = selectFor(retry);
+  countRejections(selection);
+  return selection;
+}
+
+void Exchange::countRejections(const UpstreamSelection& selection) {
   for (int index : selection.rejected_by_breaker) {
     context_.metrics.breakerRejection(config_->upstreams[index].name);
   }
-  return selection;
 }
 
 void Exchange::startAttempt(UpstreamSelection selection) {

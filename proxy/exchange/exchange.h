@@ -91,7 +91,8 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   // After the commit point: forward(), in whole events for an event stream.
   void deliver(const char* data, std::size_t len);
   void flushPartialEvent();
-  UpstreamSelection select(bool retry);
+  UpstreamSelection select(bool retry);  // selectFor(), counting breaker rejections
+  void countRejections(const UpstreamSelection& selection);
   http::Headers bulwarkHeaders(const config::UpstreamConfig& upstream) const;
   bool isEventStream() const;
 

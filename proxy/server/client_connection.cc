@@ -130,7 +130,15 @@ bool ClientConnection::processInput() {
     }
     evbuffer_iovec vec;
     if (evbuffer_peek(input, -1, nullptr, &vec, 1) < 1 || vec.iov_len == 0) {
-      if (streaming) armTimer(limits_.header_timeout_ms);  // a gap between body bytes
+      if (streaming) {
+        // The client owes body bytes: a gap between them is timed, unless it is still
+        // waiting for its 100 Continue (the exchange's own timeouts cover that wait).
+        if (!expect_continue_ || continue_sent_) {
+          armTimer(limits_.header_timeout_ms);
+        } else {
+          evtimer_del(timer_.get());
+        }
+      }
       break;
     }
     if (phase_ == Phase::kIdle) {
@@ -327,6 +335,7 @@ void ClientConnection::sendContinue() {
   continue_sent_ = true;
   static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
   bufferevent_write(bev_.get(), kContinue, sizeof kContinue - 1);
+  if (body_) armTimer(limits_.header_timeout_ms);  // the body is owed from now on
 }
 
 void ClientConnection::sendBody(const char* data, std::size_t len) {
