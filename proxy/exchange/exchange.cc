@@ -74,8 +74,8 @@ Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
 Exchange::~Exchange() {
   sink_.onDrained(nullptr);
   if (request_.body_stream) request_.body_stream->onReadable(nullptr);
-  attempt_.reset();  // cancels a running transfer; the timers go with their events
-  if (!finished_ && upstream_ != nullptr) logAccess(499, true);  // the client left first
+  endAttempt(nullptr);  // cancels a running transfer; the timers go with their events
+  if (phase_ != Phase::kFinished && upstream_ != nullptr) finish(499, true);  // the client left
 }
 
 void Exchange::start() {
@@ -156,7 +156,7 @@ void Exchange::rejectUnadmitted(const UpstreamSelection& selection) {
 }
 
 void Exchange::onBodyReadable() {
-  if (finished_ || !request_.body_stream) return;
+  if (phase_ == Phase::kFinished || !request_.body_stream) return;
   server::RequestBody& body = *request_.body_stream;
   if (body.failure() != server::RequestBody::Failure::kNone) {
     failBody();
@@ -177,10 +177,9 @@ void Exchange::onBodyReadable() {
 }
 
 void Exchange::failBody() {
-  if (committed_) return;  // the upstream answered already; its response goes on
+  if (phase_ == Phase::kCommitted) return;  // the upstream answered already; it goes on
   evtimer_del(wait_timer_.get());
-  attempt_.reset();  // the upstream is not to blame: no outcome for its breaker
-  lease_.reset();
+  endAttempt(nullptr);  // the upstream is not to blame: no outcome for its breaker
   if (request_.body_stream->failure() == server::RequestBody::Failure::kTooLarge) {
     respondWithError(413, "request_too_large",
                      "request body is larger than server.max_request_body (" +
@@ -237,7 +236,9 @@ void Exchange::countRejections(const UpstreamSelection& selection) {
 }
 
 void Exchange::startAttempt(UpstreamSelection selection) {
+  phase_ = Phase::kAttempting;
   ++attempts_;
+  attempt_recorded_ = false;
   attempt_started_ = context_.clock.now();
   first_byte_seen_ = false;
   usage_.reset();
@@ -272,7 +273,7 @@ void Exchange::startAttempt(UpstreamSelection selection) {
   req.connect_timeout = config_->timeouts.connect;
   req.first_byte_timeout = config_->timeouts.first_byte;
   req.idle_timeout = config_->timeouts.idle;
-  attempt_ = std::make_unique<upstream::Attempt>(context_.upstream_client, *this, std::move(req));
+  attempt_ = context_.attempts.createAttempt(*this, std::move(req));
   attempt_->start();
 }
 
@@ -307,7 +308,7 @@ upstream::AttemptObserver::Flow Exchange::onData(const char* data, std::size_t l
     std::chrono::duration<double> ttfb = context_.clock.now() - attempt_started_;
     context_.metrics.timeToFirstByte(upstream_->name, ttfb.count());
   }
-  if (!committed_) return holdOrCommit(data, len);
+  if (phase_ != Phase::kCommitted) return holdOrCommit(data, len);
   if (sink_.pendingOutput() >= kPauseThreshold) {
     // The client reads slower than the upstream sends: hold the upstream until it drains.
     sink_.onDrained([this] {
@@ -396,16 +397,15 @@ upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::si
 }
 
 void Exchange::commit(std::optional<std::uint64_t> content_length) {
-  committed_ = true;
+  phase_ = Phase::kCommitted;
   whole_events_ = isEventStream();
   // The upstream answered: for the breaker that is a success, unless an error status whose
-  // policy counts (a committed error body too large to hold).
+  // policy counts (a committed error body too large to hold). A probe's answer closes (or
+  // reopens) the breaker now, not when a long stream ends; any other success is recorded
+  // once, at its end, as a success or an interruption.
   bool counted = head_.status >= 400 &&
                  resilience::policyFor(config_->retry, Outcome::fromStatus(head_.status)).breaker;
-  // A probe's answer closes (or reopens) the breaker now, not when a long stream ends; any
-  // other attempt is recorded once, at its end, as a success or an interruption.
-  if (counted || lease_.probe()) lease_.recordOutcome(counted);
-  context_.metrics.attempt(upstream_->name, std::to_string(head_.status));
+  recordAttempt(std::to_string(head_.status), counted, /*success_at_end=*/true);
   if (head_.status == 200) {
     std::string_view type = http::findHeader(head_.headers, "content-type").value_or("");
     if (isEventStream()) {
@@ -420,13 +420,12 @@ void Exchange::commit(std::optional<std::uint64_t> content_length) {
 }
 
 void Exchange::onDone(TransferError error, const std::string& detail) {
-  if (finished_) return;
-  if (committed_) {
+  if (phase_ == Phase::kFinished) return;
+  if (phase_ == Phase::kCommitted) {
     if (error == TransferError::kNone) {
       flushPartialEvent();  // a stream that ended without a final blank line: as it was
-      finished_ = true;
-      lease_.recordOutcome(false);
-      lease_.reset();
+      AttemptEnd end{std::to_string(head_.status)};
+      endAttempt(&end);
       sink_.finish();
       if (usage_) {
         if (std::optional<observe::TokenUsage> usage = usage_->finish()) {
@@ -434,7 +433,7 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
           context_.metrics.tokens(upstream_->name, model, usage->prompt, usage->completion);
         }
       }
-      logAccess(head_.status);
+      finish(head_.status);
     } else {
       interruptStream(std::string(upstream::transferErrorName(error)) + ": " + detail);
     }
@@ -443,8 +442,8 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
   if (error == TransferError::kNone && has_head_) {
     Outcome outcome = Outcome::fromStatus(head_.status);
     if (outcome.isSuccess()) {
-      lease_.recordOutcome(false);
-      context_.metrics.attempt(upstream_->name, outcome.name());
+      AttemptEnd end{outcome.name()};
+      endAttempt(&end);
       deliverResponse(takeHeldResponse(), false);  // a response with an empty body
     } else {
       afterFailedAttempt(outcome, detail);
@@ -459,86 +458,90 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
 }
 
 void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& detail) {
-  const config::RetryConfig& retry = config_->retry;
   resilience::AttemptFacts facts;
   facts.outcome = outcome;
   if (has_head_) facts.x_should_retry = xShouldRetry(head_.headers);
   if (outcome.kind == Outcome::Kind::kStatus) facts.error_body = held_;
   facts.policies_apply = policies_apply_;
-  resilience::Verdict verdict = resilience::classifyAttempt(retry, facts);
-  lease_.recordOutcome(verdict.breaker_counted);
-  context_.metrics.attempt(upstream_->name, outcome.name());
+  resilience::Verdict verdict = resilience::classifyAttempt(config_->retry, facts);
   last_outcome_ = outcome;
   if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
     last_response_ = takeHeldResponse();
   }
 
-  resilience::RetryDelay plan;
-  std::string why_not = verdict.reason;
-  if (verdict.retryable) {
-    if (streamed_ && request_.body_stream->consumed() > 0) {
-      // Part of the body is gone to this upstream and Bulwark did not keep it.
-      why_not = "body_streamed";
-    } else if (attempts_ >= max_attempts_) {
-      why_not = "max_attempts";
-    } else {
-      std::optional<resilience::Millis> hint;
-      if (has_head_ && outcome.kind == Outcome::Kind::kStatus) {
-        hint = resilience::serverRetryHint(head_.headers, head_.status, context_.clock.wallNow());
-      }
-      resilience::Millis backoff = backoff_.next(attempts_);
-      plan = resilience::planRetryDelay(retry, hint, backoff, context_.clock.now(), deadline_);
-      why_not = plan.why_not;
-      if (plan.retry && !lease_.health()->budget().tryAcquire()) {
-        plan.retry = false;  // retries must not multiply the load on a struggling upstream
-        why_not = "retry_budget";
-        context_.metrics.retryBudgetExhausted(upstream_->name);
-      }
-    }
+  resilience::RetryInputs inputs;
+  inputs.verdict = verdict;
+  inputs.body_consumed = streamed_ && request_.body_stream->consumed() > 0;
+  inputs.attempts_made = attempts_;
+  inputs.max_attempts = max_attempts_;
+  if (has_head_ && outcome.kind == Outcome::Kind::kStatus) {
+    inputs.server_hint =
+        resilience::serverRetryHint(head_.headers, head_.status, context_.clock.wallNow());
   }
+  inputs.now = context_.clock.now();
+  inputs.deadline = deadline_;
+  resilience::RetryDecision decision =
+      resilience::decideRetry(config_->retry, inputs, backoff_, lease_.health()->budget());
+  if (decision.budget_exhausted) context_.metrics.retryBudgetExhausted(upstream_->name);
 
   std::string outcome_name = outcome.name();
-  logFailedAttempt(outcome, verdict.retryable, verdict.breaker_counted, plan.retry ? "" : why_not,
-                   detail, plan.retry ? &plan : nullptr);
-
-  attempt_.reset();
-  lease_.reset();
-  if (plan.retry) {
-    // Counted in the metrics when the retry really starts (the breaker may stop it).
-    pending_retry_ =
-        PendingRetry{upstream_->name, outcome_name,
-                     plan.source == resilience::RetryDelay::Source::kServer ? "server" : "backoff",
-                     static_cast<double>(plan.delay.count()) / 1000.0};
-    timeval wait = support::toTimeval(plan.delay.count());
-    evtimer_add(wait_timer_.get(), &wait);
+  std::string upstream_name = upstream_->name;
+  std::string why_not = decision.retry ? "" : decision.why_not;
+  AttemptEnd end{outcome_name, verdict.breaker_counted, /*failed=*/true, verdict.retryable,
+                 why_not, detail, decision.retry ? &decision : nullptr};
+  endAttempt(&end);
+  if (!decision.retry) {
+    giveUp(outcome);
     return;
   }
-  giveUp(outcome);
+  // Counted in the metrics when the retry really starts (the breaker may stop it).
+  phase_ = Phase::kWaiting;
+  pending_retry_ = PendingRetry{
+      upstream_name, outcome_name,
+      decision.source == resilience::RetryDelay::Source::kServer ? "server" : "backoff",
+      static_cast<double>(decision.delay.count()) / 1000.0};
+  timeval wait = support::toTimeval(decision.delay.count());
+  evtimer_add(wait_timer_.get(), &wait);
 }
 
-void Exchange::logFailedAttempt(const Outcome& outcome, bool retryable, bool breaker_counted,
-                                std::string_view not_retried_because, std::string_view detail,
-                                const resilience::RetryDelay* retry) {
-  std::string outcome_name = outcome.name();
-  std::string_view upstream_request_id =
-      has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
-  observe::logWarn(
-      "upstream attempt failed",
-      {{"request_id", request_id_},
-       {"upstream", upstream_->name},
-       {"attempt", attempts_},
-       {"max_attempts", max_attempts_},
-       {"outcome", outcome_name},
-       {"retryable", retryable},
-       {"breaker_counted", breaker_counted},
-       {"delay_ms",
-        retry ? LogValue(static_cast<long long>(retry->delay.count())) : LogValue(nullptr)},
-       {"delay_source",
-        retry ? (retry->source == resilience::RetryDelay::Source::kServer ? "server" : "backoff")
-              : ""},
-       {"not_retried_because", not_retried_because},
-       {"upstream_request_id", upstream_request_id},
-       {"detail", detail}});
+void Exchange::recordAttempt(std::string_view outcome, bool breaker_failure, bool success_at_end) {
+  if (!attempt_recorded_) {
+    attempt_recorded_ = true;
+    context_.metrics.attempt(upstream_->name, outcome);
+  }
+  // The lease keeps the first outcome it is given.
+  if (!success_at_end || breaker_failure || lease_.probe()) lease_.recordOutcome(breaker_failure);
+}
+
+void Exchange::endAttempt(const AttemptEnd* end) {
+  if (end != nullptr) {
+    recordAttempt(end->outcome, end->breaker_failure, false);
+    if (end->failed) {
+      const resilience::RetryDecision* retry = end->retry;
+      std::string_view upstream_request_id =
+          has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
+      observe::logWarn(
+          "upstream attempt failed",
+          {{"request_id", request_id_},
+           {"upstream", upstream_->name},
+           {"attempt", attempts_},
+           {"max_attempts", max_attempts_},
+           {"outcome", end->outcome},
+           {"retryable", end->retryable},
+           {"breaker_counted", end->breaker_failure},
+           {"delay_ms",
+            retry ? LogValue(static_cast<long long>(retry->delay.count())) : LogValue(nullptr)},
+           {"delay_source",
+            retry ? (retry->source == resilience::RetryDelay::Source::kServer ? "server"
+                                                                              : "backoff")
+                  : ""},
+           {"not_retried_because", end->not_retried_because},
+           {"upstream_request_id", upstream_request_id},
+           {"detail", end->detail}});
+    }
+  }
+  attempt_.reset();
+  lease_.reset();
 }
 
 void Exchange::giveUp(const Outcome& outcome, bool deadline_reached) {
@@ -561,10 +564,7 @@ Exchange::HeldResponse Exchange::takeHeldResponse() {
 }
 
 void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
-  committed_ = true;
-  finished_ = true;
-  attempt_.reset();
-  lease_.reset();
+  endAttempt(nullptr);  // already ended, and recorded, by the caller
   http::Headers headers;
   for (http::Header& h : clientResponseHeaders(response.head.headers)) {
     if (gave_up && http::equalsIgnoreCase(h.name, "x-should-retry")) continue;
@@ -579,15 +579,12 @@ void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
   sink_.sendBody(response.body.data(), response.body.size());
   bytes_sent_ += response.body.size();
   sink_.finish();
-  logAccess(response.head.status);
+  finish(response.head.status);
 }
 
 void Exchange::respondWithError(int status, std::string_view code, std::string_view message,
                                 long long retry_after_seconds) {
-  committed_ = true;
-  finished_ = true;
-  attempt_.reset();
-  lease_.reset();
+  endAttempt(nullptr);
   std::string body = http::openAiErrorBody(code, message);
   http::Headers headers{{"Content-Type", "application/json"}, {"x-should-retry", "false"}};
   if (retry_after_seconds > 0)
@@ -597,11 +594,10 @@ void Exchange::respondWithError(int status, std::string_view code, std::string_v
   sink_.sendBody(body.data(), body.size());
   bytes_sent_ += body.size();
   sink_.finish();
-  logAccess(status);
+  finish(status);
 }
 
 void Exchange::interruptStream(const std::string& why) {
-  finished_ = true;
   observe::logWarn("stream interrupted after the commit point", {{"request_id", request_id_},
                                                                  {"upstream", upstream_->name},
                                                                  {"attempt", attempts_},
@@ -621,22 +617,20 @@ void Exchange::interruptStream(const std::string& why) {
     sink_.sendBody(event.data(), event.size());
   }
   sink_.abort();
-  attempt_.reset();
   context_.metrics.streamInterruption(upstream_->name);
   lease_.recordInterruption();
-  lease_.reset();
-  logAccess(head_.status);
+  endAttempt(nullptr);
+  finish(head_.status);
 }
 
 void Exchange::terminate() {
-  if (finished_) return;
+  if (phase_ == Phase::kFinished) return;
   evtimer_del(wait_timer_.get());
-  if (committed_) {
+  if (phase_ == Phase::kCommitted) {
     interruptStream("Bulwark is shutting down (server.shutdown_grace reached)");
     return;
   }
-  attempt_.reset();
-  lease_.reset();
+  endAttempt(nullptr);
   if (last_response_) {
     deliverResponse(*last_response_, true);
   } else {
@@ -647,7 +641,7 @@ void Exchange::terminate() {
 
 void Exchange::onWaitOver(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Exchange*>(arg);
-  if (self->finished_) return;
+  if (self->phase_ != Phase::kWaiting) return;
   UpstreamSelection selection = self->select(true);
   if (!selection.lease) {
     // The breaker opened (or the upstreams filled up) during the wait: stop retrying.
@@ -667,8 +661,8 @@ void Exchange::onWaitOver(evutil_socket_t, short, void* arg) {
 
 void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Exchange*>(arg);
-  if (self->finished_) return;
-  if (self->committed_) {
+  if (self->phase_ == Phase::kFinished) return;
+  if (self->phase_ == Phase::kCommitted) {
     self->interruptStream("timeouts.total reached");
     return;
   }
@@ -677,17 +671,17 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
     // The attempt in flight ran out of the request's time: a timeout like any other, for
     // the breaker, the metrics and the logs.
     Outcome timeout = Outcome::timeout();
-    bool counted = resilience::policyFor(self->config_->retry, timeout).breaker;
-    self->lease_.recordOutcome(counted);
-    self->context_.metrics.attempt(self->upstream_->name, timeout.name());
-    self->logFailedAttempt(timeout, false, counted, "deadline", "timeouts.total reached");
+    AttemptEnd end{timeout.name(), resilience::policyFor(self->config_->retry, timeout).breaker,
+                   /*failed=*/true, /*retryable=*/false, "deadline", "timeouts.total reached"};
+    self->endAttempt(&end);
+  } else {
+    self->endAttempt(nullptr);
   }
-  self->attempt_.reset();
-  self->lease_.reset();
   self->giveUp(resilience::Outcome::timeout(), true);
 }
 
-void Exchange::logAccess(int status, bool client_left) {
+void Exchange::finish(int status, bool client_left) {
+  phase_ = Phase::kFinished;
   evtimer_del(deadline_timer_.get());
   evtimer_del(wait_timer_.get());
   std::chrono::duration<double> duration = context_.clock.now() - started_;

@@ -1,9 +1,22 @@
-// One client request's life (SPEC §3.3-3.7, §3.10-3.12):
-//   attempt -> hold the head (commit point) -> classify -> wait -> attempt ... -> commit.
-// Before the commit point nothing has reached the client, so a failed attempt can still be
-// retried; after it, bytes stream through with backpressure and a failure ends the response
-// honestly. Owned by the client connection; single-threaded; destroying it cancels the
-// attempt or the wait in progress.
+// One client request's life, as a state machine:
+//
+//   admitted ──> attempting ──> committed ──> finished
+//                 │    ^  └──────────────────────^ (an answer held whole, or an error)
+//                 v    │
+//                waiting (backoff)
+//
+// admitted: the request is in, its body perhaps still arriving (a client that waits for
+// 100 Continue). attempting: an attempt is in flight and nothing has reached the client, so
+// a failure can still be retried; the head (and an error body, or a stream's first event)
+// is held until the commit point. waiting: a backoff between attempts. committed: the
+// response head went to the client and the body streams through with backpressure; a
+// failure now ends the response honestly. finished: the access line is written.
+//
+// Two functions hold the bookkeeping: endAttempt() is the one place an attempt ends (its
+// metric, its breaker outcome, its failure log, its lease and transfer), and finish() the one
+// place the response ends (the access line). Owned by the client connection; single-threaded;
+// destroying it cancels the attempt or the wait in progress. Attempts come from the
+// context's AttemptFactory, so the machine runs in unit tests against a scripted fake.
 #pragma once
 
 #include <memory>
@@ -17,6 +30,7 @@
 #include "proxy/observe/usage.h"
 #include "proxy/resilience/backoff.h"
 #include "proxy/resilience/classify.h"
+#include "proxy/resilience/retry_decision.h"
 #include "proxy/resilience/sse_scanner.h"
 #include "proxy/server/http_request.h"
 #include "proxy/server/request_handler.h"
@@ -28,6 +42,8 @@ namespace bulwark::exchange {
 
 class Exchange final : public server::ActiveRequest, public upstream::AttemptObserver {
  public:
+  enum class Phase { kAdmitted, kAttempting, kWaiting, kCommitted, kFinished };
+
   Exchange(const ExchangeContext& context, server::HttpRequest request, server::ResponseSink& sink);
   ~Exchange() override;
   Exchange(const Exchange&) = delete;
@@ -36,6 +52,8 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void start();
   // server::ActiveRequest: shutdown_grace is over.
   void terminate() override;
+  Phase phase() const { return phase_; }
+  const std::string& requestId() const { return request_id_; }
 
   // upstream::AttemptObserver
   void onHead(const upstream::ResponseHead& head) override;
@@ -49,6 +67,18 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   // Why the bytes before the commit point are being held. kFirstEvent: a 200 event stream,
   // until its first event (for the Responses API, its first event past the preamble).
   enum class Hold { kNone, kErrorBody, kFirstEvent };
+
+  // How an attempt ended, for endAttempt().
+  struct AttemptEnd {
+    std::string outcome;           // the metric's outcome: "200", "503", "timeout", ...
+    bool breaker_failure = false;  // counts against the breaker
+    // A failure to log ("upstream attempt failed"); none for a success or a cancellation.
+    bool failed = false;
+    bool retryable = false;
+    std::string_view not_retried_because;
+    std::string_view detail;
+    const resilience::RetryDecision* retry = nullptr;  // the retry that follows, if any
+  };
 
   static void onWaitOver(evutil_socket_t, short, void* arg);
   static void onDeadline(evutil_socket_t, short, void* arg);
@@ -65,14 +95,26 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void rejectUnadmitted(const UpstreamSelection& selection);
   // Claims an upstream for the next attempt (breaker, in-flight limit, failover order).
   UpstreamSelection selectFor(bool retry) const;
+  UpstreamSelection select(bool retry);  // selectFor(), counting breaker rejections
+  void countRejections(const UpstreamSelection& selection);
   void startAttempt(UpstreamSelection selection);
+
+  // The one place an attempt ends. Records its metric (once per attempt) and its breaker
+  // outcome (the lease takes the first), logs a failure, then cancels the transfer and
+  // gives back the lease. Without `end` (a cancellation: the client left, a body failure,
+  // shutdown) nothing is recorded, and an unrecorded lease gives its breaker admission back,
+  // so a cancelled probe frees its slot.
+  void endAttempt(const AttemptEnd* end);
+  // The metric and breaker outcome of the current attempt, without ending it (a response
+  // committed: the attempt streams on).
+  void recordAttempt(std::string_view outcome, bool breaker_failure, bool probe_only);
+  // The one place the response ends: phase finished, timers off, the access line.
+  void finish(int status, bool client_left = false);
+
+  void afterFailedAttempt(const resilience::Outcome& outcome, const std::string& detail);
   void giveUp(const resilience::Outcome& outcome, bool deadline_reached = false);
-  void logFailedAttempt(const resilience::Outcome& outcome, bool retryable, bool breaker_counted,
-                        std::string_view not_retried_because, std::string_view detail,
-                        const resilience::RetryDelay* retry = nullptr);
   Flow holdOrCommit(const char* data, std::size_t len);
   void commit(std::optional<std::uint64_t> content_length);
-  void afterFailedAttempt(const resilience::Outcome& outcome, const std::string& detail);
   // An upstream response read whole before the commit point (or a stream's first event).
   struct HeldResponse {
     upstream::ResponseHead head;
@@ -85,14 +127,11 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void respondWithError(int status, std::string_view code, std::string_view message,
                         long long retry_after_seconds = 0);
   void interruptStream(const std::string& why);
-  void logAccess(int status, bool client_left = false);
   // Sends body bytes to the client, counting them and reading token usage on the way.
   void forward(const char* data, std::size_t len);
   // After the commit point: forward(), in whole events for an event stream.
   void deliver(const char* data, std::size_t len);
   void flushPartialEvent();
-  UpstreamSelection select(bool retry);  // selectFor(), counting breaker rejections
-  void countRejections(const UpstreamSelection& selection);
   http::Headers bulwarkHeaders(const config::UpstreamConfig& upstream) const;
   bool isEventStream() const;
 
@@ -101,6 +140,7 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   server::HttpRequest request_;
   server::ResponseSink& sink_;
   std::string request_id_;
+  Phase phase_ = Phase::kAdmitted;
   const config::UpstreamConfig* upstream_ = nullptr;  // the current (or last) attempt's
   int upstream_index_ = 0;
   UpstreamLease lease_;
@@ -129,8 +169,9 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   support::EventPtr deadline_timer_;
 
   // The current attempt.
-  std::unique_ptr<upstream::Attempt> attempt_;
+  std::unique_ptr<upstream::Transfer> attempt_;
   int attempts_ = 0;
+  bool attempt_recorded_ = false;  // its metric is counted
   upstream::ResponseHead head_;
   bool has_head_ = false;
   Hold hold_ = Hold::kNone;
@@ -141,8 +182,6 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   bool first_byte_seen_ = false;
   std::optional<observe::UsageTap> usage_;
 
-  bool committed_ = false;
-  bool finished_ = false;
   std::uint64_t bytes_sent_ = 0;
   std::string tail_;           // the last two body bytes sent, to end an event stream cleanly
   bool whole_events_ = false;  // a committed event stream: forwarded event by event

@@ -1,5 +1,6 @@
-// What one worker gives every exchange it runs: its upstream client and event loop, its
-// clock and random source, and the configuration snapshot current when a request arrives.
+// What one worker gives every exchange it runs: where its attempts come from (the upstream
+// client) and its event loop, its clock and random source, and the configuration snapshot
+// current when a request arrives.
 #pragma once
 
 #include <memory>
@@ -8,12 +9,12 @@
 #include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
 #include "proxy/resilience/upstream_health.h"
-#include "proxy/upstream/upstream_client.h"
+#include "proxy/upstream/attempt.h"
 
 namespace bulwark::exchange {
 
 struct ExchangeContext {
-  upstream::UpstreamClient& upstream_client;
+  upstream::AttemptFactory& attempts;
   event_base* base;
   resilience::Clock& clock;
   resilience::Random& random;               // the worker's own: single-threaded

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -90,19 +91,37 @@ class AttemptObserver {
   virtual void onDone(TransferError error, const std::string& detail) = 0;
 };
 
-class Attempt {
+// One running attempt as the exchange drives it. Destroying it cancels the transfer.
+class Transfer {
+ public:
+  virtual ~Transfer() = default;
+  // Starts the transfer; on failure, onDone(kInternal) is called from the event loop.
+  virtual void start() = 0;
+  // Continues a transfer paused by onData returning kPause.
+  virtual void resume() = 0;
+  // A streamed body has more bytes (or has ended, or failed): the upload goes on.
+  virtual void bodyReadable() = 0;
+};
+
+// Where an exchange's attempts come from: the worker's UpstreamClient (libcurl), or a
+// scripted fake in the exchange's unit tests.
+class AttemptFactory {
+ public:
+  virtual ~AttemptFactory() = default;
+  virtual std::unique_ptr<Transfer> createAttempt(AttemptObserver& observer,
+                                                  AttemptRequest request) = 0;
+};
+
+class Attempt final : public Transfer {
  public:
   Attempt(UpstreamClient& client, AttemptObserver& observer, AttemptRequest request);
-  ~Attempt();
+  ~Attempt() override;
   Attempt(const Attempt&) = delete;
   Attempt& operator=(const Attempt&) = delete;
 
-  // Starts the transfer; on failure, onDone(kInternal) is called from the event loop.
-  void start();
-  // Continues a transfer paused by onData returning kPause.
-  void resume();
-  // A streamed body has more bytes (or has ended, or failed): the upload goes on.
-  void bodyReadable();
+  void start() override;
+  void resume() override;
+  void bodyReadable() override;
   bool paused() const { return paused_; }
   bool receivedBody() const { return body_started_; }
 

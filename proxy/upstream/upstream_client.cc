@@ -64,6 +64,11 @@ UpstreamClient::~UpstreamClient() {
   share_.reset();
 }
 
+std::unique_ptr<Transfer> UpstreamClient::createAttempt(AttemptObserver& observer,
+                                                        AttemptRequest request) {
+  return std::make_unique<Attempt>(*this, observer, std::move(request));
+}
+
 CURL* UpstreamClient::acquireHandle() {
   if (!idle_handles_.empty()) {
     CURL* handle = idle_handles_.back().release();

@@ -21,13 +21,12 @@
 #include <vector>
 
 #include "proxy/support/curl.h"
+#include "proxy/upstream/attempt.h"
 #include "proxy/support/libevent.h"
 
 namespace bulwark::upstream {
 
-class Attempt;
-
-class UpstreamClient {
+class UpstreamClient final : public AttemptFactory {
  public:
   // h2 connections per upstream host and worker: with the usual server limit of 100 or more
   // concurrent streams, 4 carry 400 concurrent requests before libcurl queues the rest.
@@ -35,11 +34,14 @@ class UpstreamClient {
 
   explicit UpstreamClient(event_base* base);
   // Every Attempt must be destroyed before its client.
-  ~UpstreamClient();
+  ~UpstreamClient() override;
   UpstreamClient(const UpstreamClient&) = delete;
   UpstreamClient& operator=(const UpstreamClient&) = delete;
 
   event_base* base() const { return base_; }
+  // An Attempt on this client's lanes.
+  std::unique_ptr<Transfer> createAttempt(AttemptObserver& observer,
+                                          AttemptRequest request) override;
   // One TLS session cache for all of this worker's transfers (single-threaded: no locks).
   // Without it each pooled easy handle keeps sessions of its own, and a new connection
   // resumes a session only if its handle happened to hold one.
