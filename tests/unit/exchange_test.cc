@@ -1,0 +1,374 @@
+// The exchange's state machine against a scripted attempt transport: the client leaving in
+// every phase, each attempt's outcome counted exactly once, and a half-open probe slot never
+// leaked. Real breaker, budget and metrics; a fake clock; a libevent loop turned by hand for
+// the (zero-length) backoff timer.
+#include "proxy/exchange/exchange.h"
+
+#include <event2/event.h>
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "config/loader.h"
+#include "proxy/observe/logger.h"
+#include "proxy/observe/metrics.h"
+#include "proxy/resilience/upstream_health.h"
+#include "tests/unit/fakes.h"
+
+namespace bulwark::exchange {
+namespace {
+
+using upstream::AttemptObserver;
+using upstream::TransferError;
+
+// One attempt the test drives by hand through its observer.
+class FakeTransfer;
+
+class FakeAttempts final : public upstream::AttemptFactory {
+ public:
+  std::unique_ptr<upstream::Transfer> createAttempt(AttemptObserver& observer,
+                                                    upstream::AttemptRequest request) override;
+  FakeTransfer* current() { return live.empty() ? nullptr : live.back(); }
+
+  std::vector<FakeTransfer*> live;  // attempts not yet destroyed
+  std::vector<std::string> urls;    // every attempt created, in order
+};
+
+class FakeTransfer final : public upstream::Transfer {
+ public:
+  FakeTransfer(FakeAttempts& owner, AttemptObserver& observer)
+      : owner_(owner), observer(observer) {}
+  ~FakeTransfer() override { std::erase(owner_.live, this); }
+  void start() override { started = true; }
+  void resume() override { ++resumed; }
+  void bodyReadable() override {}
+
+  // The upstream answers with `status` and `body`, whole. May destroy this transfer.
+  void answer(int status, const std::string& body = "{}",
+              const std::string& type = "application/json") {
+    upstream::ResponseHead head;
+    head.status = status;
+    head.headers = {{"content-type", type}};
+    head.content_length = body.size();
+    observer.onRequestStart();
+    observer.onHead(head);
+    if (!body.empty()) observer.onData(body.data(), body.size());
+    observer.onDone(TransferError::kNone, "");
+  }
+
+  FakeAttempts& owner_;
+  AttemptObserver& observer;
+  bool started = false;
+  int resumed = 0;
+};
+
+std::unique_ptr<upstream::Transfer> FakeAttempts::createAttempt(AttemptObserver& observer,
+                                                                upstream::AttemptRequest request) {
+  auto transfer = std::make_unique<FakeTransfer>(*this, observer);
+  live.push_back(transfer.get());
+  urls.push_back(request.url);
+  return transfer;
+}
+
+class FakeSink final : public server::ResponseSink {
+ public:
+  void sendHead(int s, const http::Headers& h, std::optional<std::uint64_t>) override {
+    status = s;
+    headers = h;
+  }
+  void sendContinue() override { ++continues; }
+  void sendBody(const char* data, std::size_t len) override { body.append(data, len); }
+  void finish() override { finished = true; }
+  void abort() override { aborted = true; }
+  std::size_t pendingOutput() const override { return 0; }
+  void onDrained(std::function<void()>) override {}
+
+  int status = 0;
+  http::Headers headers;
+  std::string body;
+  int continues = 0;
+  bool finished = false;
+  bool aborted = false;
+};
+
+constexpr char kConfig[] = R"yaml(
+upstreams:
+  - name: main
+    base_url: http://127.0.0.1:9
+retry:
+  max_attempts: 3
+  base_delay: 0ms
+  max_delay: 0ms
+  jitter: none
+  budget: {ratio: 1.0, min_per_second: 1000}
+circuit_breaker:
+  failure_threshold: 1
+  min_requests: 1000
+  recovery_timeout: 10s
+)yaml";
+
+class ExchangeTest : public ::testing::Test {
+ protected:
+  ExchangeTest()
+      : config_(load()),
+        registry_(*config_, clock_),
+        metrics_(config_->metrics),
+        base_(event_base_new()),
+        context_{attempts_, base_, clock_, random_, registry_, metrics_, &ExchangeTest::current,
+                 this} {
+    observe::Logger::get().configure(config::LogLevel::kError, config::LogFormat::kJson);
+  }
+  ~ExchangeTest() override {
+    exchanges_.clear();
+    event_base_free(base_);
+  }
+
+  static std::shared_ptr<const config::Config> load() {
+    config::LoadResult result = config::loadConfigString(
+        kConfig, [](const std::string&) { return std::optional<std::string>(); });
+    EXPECT_TRUE(result.ok());
+    return std::make_shared<const config::Config>(result.config.value_or(config::Config{}));
+  }
+  static std::shared_ptr<const config::Config> current(void* self) {
+    return static_cast<ExchangeTest*>(self)->config_;
+  }
+
+  // A new client request, started.
+  Exchange& request(const std::string& body = R"({"model":"gpt-4o"})") {
+    server::HttpRequest req;
+    req.method = "POST";
+    req.target = req.path = "/v1/chat/completions";
+    req.headers = {{"Content-Type", "application/json"}};
+    req.body = body;
+    sinks_.push_back(std::make_unique<FakeSink>());
+    exchanges_.push_back(std::make_unique<Exchange>(context_, std::move(req), *sinks_.back()));
+    exchanges_.back()->start();
+    return *exchanges_.back();
+  }
+  FakeSink& sink() { return *sinks_.back(); }
+  // The client leaves: the connection destroys its exchange.
+  void leave() { exchanges_.pop_back(); }
+  // Runs what is due on the loop (a zero-length backoff wait).
+  void turnLoop() { event_base_loop(base_, EVLOOP_NONBLOCK); }
+
+  resilience::CircuitBreaker& breaker() { return registry_.find("main")->breakerFor(""); }
+  int inflight() { return registry_.find("main")->inflight(); }
+
+  // The value of one series in the Prometheus text, 0 when absent.
+  double metric(const std::string& name, const std::map<std::string, std::string>& labels) {
+    std::istringstream text(metrics_.serialize());
+    std::string line;
+    while (std::getline(text, line)) {
+      if (line.rfind(name + "{", 0) != 0) continue;
+      bool all = true;
+      for (const auto& [k, v] : labels) {
+        all = all && line.find(k + "=\"" + v + "\"") != std::string::npos;
+      }
+      if (all) return std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return 0;
+  }
+  double attempts(const std::string& outcome) {
+    return metric("bulwark_upstream_attempts_total", {{"upstream", "main"}, {"outcome", outcome}});
+  }
+  double requests(const std::string& code) {
+    return metric("bulwark_requests_total", {{"upstream", "main"}, {"code", code}});
+  }
+
+  // Trips the breaker and waits out its recovery: the next admission is the probe.
+  void halfOpen() {
+    ASSERT_TRUE(breaker().admit().admitted);
+    breaker().record(true, false);
+    ASSERT_EQ(breaker().snapshot().state, resilience::BreakerState::kOpen);
+    clock_.advance(std::chrono::seconds(11));
+  }
+
+  fakes::FakeClock clock_;
+  resilience::SeededRandom random_{7};
+  std::shared_ptr<const config::Config> config_;
+  resilience::UpstreamRegistry registry_;
+  observe::Metrics metrics_;
+  event_base* base_;
+  FakeAttempts attempts_;
+  ExchangeContext context_;
+  std::vector<std::unique_ptr<FakeSink>> sinks_;
+  std::vector<std::unique_ptr<Exchange>> exchanges_;
+};
+
+TEST_F(ExchangeTest, ASuccessIsCountedOnceAndFinishes) {
+  Exchange& ex = request();
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kAttempting);
+  ASSERT_TRUE(attempts_.current()->started);
+  attempts_.current()->answer(200, R"({"id":"x"})");
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kFinished);
+  EXPECT_EQ(sink().status, 200);
+  EXPECT_TRUE(sink().finished);
+  EXPECT_EQ(attempts("200"), 1);
+  EXPECT_EQ(requests("200"), 1);
+  EXPECT_EQ(inflight(), 0);
+  EXPECT_TRUE(attempts_.live.empty());
+}
+
+// (429 is retried and, by default, not counted by the breaker, which here opens at one
+// counted failure.)
+TEST_F(ExchangeTest, ARetriedFailureCountsEachAttemptOnce) {
+  Exchange& ex = request();
+  attempts_.current()->answer(429);
+  ASSERT_EQ(ex.phase(), Exchange::Phase::kWaiting);
+  EXPECT_TRUE(attempts_.live.empty());  // the failed transfer is gone during the wait
+  EXPECT_EQ(inflight(), 0);
+  turnLoop();
+  ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting);
+  attempts_.current()->answer(200);
+  EXPECT_EQ(attempts("429"), 1);
+  EXPECT_EQ(attempts("200"), 1);
+  EXPECT_EQ(requests("200"), 1);
+  EXPECT_EQ(metric("bulwark_retries_total", {{"upstream", "main"}, {"reason", "429"}}), 1);
+  EXPECT_EQ(attempts_.urls.size(), 2u);
+}
+
+TEST_F(ExchangeTest, GivingUpHandsTheLastAnswerOverOnce) {
+  request();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_NE(attempts_.current(), nullptr) << i;
+    attempts_.current()->answer(429, R"({"error":{"message":"slow down"}})");
+    turnLoop();
+  }
+  EXPECT_EQ(sink().status, 429);
+  EXPECT_NE(sink().body.find("slow down"), std::string::npos);
+  EXPECT_EQ(attempts("429"), 3);
+  EXPECT_EQ(requests("429"), 1);
+  EXPECT_EQ(attempts_.urls.size(), 3u);
+}
+
+TEST_F(ExchangeTest, TheClientLeavingWhileAttemptingCancelsAndCountsNoOutcome) {
+  request();
+  ASSERT_EQ(attempts_.live.size(), 1u);
+  leave();
+  EXPECT_TRUE(attempts_.live.empty());  // the transfer is cancelled
+  EXPECT_EQ(inflight(), 0);
+  EXPECT_EQ(requests("499"), 1);
+  EXPECT_EQ(metric("bulwark_upstream_attempts_total", {{"upstream", "main"}}), 0);
+  // No outcome for the breaker: one failure would have opened it (failure_threshold 1).
+  EXPECT_EQ(breaker().snapshot().state, resilience::BreakerState::kClosed);
+}
+
+TEST_F(ExchangeTest, TheClientLeavingDuringTheWaitStartsNoRetry) {
+  request();
+  attempts_.current()->answer(429);
+  leave();
+  turnLoop();
+  EXPECT_EQ(attempts_.urls.size(), 1u);
+  EXPECT_EQ(attempts("429"), 1);
+  EXPECT_EQ(requests("499"), 1);
+  EXPECT_EQ(inflight(), 0);
+}
+
+TEST_F(ExchangeTest, TheClientLeavingMidStreamIsCountedOnce) {
+  Exchange& ex = request(R"({"model":"gpt-4o","stream":true})");
+  upstream::ResponseHead head;
+  head.status = 200;
+  head.headers = {{"content-type", "text/event-stream"}};
+  FakeTransfer* t = attempts_.current();
+  t->observer.onHead(head);
+  std::string event = "data: {\"choices\":[]}\n\n";
+  t->observer.onData(event.data(), event.size());
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kCommitted);
+  EXPECT_EQ(sink().status, 200);
+  leave();
+  EXPECT_TRUE(attempts_.live.empty());
+  EXPECT_EQ(attempts("200"), 1);  // at the commit point, and not again
+  EXPECT_EQ(requests("499"), 1);
+  EXPECT_EQ(inflight(), 0);
+}
+
+TEST_F(ExchangeTest, TheClientLeavingAfterTheEndChangesNothing) {
+  request();
+  attempts_.current()->answer(200);
+  leave();
+  EXPECT_EQ(requests("200"), 1);
+  EXPECT_EQ(requests("499"), 0);
+  EXPECT_EQ(attempts("200"), 1);
+}
+
+TEST_F(ExchangeTest, TheClientLeavingBeforeItsHeldBodyArrivesStartsNothing) {
+  server::HttpRequest req;
+  req.method = "POST";
+  req.target = req.path = "/v1/chat/completions";
+  req.expect_continue = true;
+  req.body_stream = std::make_shared<server::RequestBody>(1024, 20, true);
+  sinks_.push_back(std::make_unique<FakeSink>());
+  auto ex = std::make_unique<Exchange>(context_, std::move(req), *sinks_.back());
+  ex->start();
+  EXPECT_EQ(ex->phase(), Exchange::Phase::kAdmitted);
+  EXPECT_EQ(sink().continues, 1);  // admitted: the client may send its body
+  EXPECT_EQ(inflight(), 0);        // no slot is held while it does
+  ex.reset();
+  EXPECT_TRUE(attempts_.urls.empty());
+  EXPECT_EQ(requests("499"), 1);
+  // The breaker's admission was given back, whatever the state.
+  EXPECT_TRUE(breaker().admit().admitted);
+  breaker().release(false);
+}
+
+TEST_F(ExchangeTest, ACancelledProbeFreesItsSlot) {
+  halfOpen();
+  request();  // takes the one probe slot
+  ASSERT_EQ(attempts_.live.size(), 1u);
+  ASSERT_NE(attempts_.current(), nullptr);
+  request();  // no slot left: fails fast
+  EXPECT_EQ(sink().status, 503);
+  exchanges_.pop_back();
+  leave();  // the probe's client leaves
+  request();  // the slot is free again
+  ASSERT_EQ(attempts_.urls.size(), 2u);
+  attempts_.current()->answer(200);
+  EXPECT_EQ(breaker().snapshot().state, resilience::BreakerState::kClosed);
+}
+
+TEST_F(ExchangeTest, AProbeClosesTheBreakerAtTheCommitPointOfAStream) {
+  halfOpen();
+  request(R"({"model":"gpt-4o","stream":true})");
+  upstream::ResponseHead head;
+  head.status = 200;
+  head.headers = {{"content-type", "text/event-stream"}};
+  attempts_.current()->observer.onHead(head);
+  std::string event = "data: {\"choices\":[]}\n\n";
+  attempts_.current()->observer.onData(event.data(), event.size());
+  EXPECT_EQ(breaker().snapshot().state, resilience::BreakerState::kClosed);
+  leave();  // and the client leaving later does not count against it
+  EXPECT_EQ(breaker().snapshot().state, resilience::BreakerState::kClosed);
+  EXPECT_EQ(attempts("200"), 1);
+}
+
+TEST_F(ExchangeTest, AFailedProbeReopensAndIsNotRetriedThroughTheOpenBreaker) {
+  halfOpen();
+  Exchange& ex = request();
+  attempts_.current()->answer(503);
+  EXPECT_EQ(breaker().snapshot().state, resilience::BreakerState::kOpen);
+  turnLoop();  // the retry finds the breaker open: the 503 goes to the client
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kFinished);
+  EXPECT_EQ(sink().status, 503);
+  EXPECT_EQ(attempts_.urls.size(), 1u);
+  EXPECT_EQ(attempts("503"), 1);
+  EXPECT_EQ(inflight(), 0);
+}
+
+TEST_F(ExchangeTest, ShutdownEndsEachPhaseOnce) {
+  Exchange& attempting = request();
+  attempting.terminate();
+  EXPECT_EQ(attempting.phase(), Exchange::Phase::kFinished);
+  EXPECT_EQ(sink().status, 503);
+  attempting.terminate();  // a second call does nothing
+  EXPECT_EQ(requests("503"), 1);
+  EXPECT_TRUE(attempts_.live.empty());
+  EXPECT_EQ(inflight(), 0);
+  EXPECT_EQ(breaker().snapshot().state, resilience::BreakerState::kClosed);
+}
+
+}  // namespace
+}  // namespace bulwark::exchange
