@@ -11,17 +11,10 @@ import time
 import unittest
 
 from harness import Bulwark, FakeUpstream, RawConnection, raw_request
+from harness import rss_kib  # shared helpers
 
 CHUNK = 64 * 1024
 CHUNKS = 512  # 32 MiB in all: far more than the kernel's socket buffers can hide
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 class BackpressureTest(unittest.TestCase):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import random
-import socket
 import threading
 import time
 import unittest
@@ -26,8 +25,8 @@ from typing import Callable
 
 from harness import (Bulwark, FakeUpstream, HttpResult, RawConnection, RawResponse, chat_chunk,
                      chat_completion, http_request, raw_request)
+from harness import CHAT_PATH, closed_port, merged  # shared helpers
 
-CHAT_PATH = "/v1/chat/completions"
 TRANSITION = "circuit breaker transition"
 ATTEMPT_FAILED = "upstream attempt failed"
 FAIL_FAST_LIMIT = 0.05  # seconds: a rejected request must not wait for anything
@@ -44,27 +43,8 @@ FAST = {
 }
 
 
-def merged(base: dict, extra: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def chat_body(model: str = "gpt-4o-mini") -> str:
     return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def run_concurrently(fn: Callable[[int], HttpResult], count: int,

@@ -32,7 +32,7 @@ from typing import Callable
 
 from harness import (TRANSPORT, Bulwark, FakeUpstream, RawConnection, RawResponse, chat_completion,
                      raw_request)
-from hardening import (CHAT_BODY, CHAT_PATH, STREAM_BODY, assert_openai_error, closed_port,
+from harness import (CHAT_BODY, CHAT_PATH, STREAM_BODY, assert_openai_error, closed_port,
                        counter_deltas, rss_kib, scrape, self_signed_cert, sse_body, sse_data,
                        sse_event, stream_events, wait_until)
 

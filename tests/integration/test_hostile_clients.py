@@ -22,7 +22,7 @@ import time
 import unittest
 
 from harness import Bulwark, FakeUpstream, RawConnection, http_request, raw_request
-from hardening import (CHAT_BODY, CHAT_PATH, STREAM_BODY, assert_openai_error, fd_count, rss_kib,
+from harness import (CHAT_BODY, CHAT_PATH, STREAM_BODY, assert_openai_error, fd_count, rss_kib,
                        scrape, tcp_sockets, wait_until)
 
 MiB = 1024 * 1024

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from harness import (REPO_DIR, Bulwark, FakeUpstream, HttpResult, RawConnection, bulwark_binary,
                      chat_chunk, chat_completion, http_request, raw_request)
+from harness import CHAT_PATH, merged, sse_body  # shared helpers
 
-CHAT_PATH = "/v1/chat/completions"
 CHAT_BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
                           "messages": [{"role": "user", "content": "hi"}]})
@@ -59,27 +59,11 @@ FAST = {
 }
 
 
-def merged(base: dict, extra: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def stream_events(label: str, pieces: int) -> list:
     cid = f"chatcmpl-{label}"
     return ([chat_chunk("", role="assistant", id=cid)] +
             [chat_chunk(f" {label}{i}", id=cid) for i in range(pieces)] +
             [chat_chunk(finish_reason="stop", id=cid)])
-
-
-def sse_body(events: list) -> bytes:
-    """The exact bytes the fake sends for `{"sse": events}`."""
-    return (b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) +
-            b"data: [DONE]\n\n")
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: str | None = None,

@@ -32,8 +32,8 @@ import uuid
 from harness import (Bulwark, FakeUpstream, HttpResult, RawConnection, RawResponse,
                      bulwark_binary, chat_chunk, chat_completion, http_request, openai_error,
                      parse_text_log, raw_request)
+from harness import CHAT_PATH, closed_port, merged, wait_until  # shared helpers
 
-CHAT_PATH = "/v1/chat/completions"
 RESPONSES_PATH = "/v1/responses"
 ATTEMPT_FAILED = "upstream attempt failed"
 TRANSITION = "circuit breaker transition"
@@ -71,25 +71,6 @@ ISO_8601 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)\
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-def merged(base: dict, extra: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def chat_body(model: str = "gpt-4o-mini", content: str = "hi", **extra) -> str:
@@ -180,18 +161,6 @@ def health(bulwark: Bulwark) -> dict:
     resp = http_request(bulwark.admin_port, "GET", "/health/detailed")
     assert resp.status == 200, (resp.status, resp.body)
     return resp.json()
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
-    """Poll predicate() until truthy (returns it) or AssertionError after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def stream(bulwark: Bulwark, body: str, path: str = CHAT_PATH,

@@ -13,9 +13,9 @@ import unittest
 
 from harness import (Bulwark, FakeUpstream, RawConnection, chat_chunk, chat_completion,
                      http_request, openai_error, raw_request)
+from harness import CHAT_PATH  # shared helpers
 
 MiB = 1024 * 1024
-CHAT_PATH = "/v1/chat/completions"
 CHAT_BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
 # Hop-by-hop request headers that must not reach the upstream (Connection itself may be
 # Bulwark's own, so it is checked separately).

@@ -12,14 +12,13 @@ Run from tests/integration with PYTHONPATH=tests: python3 -m unittest -v test_re
 from __future__ import annotations
 
 import json
-import socket
 import time
 import unittest
 
 from harness import (Bulwark, FakeUpstream, HttpResult, RawConnection, RawResponse, chat_chunk,
                      chat_completion, http_request, openai_error, raw_request)
+from harness import CHAT_PATH, closed_port, merged, sse_body  # shared helpers
 
-CHAT_PATH = "/v1/chat/completions"
 CHAT_BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
                           "messages": [{"role": "user", "content": "hi"}]})
@@ -36,22 +35,6 @@ FAST = {
     "timeouts": {"first_byte": "300ms"},
     "circuit_breaker": {"failure_threshold": 1000, "min_requests": 1000},
 }
-
-
-def merged(base: dict, extra: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def sse_body(events: list, done: bool = True) -> bytes:
-    """The exact bytes the fake sends for `{"sse": events}`."""
-    out = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
-    return out + (b"data: [DONE]\n\n" if done else b"")
 
 
 def sse_data(body: bytes) -> list[str]:
@@ -71,15 +54,6 @@ def stream_events(label: str) -> list:
     return ([chat_chunk("", role="assistant", id=cid)] +
             [chat_chunk(piece, id=cid) for piece in (f"{label}:", " hello", " world")] +
             [chat_chunk(finish_reason="stop", id=cid)])
-
-
-def closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 class RetryTestCase(unittest.TestCase):

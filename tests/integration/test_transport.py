@@ -25,7 +25,7 @@ import unittest
 from connect_proxy import ConnectProxy
 from harness import (TESTS_DIR, TRANSPORT, Bulwark, FakeUpstream, RawConnection, chat_chunk,
                      http_request, openai_error, raw_request, test_pki)
-from hardening import CHAT_PATH, assert_openai_error, rss_kib, scrape, wait_until
+from harness import CHAT_PATH, assert_openai_error, rss_kib, scrape, wait_until
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}

@@ -20,7 +20,7 @@ import unittest
 from pathlib import Path
 
 from harness import TESTS_DIR, TRANSPORT, Bulwark, FakeUpstream, RawConnection
-from hardening import (SANITIZED, assert_openai_error, counter_deltas, rss_kib, scrape,
+from harness import (SANITIZED, assert_openai_error, counter_deltas, rss_kib, scrape,
                        wait_until)
 
 MIB = 1024 * 1024

@@ -37,7 +37,7 @@ for path in (TESTS_DIR, TESTS_DIR / "integration"):
         sys.path.insert(0, str(path))
 
 from harness import Bulwark, FakeUpstream, http_request  # noqa: E402
-from hardening import scrape  # noqa: E402
+from harness import scrape  # noqa: E402
 
 CHAT_PATH = "/v1/chat/completions"
 TRANSITION = "circuit breaker transition"

@@ -43,7 +43,7 @@ for path in (TESTS_DIR, TESTS_DIR / "integration"):
 
 from harness import (Bulwark, FakeUpstream, RawConnection, RawResponse,  # noqa: E402
                      chat_chunk, chat_completion, openai_error, raw_request)
-from hardening import fd_census, rss_kib, scrape, sse_data  # noqa: E402
+from harness import fd_census, rss_kib, scrape, sse_data  # noqa: E402
 
 CHAT_PATH = "/v1/chat/completions"
 TOTAL_TIMEOUT = 8.0
