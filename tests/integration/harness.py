@@ -557,6 +557,18 @@ class RawResponse:
         return json.loads(self.body)
 
 
+def parse_head(head: bytes) -> RawResponse:
+    """A response head (status line and header lines, without the blank line)."""
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.append((name, value.strip()))
+    return RawResponse(version, int(code), reason, headers, time.monotonic())
+
+
 class RawConnection:
     """A TCP client that sends exact bytes and parses responses itself, timing each piece.
 
@@ -615,15 +627,7 @@ class RawConnection:
 
     def read_any_head(self) -> RawResponse:
         """The next response head, interim (1xx) or final."""
-        head = self._take_until(b"\r\n\r\n").decode("latin-1")
-        lines = head[:-4].split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code, _, reason = rest.partition(" ")
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers.append((name, value.strip()))
-        return RawResponse(version, int(code), reason, headers, time.monotonic())
+        return parse_head(self._take_until(b"\r\n\r\n")[:-4])
 
     def read_head(self) -> RawResponse:
         """The next final response head (1xx interim responses are skipped and noted)."""

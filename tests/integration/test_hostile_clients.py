@@ -22,6 +22,7 @@ import time
 import unittest
 
 from harness import Bulwark, FakeUpstream, RawConnection, http_request, raw_request
+from harness import parse_head
 from harness import (CHAT_BODY, CHAT_PATH, STREAM_BODY, assert_openai_error, fd_count, rss_kib,
                        scrape, tcp_sockets, wait_until)
 
@@ -116,18 +117,10 @@ class HostileTestCase(unittest.TestCase):
 
 def _parse_one(data: bytes):
     """(RawResponse-like, rest) for the first complete response in data, else None."""
-    from harness import RawResponse
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    lines = data[:end].decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    headers = []
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers.append((name, value.strip()))
-    resp = RawResponse(version, int(code), reason, headers, time.monotonic())
+    resp = parse_head(data[:end])
     length = int(resp.header("content-length") or 0)
     body = data[end + 4:end + 4 + length]
     if len(body) < length:

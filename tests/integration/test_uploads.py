@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -19,7 +18,7 @@ import time
 import unittest
 from pathlib import Path
 
-from harness import TESTS_DIR, TRANSPORT, Bulwark, FakeUpstream, RawConnection
+from harness import TESTS_DIR, TRANSPORT, Bulwark, FakeUpstream, RawConnection, closed_port
 from harness import (SANITIZED, assert_openai_error, counter_deltas, rss_kib, scrape,
                        wait_until)
 
@@ -323,6 +322,13 @@ class UploadFailureTest(unittest.TestCase):
         line = self.bulwark.wait_for_log(lambda e: e.get("msg") == "request")
         self.assertEqual(line["status"], 499)
 
+    def upload_whole(self) -> tuple[bytes, object]:
+        """Uploads SIZE random bytes and reads the answer: (the body, the response)."""
+        body = os.urandom(self.SIZE)
+        with RawConnection(self.bulwark.port, timeout=30) as conn:
+            conn.send(self.head + body)
+            return body, conn.read_response("POST")
+
     def upload_with(self, failing: dict):
         self.fake.script([failing, {"status": 200, "body": FILE_OBJECT}])
         with RawConnection(self.bulwark.port, timeout=30) as conn:
@@ -358,10 +364,7 @@ class UploadFailureTest(unittest.TestCase):
         # 429 before reading: none of the body was consumed, so the streamed upload is retried.
         self.fake.script([{"early": True, "status": 429, "headers": {"retry-after-ms": "10"}},
                           {"status": 200, "body": FILE_OBJECT}])
-        body = os.urandom(self.SIZE)
-        with RawConnection(self.bulwark.port, timeout=30) as conn:
-            conn.send(self.head + body)
-            resp = conn.read_response("POST")
+        body, resp = self.upload_whole()
         self.assertEqual(resp.status, 200, resp.body[:300])
         self.assertEqual(resp.header("x-bulwark-attempts"), "2")
         self.assertEqual(len(self.fake.requests), 2)
@@ -373,18 +376,12 @@ class UploadFailureTest(unittest.TestCase):
         # Nothing of the body was consumed by an upstream that could not be reached: the
         # upload goes to the next upstream, whole.
         self.bulwark.stop()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            closed = probe.getsockname()[1]
-        self.bulwark = Bulwark([{"name": "down", "base_url": f"http://127.0.0.1:{closed}"},
+        self.bulwark = Bulwark([{"name": "down", "base_url": f"http://127.0.0.1:{closed_port()}"},
                                 self.fake], {**CONFIG, "retry": {**CONFIG["retry"],
                                                                  "failover": True}})
         self.bulwark.start()
         self.fake.script([{"status": 200, "body": FILE_OBJECT}])
-        body = os.urandom(self.SIZE)
-        with RawConnection(self.bulwark.port, timeout=30) as conn:
-            conn.send(self.head + body)
-            resp = conn.read_response("POST")
+        body, resp = self.upload_whole()
         self.assertEqual(resp.status, 200, resp.body[:300])
         self.assertEqual(resp.header("x-bulwark-attempts"), "2")
         self.assertEqual(resp.header("x-bulwark-upstream"), "fake1")
