@@ -131,6 +131,24 @@ struct MetricsConfig {
   bool operator==(const MetricsConfig&) const = default;
 };
 
+// Which requests a route takes. An empty field matches anything.
+struct RouteMatch {
+  std::string path;   // a prefix ("/v1/embeddings", whole segments) or a glob ("/v1/*/jobs")
+  std::string model;  // a glob over the body's "model" ("o*", "gpt-4o*")
+  bool operator==(const RouteMatch&) const = default;
+};
+
+// One entry of `routes:`, with its settings resolved: the top level's, overridden by the
+// route's own. The default route (no entry matched) is the top level itself.
+struct RouteConfig {
+  std::string name;
+  RouteMatch match;
+  TimeoutsConfig timeouts;
+  RetryConfig retry;
+  std::vector<std::size_t> upstreams;  // indexes into Config::upstreams: the failover chain
+  bool operator==(const RouteConfig&) const = default;
+};
+
 struct Config {
   ServerConfig server;
   std::vector<UpstreamConfig> upstreams;  // priority order; never empty after loading
@@ -139,6 +157,8 @@ struct Config {
   CircuitBreakerConfig circuit_breaker;
   LogConfig log;
   MetricsConfig metrics;
+  std::vector<RouteConfig> routes;  // in order: the first that matches applies
+  RouteConfig default_route;        // name "default": the top-level settings, every upstream
   // Lets a SIGHUP reload tell what changed, and tests compare whole configs.
   bool operator==(const Config&) const = default;
 };

@@ -386,7 +386,8 @@ void readPolicies(MappingReader policies, std::map<std::string, OutcomePolicy>& 
   policies.finish();
 }
 
-void readRetry(MappingReader retry, RetryConfig& out) {
+// `per_route`: a route's override, which cannot set the budget (it is the upstream's).
+void readRetry(MappingReader retry, RetryConfig& out, bool per_route = false) {
   readInt(retry, "max_attempts", out.max_attempts, 1);
   readDuration(retry, "base_delay", out.base_delay);
   readDuration(retry, "max_delay", out.max_delay);
@@ -401,7 +402,11 @@ void readRetry(MappingReader retry, RetryConfig& out) {
   readBool(retry, "honor_retry_after", out.honor_retry_after);
   readDuration(retry, "max_retry_after", out.max_retry_after);
   readBool(retry, "failover", out.failover);
-  readBudget(retry.section("budget"), out.budget);
+  if (per_route && retry.find("budget") != nullptr) {
+    retry.fail("budget", "cannot be set per route: the retry budget belongs to the upstream");
+  } else {
+    readBudget(retry.section("budget"), out.budget);
+  }
   readCodeList(retry, "non_retryable_429_codes", out.non_retryable_429_codes);
   readPolicies(retry.section("policies"), out.policies);
   retry.finish();
@@ -440,6 +445,112 @@ void readMetrics(MappingReader metrics, MetricsConfig& out) {
   metrics.finish();
 }
 
+// ---- routes ----
+
+// Top-level sections a route cannot override: they belong to the process or the upstream.
+constexpr std::array<std::string_view, 5> kNotPerRoute{"server", "circuit_breaker", "log",
+                                                       "metrics", "routes"};
+
+void readRouteMatch(MappingReader match, RouteMatch& out) {
+  match.readString("path", out.path);
+  match.check("path", out.path.empty() || out.path.front() == '/',
+              "must start with '/' (a prefix such as /v1/embeddings, or a glob such as /v1/*)");
+  match.readString("model", out.model);
+  match.finish();
+}
+
+// The route's failover chain: upstream names, in order, each a configured upstream.
+void readRouteUpstreams(MappingReader& route, const std::vector<UpstreamConfig>& upstreams,
+                        std::vector<std::size_t>& out) {
+  const YAML::Node* list = route.find("upstreams");
+  if (list == nullptr) return;
+  if (!list->IsSequence() || list->size() == 0) {
+    route.fail("upstreams", "expected a non-empty list of upstream names, got " +
+                                (list->IsSequence() ? std::string("an empty list")
+                                                    : describeNode(*list)));
+    return;
+  }
+  std::string known;
+  for (const UpstreamConfig& u : upstreams) known += (known.empty() ? "" : ", ") + u.name;
+  std::vector<std::size_t> chain;
+  std::size_t index = 0;
+  for (const YAML::Node& item : *list) {
+    const std::string path = route.pathOf("upstreams") + "[" + std::to_string(index++) + "]";
+    const YAML::Mark mark = item.IsNull() ? list->Mark() : item.Mark();
+    std::optional<std::string> name =
+        route.context().expandedScalar(item, mark, path, "an upstream name");
+    if (!name) continue;
+    auto found = std::find_if(upstreams.begin(), upstreams.end(),
+                              [&](const UpstreamConfig& u) { return u.name == *name; });
+    if (found == upstreams.end()) {
+      route.context().addError(path, mark,
+                               "unknown upstream \"" + *name + "\"; the upstreams are: " + known);
+      continue;
+    }
+    std::size_t at = static_cast<std::size_t>(found - upstreams.begin());
+    if (std::find(chain.begin(), chain.end(), at) != chain.end()) {
+      route.context().addError(path, mark, "upstream \"" + *name + "\" is listed twice");
+      continue;
+    }
+    chain.push_back(at);
+  }
+  if (!chain.empty()) out = std::move(chain);
+}
+
+RouteConfig readRoute(MappingReader route, const Config& config,
+                      const std::map<std::string, std::size_t>& names) {
+  RouteConfig out = config.default_route;
+  out.name.clear();
+  if (route.require("name")) {
+    route.readString("name", out.name);
+    route.check("name", isUpstreamName(out.name) && out.name != "default",
+                "must be non-empty, not \"default\", and use only letters, digits, '.', '_' "
+                "and '-'");
+    if (auto same = names.find(out.name); same != names.end()) {
+      route.check("name", false,
+                  "duplicate route name, already used by routes[" +
+                      std::to_string(same->second) + "]");
+    }
+  }
+  readRouteMatch(route.section("match"), out.match);
+  readTimeouts(route.section("timeouts"), out.timeouts);
+  readRetry(route.section("retry"), out.retry, /*per_route=*/true);
+  readRouteUpstreams(route, config.upstreams, out.upstreams);
+  for (std::string_view key : kNotPerRoute) {
+    if (route.find(key) != nullptr) {
+      route.fail(key, "cannot be set per route; a route overrides timeouts, retry and upstreams");
+    }
+  }
+  if (route.find("hedge") != nullptr) {
+    route.fail("hedge", "hedging is not available in this version of Bulwark");
+  }
+  route.finish();
+  return out;
+}
+
+void readRoutes(MappingReader& root, Config& config) {
+  config.default_route.name = "default";
+  config.default_route.timeouts = config.timeouts;
+  config.default_route.retry = config.retry;
+  config.default_route.upstreams.clear();
+  for (std::size_t i = 0; i < config.upstreams.size(); ++i) config.default_route.upstreams.push_back(i);
+  const YAML::Node* list = root.find("routes");
+  if (list == nullptr || list->IsNull()) return;
+  if (!list->IsSequence()) {
+    root.fail("routes", "expected a list of routes, got " + describeNode(*list));
+    return;
+  }
+  std::map<std::string, std::size_t> names;
+  std::size_t index = 0;
+  for (const YAML::Node& item : *list) {
+    const std::string path = "routes[" + std::to_string(index) + "]";
+    const YAML::Mark mark = item.IsNull() ? list->Mark() : item.Mark();
+    RouteConfig route = readRoute(MappingReader(root.context(), &item, mark, path), config, names);
+    names.emplace(route.name, index++);
+    config.routes.push_back(std::move(route));
+  }
+}
+
 }  // namespace
 
 Config readConfig(LoadContext& context, const YAML::Node& document) {
@@ -452,6 +563,7 @@ Config readConfig(LoadContext& context, const YAML::Node& document) {
   readCircuitBreaker(root.section("circuit_breaker"), config.circuit_breaker);
   readLog(root.section("log"), config.log);
   readMetrics(root.section("metrics"), config.metrics);
+  readRoutes(root, config);  // after timeouts and retry: a route starts from them
   root.finish();
   return config;
 }

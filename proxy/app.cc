@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "config/loader.h"
+#include "proxy/admin/route_explain.h"
 #include "proxy/observe/health.h"
 #include "proxy/observe/logger.h"
 #include "proxy/server/listen_socket.h"
@@ -89,7 +90,10 @@ int App::run() {
       base_.get(), ready_,
       admin::AdminServer::Sources{
           [this] { return metricsText(); },
-          [this] { return observe::healthDetailedJson(upstreams_, clock_.wallNow()); }});
+          [this] { return observe::healthDetailedJson(upstreams_, clock_.wallNow()); },
+          [this](std::string_view path, std::string_view model) {
+            return admin::routeExplanationJson(*config_store_.current(), path, model);
+          }});
   std::string admin_error = admin_->listen(cfg->server.admin_listen);
   if (!admin_error.empty()) {
     observe::logError("cannot start", {{"error", admin_error}});

@@ -50,6 +50,23 @@ void AdminServer::onRequest(evhttp_request* req, void* arg) {
           self->sources_.metrics_text());
   } else if (p == "/health/detailed") {
     reply(req, 200, "OK", "application/json", self->sources_.health_detailed());
+  } else if (p == "/config/routes") {
+    // ?path=/v1/chat/completions&model=o3 (both optional; the path defaults to "/").
+    const char* query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    evkeyvalq params{};
+    std::string route_path = "/";
+    std::string model;
+    if (query != nullptr && evhttp_parse_query_str(query, &params) == 0) {
+      if (const char* v = evhttp_find_header(&params, "path")) route_path = v;
+      if (const char* v = evhttp_find_header(&params, "model")) model = v;
+    }
+    evhttp_clear_headers(&params);
+    if (route_path.empty() || route_path.front() != '/') {
+      reply(req, 400, "Bad Request", "text/plain; charset=utf-8", "path must start with /\n");
+      return;
+    }
+    reply(req, 200, "OK", "application/json",
+          self->sources_.route_explanation(route_path, model));
   } else if (p == "/healthz") {
     reply(req, 200, "OK", "text/plain; charset=utf-8", "ok\n");
   } else if (p == "/readyz") {

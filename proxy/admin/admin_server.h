@@ -1,10 +1,12 @@
-// The admin listener (server.admin_listen): /metrics, /healthz, /readyz, /health/detailed.
+// The admin listener (server.admin_listen): /metrics, /healthz, /readyz, /health/detailed,
+// /config/routes.
 // Runs on the main thread's event loop, separate from client traffic.
 #pragma once
 
 #include <atomic>
 #include <functional>
 #include <string>
+#include <string_view>
 
 #include "config/config.h"
 #include "proxy/support/libevent.h"
@@ -16,6 +18,8 @@ class AdminServer {
   struct Sources {
     std::function<std::string()> metrics_text;     // Prometheus text format
     std::function<std::string()> health_detailed;  // the /health/detailed JSON
+    // The /config/routes JSON for a request's path and model.
+    std::function<std::string(std::string_view path, std::string_view model)> route_explanation;
   };
   // `ready` is true while Bulwark is listening and not draining.
   AdminServer(event_base* base, const std::atomic<bool>& ready, Sources sources);

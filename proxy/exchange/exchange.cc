@@ -1,7 +1,10 @@
 #include "proxy/exchange/exchange.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
+
+#include "config/routes.h"
 
 #include "proxy/exchange/forwarding.h"
 #include "proxy/http/openai_error.h"
@@ -69,7 +72,8 @@ Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
       request_(std::move(request)),
       sink_(sink),
       request_id_(newRequestId(context.random)),
-      backoff_(config_->retry, context.random) {}
+      route_(&config_->default_route),
+      backoff_(std::in_place, config_->default_route.retry, context.random) {}
 
 Exchange::~Exchange() {
   sink_.onDrained(nullptr);
@@ -79,16 +83,12 @@ Exchange::~Exchange() {
 }
 
 void Exchange::start() {
-  const config::Config& cfg = *config_;
   started_ = context_.clock.now();
-  deadline_ = resilience::requestDeadline(cfg.timeouts, request_.headers, started_);
-  max_attempts_ = resilience::attemptsAllowed(cfg.retry, request_.headers);
   policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
-  upstream_ = &cfg.upstreams.front();
   wait_timer_.reset(evtimer_new(context_.base, &Exchange::onWaitOver, this));
   deadline_timer_.reset(evtimer_new(context_.base, &Exchange::onDeadline, this));
-  timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
-  evtimer_add(deadline_timer_.get(), &until_deadline);
+  // The route by path alone until the body (and its model) is in.
+  applyRoute(config::routeFor(*config_, request_.path, ""));
 
   if (!request_.body_stream) {
     startBuffered();
@@ -115,8 +115,20 @@ void Exchange::start() {
   onBodyReadable();  // it may have come whole already
 }
 
+void Exchange::applyRoute(const config::RouteConfig& route) {
+  route_ = &route;
+  deadline_ = resilience::requestDeadline(route.timeouts, request_.headers, started_);
+  max_attempts_ = resilience::attemptsAllowed(route.retry, request_.headers);
+  backoff_.emplace(route.retry, context_.random);
+  upstream_index_ = static_cast<int>(route.upstreams.front());
+  upstream_ = &config_->upstreams[upstream_index_];
+  timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
+  evtimer_add(deadline_timer_.get(), &until_deadline);
+}
+
 void Exchange::startBuffered() {
   facts_ = readRequestFacts(request_.body);
+  applyRoute(config::routeFor(*config_, request_.path, facts_.model));
   if (config_->circuit_breaker.scope == config::BreakerScope::kUpstreamModel) {
     model_ = facts_.model;
   }
@@ -210,13 +222,18 @@ void Exchange::onBodySent(std::uint64_t bytes) {
 }
 
 UpstreamSelection Exchange::selectFor(bool retry) const {
-  int n = static_cast<int>(config_->upstreams.size());
+  // The route's failover chain (the default route's is every upstream, in order).
+  const std::vector<std::size_t>& chain = route_->upstreams;
+  int n = static_cast<int>(chain.size());
   std::vector<int> order;
   if (!retry) {
-    for (int i = 0; i < n; ++i) order.push_back(i);
-  } else if (config_->retry.failover) {
+    for (std::size_t index : chain) order.push_back(static_cast<int>(index));
+  } else if (route_->retry.failover) {
     // The next upstreams after the one that failed, then (last) the failed one again.
-    for (int i = 1; i <= n; ++i) order.push_back((upstream_index_ + i) % n);
+    int at = static_cast<int>(std::find(chain.begin(), chain.end(),
+                                        static_cast<std::size_t>(upstream_index_)) -
+                              chain.begin());
+    for (int i = 1; i <= n; ++i) order.push_back(static_cast<int>(chain[(at + i) % n]));
   } else {
     order.push_back(upstream_index_);
   }
@@ -270,9 +287,9 @@ void Exchange::startAttempt(UpstreamSelection selection) {
   req.multiplex = !streamed_ && request_.method == "POST" && !facts_.stream &&
                   resilience::followsRetryPolicies(request_.method, request_.path);
   req.identity_encoding = facts_.stream;
-  req.connect_timeout = config_->timeouts.connect;
-  req.first_byte_timeout = config_->timeouts.first_byte;
-  req.idle_timeout = config_->timeouts.idle;
+  req.connect_timeout = route_->timeouts.connect;
+  req.first_byte_timeout = route_->timeouts.first_byte;
+  req.idle_timeout = route_->timeouts.idle;
   attempt_ = context_.attempts.createAttempt(*this, std::move(req));
   attempt_->start();
 }
@@ -378,7 +395,7 @@ upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::si
         // A Responses preamble is not held past timeouts.first_byte: the client would see
         // nothing for longer than Bulwark lets an upstream stay silent.
         if (event_scan_.preambleEvents() == 0 ||
-            context_.clock.now() - attempt_started_ < config_->timeouts.first_byte) {
+            context_.clock.now() - attempt_started_ < route_->timeouts.first_byte) {
           return Flow::kContinue;
         }
         break;
@@ -404,7 +421,7 @@ void Exchange::commit(std::optional<std::uint64_t> content_length) {
   // reopens) the breaker now, not when a long stream ends; any other success is recorded
   // once, at its end, as a success or an interruption.
   bool counted = head_.status >= 400 &&
-                 resilience::policyFor(config_->retry, Outcome::fromStatus(head_.status)).breaker;
+                 resilience::policyFor(route_->retry, Outcome::fromStatus(head_.status)).breaker;
   recordAttempt(std::to_string(head_.status), counted, /*success_at_end=*/true);
   if (head_.status == 200) {
     std::string_view type = http::findHeader(head_.headers, "content-type").value_or("");
@@ -463,7 +480,7 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   if (has_head_) facts.x_should_retry = xShouldRetry(head_.headers);
   if (outcome.kind == Outcome::Kind::kStatus) facts.error_body = held_;
   facts.policies_apply = policies_apply_;
-  resilience::Verdict verdict = resilience::classifyAttempt(config_->retry, facts);
+  resilience::Verdict verdict = resilience::classifyAttempt(route_->retry, facts);
   last_outcome_ = outcome;
   if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
     last_response_ = takeHeldResponse();
@@ -481,7 +498,7 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   inputs.now = context_.clock.now();
   inputs.deadline = deadline_;
   resilience::RetryDecision decision =
-      resilience::decideRetry(config_->retry, inputs, backoff_, lease_.health()->budget());
+      resilience::decideRetry(route_->retry, inputs, *backoff_, lease_.health()->budget());
   if (decision.budget_exhausted) context_.metrics.retryBudgetExhausted(upstream_->name);
 
   std::string outcome_name = outcome.name();
@@ -671,7 +688,7 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
     // The attempt in flight ran out of the request's time: a timeout like any other, for
     // the breaker, the metrics and the logs.
     Outcome timeout = Outcome::timeout();
-    AttemptEnd end{timeout.name(), resilience::policyFor(self->config_->retry, timeout).breaker,
+    AttemptEnd end{timeout.name(), resilience::policyFor(self->route_->retry, timeout).breaker,
                    /*failed=*/true, /*retryable=*/false, "deadline", "timeouts.total reached"};
     self->endAttempt(&end);
   } else {

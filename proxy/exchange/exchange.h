@@ -83,6 +83,8 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   static void onWaitOver(evutil_socket_t, short, void* arg);
   static void onDeadline(evutil_socket_t, short, void* arg);
 
+  // Takes the route's settings: deadline, attempts, backoff, the first upstream.
+  void applyRoute(const config::RouteConfig& route);
   // The first attempt of a request whose body was read whole.
   void startBuffered();
   // The first attempt of a request whose body streams to the upstream as it arrives.
@@ -141,6 +143,9 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   server::ResponseSink& sink_;
   std::string request_id_;
   Phase phase_ = Phase::kAdmitted;
+  // The request's route: its timeouts, retry rules and failover chain. By path alone until
+  // the body is read, then by path and model.
+  const config::RouteConfig* route_ = nullptr;
   const config::UpstreamConfig* upstream_ = nullptr;  // the current (or last) attempt's
   int upstream_index_ = 0;
   UpstreamLease lease_;
@@ -164,7 +169,7 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   bool streamed_ = false;
   std::uint64_t body_bytes_sent_ = 0;  // request body bytes sent upstream, all attempts
   bool policies_apply_ = true;
-  resilience::Backoff backoff_;
+  std::optional<resilience::Backoff> backoff_;  // the route's retry settings
   support::EventPtr wait_timer_;
   support::EventPtr deadline_timer_;
 

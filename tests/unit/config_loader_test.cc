@@ -14,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "config/routes.h"
 #include "config/yaml_document.h"
 
 namespace bulwark::config {
@@ -73,6 +74,8 @@ Config expectedDefaults(const std::string& api_key = "") {
   Config config;
   config.upstreams.push_back(
       UpstreamConfig{"openai", "https://api.openai.com", api_key, {}, "", 0});
+  // No routes: every request takes the default route, the top-level settings.
+  config.default_route = RouteConfig{"default", {}, config.timeouts, config.retry, {0}};
   return config;
 }
 
@@ -877,6 +880,119 @@ TEST(ConfigSecretsTest, ValuesFromTheEnvironmentAreNeverRepeatedInErrors) {
   EXPECT_EQ(result.errors[0].toString().find("SECRET"), std::string::npos)
       << result.errors[0].toString();
   EXPECT_NE(result.errors[0].toString().find("upstreams[0].max_inflight"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace bulwark::config
+
+namespace bulwark::config {
+namespace {
+
+// ---- routes ----
+
+constexpr char kRoutes[] = R"yaml(
+upstreams:
+  - name: openai
+    base_url: https://api.openai.com
+  - name: azure
+    base_url: https://example.openai.azure.com/openai
+timeouts:
+  first_byte: 30s
+retry:
+  max_attempts: 3
+  base_delay: 500ms
+routes:
+  - name: reasoning
+    match: {path: /v1/chat/completions, model: "o*"}
+    timeouts: {first_byte: 600s, total: 900s}
+    retry: {max_attempts: 2}
+    upstreams: [openai, azure]
+  - name: embeddings
+    match: {path: /v1/embeddings}
+    retry:
+      max_attempts: 5
+      policies:
+        "400": {retry: true, breaker: false}
+  - name: chat
+    match: {path: /v1/chat/*}
+    upstreams: [azure, openai]
+)yaml";
+
+TEST(RouteConfigTest, ARouteOverridesOnlyWhatItNames) {
+  const Config config = loadValid(kRoutes);
+  ASSERT_EQ(config.routes.size(), 3u);
+  const RouteConfig& reasoning = config.routes[0];
+  EXPECT_EQ(reasoning.name, "reasoning");
+  EXPECT_EQ(reasoning.match.path, "/v1/chat/completions");
+  EXPECT_EQ(reasoning.match.model, "o*");
+  EXPECT_EQ(reasoning.timeouts.first_byte, seconds(600));
+  EXPECT_EQ(reasoning.timeouts.total, seconds(900));
+  EXPECT_EQ(reasoning.timeouts.connect, config.timeouts.connect);  // inherited
+  EXPECT_EQ(reasoning.retry.max_attempts, 2);
+  EXPECT_EQ(reasoning.retry.base_delay, milliseconds(500));  // from the top level
+  EXPECT_EQ(reasoning.upstreams, (std::vector<std::size_t>{0, 1}));
+
+  const RouteConfig& embeddings = config.routes[1];
+  EXPECT_EQ(embeddings.timeouts, config.timeouts);
+  EXPECT_EQ(embeddings.retry.max_attempts, 5);
+  EXPECT_TRUE(embeddings.retry.policies.at("400").retry);          // added
+  EXPECT_TRUE(embeddings.retry.policies.at("5xx").breaker);        // kept
+  EXPECT_EQ(embeddings.upstreams, (std::vector<std::size_t>{0, 1}));  // every upstream
+
+  EXPECT_EQ(config.routes[2].upstreams, (std::vector<std::size_t>{1, 0}));
+  EXPECT_EQ(config.default_route.name, "default");
+  EXPECT_EQ(config.default_route.timeouts.first_byte, seconds(30));
+  EXPECT_EQ(config.default_route.retry, config.retry);
+}
+
+TEST(RouteConfigTest, TheFirstMatchingRouteApplies) {
+  const Config config = loadValid(kRoutes);
+  EXPECT_EQ(routeFor(config, "/v1/chat/completions", "o3-mini").name, "reasoning");
+  EXPECT_EQ(routeFor(config, "/v1/chat/completions?x=1", "o1").name, "reasoning");
+  EXPECT_EQ(routeFor(config, "/v1/chat/completions", "gpt-4o").name, "chat");
+  EXPECT_EQ(routeFor(config, "/v1/chat/completions", "").name, "chat");
+  EXPECT_EQ(routeFor(config, "/v1/embeddings", "text-embedding-3-small").name, "embeddings");
+  EXPECT_EQ(routeFor(config, "/v1/embeddings/x", "").name, "embeddings");
+  EXPECT_EQ(routeFor(config, "/v1/embeddingsx", "").name, "default");  // whole segments
+  EXPECT_EQ(routeFor(config, "/v1/files", "").name, "default");
+}
+
+TEST(RouteConfigTest, MistakesAreErrorsWithTheirLine) {
+  const std::string base =
+      "upstreams:\n  - name: openai\n    base_url: https://api.openai.com\nroutes:\n";
+  struct Case {
+    std::string routes;
+    std::string path;
+    int line;
+    std::string message;
+  };
+  const std::vector<Case> cases{
+      {"  - name: a\n    upstreams: [openai, azure]\n", "routes[0].upstreams[1]", 6,
+       "unknown upstream \"azure\"; the upstreams are: openai"},
+      {"  - name: a\n    circuit_breaker: {failure_threshold: 2}\n", "routes[0].circuit_breaker", 6,
+       "cannot be set per route"},
+      {"  - name: a\n    retry: {budget: {ratio: 0.5}}\n", "routes[0].retry.budget", 6,
+       "belongs to the upstream"},
+      {"  - name: a\n  - name: a\n", "routes[1].name", 6, "duplicate route name"},
+      {"  - name: a\n    match: {path: v1/chat}\n", "routes[0].match.path", 6, "must start with '/'"},
+      {"  - name: a\n    upstreams: []\n", "routes[0].upstreams", 6, "non-empty list"},
+      {"  - name: a\n    timeouts: {first_bite: 1s}\n", "routes[0].timeouts.first_bite", 6,
+       "unknown key"},
+      {"  - match: {path: /v1}\n", "routes[0].name", 5, "required"},
+  };
+  for (const Case& c : cases) {
+    LoadResult result = load(base + c.routes);
+    ASSERT_FALSE(result.ok()) << c.routes;
+    bool found = false;
+    for (const ConfigError& e : result.errors) {
+      if (e.path == c.path) {
+        found = true;
+        EXPECT_EQ(e.line, c.line) << c.routes;
+        EXPECT_THAT(e.message, HasSubstr(c.message)) << c.routes;
+      }
+    }
+    EXPECT_TRUE(found) << c.routes << describe(result);
+  }
 }
 
 }  // namespace

@@ -1,0 +1,148 @@
+"""Routes: per-path and per-model timeouts, retry rules and failover chains.
+
+The first route whose match takes a request applies; the top-level settings are the default.
+The admin endpoint GET /config/routes shows which route a request would take; SIGHUP reloads
+routes like the rest of the file.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import unittest
+
+from harness import (CHAT_PATH, Bulwark, FakeUpstream, http_request, merged)
+
+EMBEDDINGS_PATH = "/v1/embeddings"
+CONFIG = {
+    "timeouts": {"connect": "1s", "first_byte": "300ms", "idle": "2s", "total": "10s"},
+    "retry": {"max_attempts": 2, "base_delay": "10ms", "max_delay": "10ms", "jitter": "none",
+              "budget": {"ratio": 1.0, "min_per_second": 1000}},
+    "circuit_breaker": {"failure_threshold": 1000, "min_requests": 1000},
+    "routes": [
+        {"name": "reasoning", "match": {"path": CHAT_PATH, "model": "o*"},
+         "timeouts": {"first_byte": "3s"}, "retry": {"max_attempts": 1}},
+        {"name": "embeddings", "match": {"path": EMBEDDINGS_PATH},
+         "retry": {"max_attempts": 5}},
+        {"name": "chat", "match": {"path": "/v1/chat/*"}, "upstreams": ["fake1", "fake0"]},
+    ],
+}
+
+
+def chat(model: str) -> str:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+
+
+def embeddings() -> str:
+    return json.dumps({"model": "text-embedding-3-small", "input": "hello"})
+
+
+class RoutesTest(unittest.TestCase):
+
+    def setUp(self):
+        self.a = FakeUpstream().start()
+        self.addCleanup(self.a.stop)
+        self.b = FakeUpstream().start()
+        self.addCleanup(self.b.stop)
+        self.bulwark = Bulwark([self.a, self.b], CONFIG).start()
+        self.addCleanup(self.bulwark.stop)
+
+    def post(self, path: str, body: str):
+        return http_request(self.bulwark.port, "POST", path, body,
+                            headers={"Content-Type": "application/json"}, timeout=15)
+
+    def explain(self, path: str, model: str = "") -> dict:
+        resp = http_request(self.bulwark.admin_port, "GET",
+                            f"/config/routes?path={path}&model={model}", timeout=5)
+        self.assertEqual(resp.status, 200, resp.body)
+        return json.loads(resp.body)
+
+    def test_a_reasoning_model_gets_its_routes_longer_first_byte_timeout(self):
+        # Both upstreams think for 800 ms. The default first_byte (300 ms) gives up on
+        # gpt-4o; the reasoning route's (3 s) waits for o3-mini.
+        for fake in (self.a, self.b):
+            fake.responder = lambda request: {"delay": 0.8}
+        slow = self.post(CHAT_PATH, chat("o3-mini"))
+        self.assertEqual(slow.status, 200, slow.body[:300])
+        self.assertEqual(slow.header("x-bulwark-attempts"), "1")
+        self.assertEqual(slow.header("x-bulwark-upstream"), "fake0")  # the default chain
+        stuck = self.post(CHAT_PATH, chat("gpt-4o"))
+        self.assertEqual(stuck.status, 502, stuck.body[:300])
+        failed = [e for e in self.bulwark.logs if e.get("msg") == "upstream attempt failed"]
+        self.assertTrue(failed)
+        self.assertTrue(all(e["outcome"] == "timeout" for e in failed), failed)
+
+    def test_embeddings_are_retried_harder_than_the_default(self):
+        # Its chain is every upstream, in order; retries fail over and come back.
+        self.a.script([{"status": 503}, {"status": 503}, {"status": 200, "body": {"data": []}}])
+        self.b.script([{"status": 503}, {"status": 503}])
+        resp = self.post(EMBEDDINGS_PATH, embeddings())
+        self.assertEqual(resp.status, 200, resp.body[:300])
+        self.assertEqual(resp.header("x-bulwark-attempts"), "5")
+        self.assertEqual((len(self.a.requests), len(self.b.requests)), (3, 2))
+        # A path no route takes: the top-level two attempts, failing over to fake1.
+        self.a.script([{"status": 503}])
+        self.b.script([{"status": 503}])
+        resp = self.post("/v1/moderations", json.dumps({"input": "x"}))
+        self.assertEqual(resp.status, 503)
+        self.assertEqual(resp.header("x-bulwark-attempts"), "2")
+
+    def test_a_route_has_its_own_failover_chain(self):
+        resp = self.post(CHAT_PATH, chat("gpt-4o"))
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("x-bulwark-upstream"), "fake1")  # the chat route's first
+        self.b.script([{"status": 503}])
+        resp = self.post(CHAT_PATH, chat("gpt-4o"))
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("x-bulwark-attempts"), "2")
+        self.assertEqual(resp.header("x-bulwark-upstream"), "fake0")  # its fallback
+
+    def test_the_admin_endpoint_shows_the_route_and_its_settings(self):
+        reasoning = self.explain(CHAT_PATH, "o1")
+        self.assertEqual(reasoning["route"], "reasoning")
+        self.assertEqual(reasoning["timeouts"]["first_byte"], "3s")
+        self.assertEqual(reasoning["timeouts"]["total"], "10s")  # inherited
+        self.assertEqual(reasoning["retry"]["max_attempts"], 1)
+        self.assertEqual(reasoning["upstreams"], ["fake0", "fake1"])
+        chat_route = self.explain(CHAT_PATH, "gpt-4o")
+        self.assertEqual(chat_route["route"], "chat")
+        self.assertEqual(chat_route["upstreams"], ["fake1", "fake0"])
+        self.assertEqual(chat_route["retry"]["policies"]["5xx"], {"retry": True, "breaker": True})
+        default = self.explain("/v1/files")
+        self.assertEqual(default["route"], "default")
+        self.assertEqual(default["timeouts"]["first_byte"], "300ms")
+        bad = http_request(self.bulwark.admin_port, "GET", "/config/routes?path=v1", timeout=5)
+        self.assertEqual(bad.status, 400)
+
+    def test_sighup_reloads_routes(self):
+        seen = len(self.bulwark.logs)
+        config = merged(self.bulwark.config, {})
+        config["routes"] = [{"name": "chat", "match": {"path": CHAT_PATH},
+                             "upstreams": ["fake0"], "retry": {"max_attempts": 4}}]
+        self.bulwark.write_config(config)
+        self.bulwark.signal(signal.SIGHUP)
+        self.bulwark.wait_for_log(lambda e: e in self.bulwark.logs[seen:] and
+                                  e.get("msg") == "configuration reloaded")
+        self.assertEqual(self.explain(CHAT_PATH, "o1")["route"], "chat")
+        self.assertEqual(self.explain(EMBEDDINGS_PATH)["route"], "default")
+        self.a.script([{"status": 503}] * 3)
+        resp = self.post(CHAT_PATH, chat("gpt-4o"))
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("x-bulwark-attempts"), "4")
+        self.assertEqual(resp.header("x-bulwark-upstream"), "fake0")
+
+    def test_an_invalid_route_is_refused_at_reload_and_the_old_routes_stay(self):
+        seen = len(self.bulwark.logs)
+        config = merged(self.bulwark.config, {})
+        config["routes"] = [{"name": "chat", "upstreams": ["nowhere"]}]
+        self.bulwark.write_config(config)
+        self.bulwark.signal(signal.SIGHUP)
+        rejected = self.bulwark.wait_for_log(
+            lambda e: e in self.bulwark.logs[seen:] and
+            str(e.get("msg", "")).startswith("reload rejected"))
+        self.assertIn("unknown upstream", json.dumps(rejected))
+        self.assertEqual(self.explain(CHAT_PATH, "gpt-4o")["route"], "chat")
+        self.assertEqual(self.explain(CHAT_PATH, "gpt-4o")["upstreams"], ["fake1", "fake0"])
+
+
+if __name__ == "__main__":
+    unittest.main()
