@@ -44,6 +44,10 @@ struct ServerConfig {
   bool operator==(const ServerConfig&) const = default;
 };
 
+// How an upstream wants the API key: OpenAI's "Authorization: Bearer <key>", or Azure
+// OpenAI's "api-key: <key>".
+enum class AuthHeader { kAuthorization, kApiKey };
+
 struct UpstreamConfig {
   std::string name;
   std::string base_url;  // scheme://host[:port][/prefix], no trailing slash after loading
@@ -54,6 +58,12 @@ struct UpstreamConfig {
   // Egress proxy for this upstream (http://[user:pass@]host:port, https://, socks5://...);
   // empty = the environment's proxy variables (HTTPS_PROXY, NO_PROXY, ...) apply.
   std::string proxy;
+  // Provider adaptation. The client's model name -> this upstream's ("*": any other; a value
+  // of "" keeps the client's name): an Azure deployment, a vLLM model id.
+  std::map<std::string, std::string> models;
+  AuthHeader auth_header = AuthHeader::kAuthorization;
+  // Set: Azure's deployment-style API, /deployments/{model}/...?api-version=<this>.
+  std::string api_version;
   bool operator==(const UpstreamConfig&) const = default;
 };
 

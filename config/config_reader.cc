@@ -39,6 +39,11 @@ constexpr std::array<NamedValue<BreakerScope>, 2> kScopeNames{{
     {"upstream_model", BreakerScope::kUpstreamModel},
 }};
 
+constexpr std::array<NamedValue<AuthHeader>, 2> kAuthHeaderNames{{
+    {"authorization", AuthHeader::kAuthorization},
+    {"api-key", AuthHeader::kApiKey},
+}};
+
 constexpr std::array<NamedValue<LogLevel>, 4> kLogLevelNames{{
     {"debug", LogLevel::kDebug},
     {"info", LogLevel::kInfo},
@@ -244,6 +249,18 @@ void readHeaders(MappingReader headers, std::vector<std::pair<std::string, std::
   headers.finish();
 }
 
+// The client's model name -> this upstream's: {gpt-4o: my-deployment, "*": ""}.
+void readModelMap(MappingReader models, std::map<std::string, std::string>& out) {
+  for (const std::string& name : models.keys()) {
+    std::string value;
+    models.readString(name, value);
+    models.check(name, !hasLineBreak(name) && !hasLineBreak(value),
+                 "a model name maps to a name without line breaks (\"\" keeps the client's)");
+    out[name] = std::move(value);
+  }
+  models.finish();
+}
+
 // `names` maps each earlier upstream's name to its index.
 UpstreamConfig readUpstream(MappingReader upstream,
                             const std::map<std::string, std::size_t>& names) {
@@ -276,6 +293,16 @@ UpstreamConfig readUpstream(MappingReader upstream,
     }
   }
   readInt(upstream, "max_inflight", out.max_inflight, 0);
+  readModelMap(upstream.section("models"), out.models);
+  readEnum(upstream, "auth_header", out.auth_header, kAuthHeaderNames);
+  upstream.readString("api_version", out.api_version);
+  upstream.check("api_version",
+                 std::all_of(out.api_version.begin(), out.api_version.end(),
+                             [](char c) {
+                               return std::isalnum(static_cast<unsigned char>(c)) || c == '-' ||
+                                      c == '.' || c == '_';
+                             }),
+                 "must use only letters, digits, '-', '.' and '_' (such as 2024-10-21)");
   upstream.finish();
   return out;
 }

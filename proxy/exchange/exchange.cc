@@ -269,10 +269,17 @@ void Exchange::startAttempt(UpstreamSelection selection) {
   first_event_is_error_ = false;
 
   upstream::AttemptRequest req;
-  req.url = upstreamUrl(*upstream_, request_.path);
+  // Provider adaptation: this upstream's name for the model (an Azure deployment, a vLLM
+  // model id), in the body and, for Azure's deployment-style API, in the path.
+  std::string model = facts_.model.empty() ? std::string() : mappedModel(*upstream_, facts_.model);
+  req.url = upstreamUrl(*upstream_, request_.path, model);
   req.method = request_.method;
   req.headers = upstreamRequestHeaders(request_.headers, *upstream_);
   req.body = &request_.body;
+  if (model != facts_.model && facts_.model_end > 0) {
+    attempt_body_ = withModel(request_.body, facts_, model);
+    req.body = &attempt_body_;
+  }
   if (streamed_) {
     req.stream_body = true;
     req.body_length = request_.body_stream->length();

@@ -173,7 +173,8 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   support::EventPtr wait_timer_;
   support::EventPtr deadline_timer_;
 
-  // The current attempt.
+  // The current attempt (its transfer may point into attempt_body_, declared first).
+  std::string attempt_body_;  // the body with the model renamed for this upstream, if it is
   std::unique_ptr<upstream::Transfer> attempt_;
   int attempts_ = 0;
   bool attempt_recorded_ = false;  // its metric is counted

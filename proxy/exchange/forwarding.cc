@@ -1,6 +1,10 @@
 #include "proxy/exchange/forwarding.h"
 
+#include <cctype>
+
 #include <rapidjson/memorystream.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 #include <rapidjson/reader.h>
 
 namespace bulwark::exchange {
@@ -25,13 +29,31 @@ bool namedByConnection(const http::Headers& headers, std::string_view name) {
   return false;
 }
 
+// A path segment: unreserved characters as they are, everything else %XX.
+std::string percentEncodeSegment(std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 http::Headers upstreamRequestHeaders(const http::Headers& client,
                                      const config::UpstreamConfig& upstream) {
   http::Headers out;
   out.reserve(client.size() + upstream.headers.size() + 1);
-  bool replace_auth = !upstream.api_key.empty();
+  const bool api_key_header = upstream.auth_header == config::AuthHeader::kApiKey;
+  bool replace_auth = !upstream.api_key.empty() || api_key_header;
+  std::string client_key;  // the client's bearer token, for an api-key upstream without a key
   for (const http::Header& h : client) {
     if (isHopByHopHeader(h.name) || namedByConnection(client, h.name)) continue;
     // Accept-Encoding: Bulwark negotiates compression with the upstream on its own.
@@ -39,13 +61,28 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
         equalsIgnoreCase(h.name, "expect") || equalsIgnoreCase(h.name, "accept-encoding")) {
       continue;
     }
-    if (replace_auth && equalsIgnoreCase(h.name, "authorization")) continue;
+    if (replace_auth && equalsIgnoreCase(h.name, "authorization")) {
+      std::string_view value = h.value;
+      if (value.size() > 7 && equalsIgnoreCase(value.substr(0, 7), "bearer ")) {
+        client_key = std::string(value.substr(7));
+      }
+      continue;
+    }
+    if (api_key_header && equalsIgnoreCase(h.name, "api-key")) {
+      if (client_key.empty()) client_key = h.value;
+      continue;
+    }
     bool overridden = false;
     for (const auto& [name, value] : upstream.headers) overridden |= equalsIgnoreCase(name, h.name);
     if (overridden) continue;
     out.push_back(h);
   }
-  if (replace_auth) out.push_back({"Authorization", "Bearer " + upstream.api_key});
+  if (api_key_header) {
+    std::string key = upstream.api_key.empty() ? client_key : upstream.api_key;
+    if (!key.empty()) out.push_back({"api-key", std::move(key)});
+  } else if (replace_auth) {
+    out.push_back({"Authorization", "Bearer " + upstream.api_key});
+  }
   for (const auto& [name, value] : upstream.headers) out.push_back({name, value});
   return out;
 }
@@ -66,7 +103,10 @@ namespace {
 // SAX handler that reads the top-level "model" string and "stream" flag, and stops as soon
 // as it has both.
 struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder> {
+  explicit FactsFinder(const rapidjson::MemoryStream& s) : stream(s) {}
   enum class Next { kOther, kModel, kStream };
+  const rapidjson::MemoryStream& stream;
+  std::size_t key_end = 0;  // just after the "model" key
   int depth = 0;
   Next next = Next::kOther;
   bool seen_model = false;
@@ -82,6 +122,8 @@ struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder
     if (next == Next::kModel) {
       facts.model.assign(s, len);
       seen_model = true;
+      facts.model_begin = key_end;  // narrowed to the opening quote by readRequestFacts
+      facts.model_end = stream.Tell();
     }
     next = Next::kOther;
     return !done();
@@ -96,6 +138,7 @@ struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder
   }
   bool Key(const char* s, rapidjson::SizeType len, bool) {
     std::string_view key(s, len);
+    key_end = stream.Tell();
     next = depth != 1           ? Next::kOther
            : key == "model"     ? (seen_model ? Next::kOther : Next::kModel)
            : key == "stream"    ? (seen_stream ? Next::kOther : Next::kStream)
@@ -126,24 +169,80 @@ struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder
 
 RequestFacts readRequestFacts(std::string_view body) {
   if (body.empty() || body.front() != '{') return {};
-  FactsFinder finder;
+  rapidjson::MemoryStream stream(body.data(), body.size());
+  FactsFinder finder(stream);
   // Most bodies have no "stream" key at all: then the parse stops at the model.
   finder.seen_stream = body.find("\"stream\"") == std::string_view::npos;
-  rapidjson::MemoryStream stream(body.data(), body.size());
   rapidjson::Reader reader;
   reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream, finder);
-  return finder.facts;
+  RequestFacts& facts = finder.facts;
+  if (facts.model_end > 0) {
+    // Between the key and the end of its value: whitespace, ':', whitespace, the string.
+    std::size_t quote = body.find('"', facts.model_begin);
+    if (quote == std::string_view::npos || quote >= facts.model_end ||
+        body[facts.model_end - 1] != '"') {
+      facts.model_begin = facts.model_end = 0;
+    } else {
+      facts.model_begin = quote;
+    }
+  }
+  return facts;
+}
+
+std::string mappedModel(const config::UpstreamConfig& upstream, std::string_view model) {
+  auto found = upstream.models.find(std::string(model));
+  if (found == upstream.models.end()) found = upstream.models.find("*");
+  if (found == upstream.models.end() || found->second.empty()) return std::string(model);
+  return found->second;
+}
+
+std::string withModel(std::string_view body, const RequestFacts& facts, std::string_view model) {
+  if (facts.model_end <= facts.model_begin || facts.model_end > body.size()) {
+    return std::string(body);
+  }
+  rapidjson::StringBuffer quoted;
+  rapidjson::Writer<rapidjson::StringBuffer> writer(quoted);
+  writer.String(model.data(), static_cast<rapidjson::SizeType>(model.size()));
+  std::string out;
+  out.reserve(body.size() + quoted.GetSize());
+  out.append(body.substr(0, facts.model_begin));
+  out.append(quoted.GetString(), quoted.GetSize());
+  out.append(body.substr(facts.model_end));
+  return out;
 }
 
 std::string requestModel(std::string_view body) {
   return readRequestFacts(body).model;
 }
 
-std::string upstreamUrl(const config::UpstreamConfig& upstream, std::string_view path) {
+std::string upstreamUrl(const config::UpstreamConfig& upstream, std::string_view path,
+                        std::string_view model) {
   std::string url = upstream.base_url;
   if (!url.empty() && url.back() == '/') url.pop_back();
+  if (upstream.api_version.empty()) {
+    if (path.empty() || path.front() != '/') url += '/';
+    url += path;
+    return url;
+  }
+  std::string_view query;
+  if (std::size_t q = path.find('?'); q != std::string_view::npos) {
+    query = path.substr(q + 1);
+    path = path.substr(0, q);
+  }
+  if (path.starts_with("/v1/")) path.remove_prefix(3);
+  if (!model.empty()) {
+    url += "/deployments/";
+    url += percentEncodeSegment(model);
+  }
   if (path.empty() || path.front() != '/') url += '/';
   url += path;
+  url += '?';
+  if (!query.empty()) {
+    url += query;
+    url += '&';
+  }
+  url += "api-version=";
+  url += upstream.api_version;
   return url;
 }
 

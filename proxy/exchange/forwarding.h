@@ -15,7 +15,9 @@ bool isHopByHopHeader(std::string_view name);
 
 // The client's headers minus hop-by-hop ones (and those the Connection header names), Host,
 // Content-Length and Expect (re-derived for the upstream request), with Authorization
-// replaced when the upstream has an api_key, and the upstream's extra headers applied.
+// replaced when the upstream has an api_key, and the upstream's extra headers applied. With
+// auth_header api-key (Azure), the key goes as "api-key: <key>": the upstream's api_key, or
+// the client's bearer token; the client's Authorization is never sent there.
 http::Headers upstreamRequestHeaders(const http::Headers& client,
                                      const config::UpstreamConfig& upstream);
 
@@ -28,11 +30,25 @@ http::Headers clientResponseHeaders(const http::Headers& upstream);
 struct RequestFacts {
   std::string model;
   bool stream = false;
+  // Where the model's JSON string (quotes included) is in the body; empty when none.
+  std::size_t model_begin = 0;
+  std::size_t model_end = 0;
 };
 RequestFacts readRequestFacts(std::string_view body);
 std::string requestModel(std::string_view body);
 
-// base_url + path ("/v1/chat/completions?x=1"); the path always starts with '/'.
-std::string upstreamUrl(const config::UpstreamConfig& upstream, std::string_view path);
+// The model name to send to `upstream` for the client's `model`: upstream.models[model],
+// else upstream.models["*"], else `model` itself (a mapping to "" keeps it too).
+std::string mappedModel(const config::UpstreamConfig& upstream, std::string_view model);
+// `body` with its top-level model (found by readRequestFacts) replaced by `model`.
+std::string withModel(std::string_view body, const RequestFacts& facts, std::string_view model);
+
+// base_url + path ("/v1/chat/completions?x=1"); the path always starts with '/'. With
+// api_version set (Azure's deployment-style API) the /v1 prefix goes, the model's deployment
+// comes first and api-version is added to the query:
+// base_url/deployments/{model}/chat/completions?api-version=2024-10-21. Without a model
+// (a streamed body, or none) there is no deployment segment (/files?api-version=...).
+std::string upstreamUrl(const config::UpstreamConfig& upstream, std::string_view path,
+                        std::string_view model = "");
 
 }  // namespace bulwark::exchange

@@ -309,8 +309,11 @@ std::optional<WallTime> parseHttpDate(std::string_view text) {
 }
 
 std::optional<Millis> serverRetryHint(const http::Headers& headers, int status, WallTime now) {
-  if (auto value = http::findHeader(headers, "retry-after-ms")) {
-    if (auto wait = parseDecimalMillis(*value, 0)) return wait;
+  // Azure OpenAI sends x-ms-retry-after-ms as well as retry-after-ms.
+  for (std::string_view name : {"retry-after-ms", "x-ms-retry-after-ms"}) {
+    if (auto value = http::findHeader(headers, name)) {
+      if (auto wait = parseDecimalMillis(*value, 0)) return wait;
+    }
   }
   if (auto value = http::findHeader(headers, "retry-after")) {
     if (auto wait = parseDecimalMillis(*value, 3)) return wait;

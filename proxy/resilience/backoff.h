@@ -36,7 +36,8 @@ std::optional<Millis> parseGoDuration(std::string_view text);
 // "Wed, 21 Oct 2015 07:28:00 GMT" (IMF-fixdate; also RFC 850 and asctime forms).
 std::optional<WallTime> parseHttpDate(std::string_view text);
 
-// The server's wait hint: retry-after-ms, then retry-after (seconds or HTTP date; a date in
+// The server's wait hint: retry-after-ms (or Azure's x-ms-retry-after-ms), then retry-after
+// (seconds or HTTP date; a date in
 // the past means 0), then for 429 only the larger of x-ratelimit-reset-requests /
 // x-ratelimit-reset-tokens. Malformed values are skipped, falling through to the next form.
 std::optional<Millis> serverRetryHint(const http::Headers& headers, int status, WallTime now);

@@ -10,7 +10,8 @@ import json
 import signal
 import unittest
 
-from harness import (CHAT_PATH, Bulwark, FakeUpstream, http_request, merged)
+from harness import CHAT_PATH, Bulwark, FakeUpstream, http_request, merged
+from test_openai_sdk import run_script
 
 EMBEDDINGS_PATH = "/v1/embeddings"
 CONFIG = {
@@ -146,3 +147,57 @@ class RoutesTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AzureFailoverTest(unittest.TestCase):
+    """A chat completion, plain and streamed, through the official SDK, failing over from an
+    OpenAI-style upstream to an Azure-style one: deployment path, api-version, api-key, and
+    the model renamed to the deployment's."""
+
+    def test_the_sdk_fails_over_to_an_azure_deployment(self):
+        openai = FakeUpstream().start()
+        self.addCleanup(openai.stop)
+        azure = FakeUpstream().start()
+        self.addCleanup(azure.stop)
+        bulwark = Bulwark([
+            {"name": "openai", "fake": openai},
+            {"name": "azure", "base_url": azure.base_url + "/openai", "api_key": "azure-secret",
+             "auth_header": "api-key", "api_version": "2024-10-21",
+             "models": {"gpt-4o": "my-gpt4o", "*": ""}},
+        ], {**CONFIG, "routes": [{"name": "chat", "match": {"path": CHAT_PATH},
+                                  "upstreams": ["openai", "azure"]}]}).start()
+        self.addCleanup(bulwark.stop)
+        openai.script([{"status": 503}, {"status": 503}])
+        summary, proc = run_script("chat.mjs", bulwark.openai_base_url, MODEL="gpt-4o")
+        self.assertTrue(summary.get("ok"), (summary, proc.stderr))
+        for kind in ("chat", "stream"):
+            self.assertEqual(summary[kind]["upstream"], "azure", summary)
+            self.assertEqual(summary[kind]["attempts"], "2", summary)
+
+        self.assertEqual(len(openai.requests), 2)
+        for request in openai.requests:
+            self.assertEqual(request.path, CHAT_PATH)
+            self.assertEqual(request.header("authorization"), "Bearer sk-test")
+            self.assertEqual(json.loads(request.body)["model"], "gpt-4o")
+        self.assertEqual(len(azure.requests), 2)
+        for request in azure.requests:
+            self.assertEqual(request.path, "/openai/deployments/my-gpt4o/chat/completions")
+            self.assertEqual(request.query, "api-version=2024-10-21")
+            self.assertEqual(request.header("api-key"), "azure-secret")
+            self.assertIsNone(request.header("authorization"), "the OpenAI key went to Azure")
+            self.assertEqual(json.loads(request.body)["model"], "my-gpt4o")
+        self.assertTrue(json.loads(azure.requests[1].body)["stream"])
+
+    def test_azures_retry_after_header_is_honoured(self):
+        azure = FakeUpstream().start()
+        self.addCleanup(azure.stop)
+        config = {key: value for key, value in CONFIG.items() if key != "routes"}
+        bulwark = Bulwark([{"name": "azure", "fake": azure}], config).start()
+        self.addCleanup(bulwark.stop)
+        azure.script([{"status": 429, "headers": {"x-ms-retry-after-ms": "400"}}])
+        resp = http_request(bulwark.port, "POST", EMBEDDINGS_PATH, embeddings(),
+                            headers={"Content-Type": "application/json"}, timeout=10)
+        self.assertEqual(resp.status, 200)
+        retry = bulwark.wait_for_log(lambda e: e.get("msg") == "upstream attempt failed")
+        self.assertEqual(retry["delay_source"], "server")
+        self.assertEqual(retry["delay_ms"], 400)

@@ -94,5 +94,70 @@ TEST(RequestModelTest, FindsTheTopLevelModelOnly) {
   EXPECT_EQ(requestModel(std::string(100000, '[')), "");
 }
 
+// ---- provider adaptation ----
+
+config::UpstreamConfig azure(std::string api_key = "") {
+  config::UpstreamConfig u;
+  u.name = "azure";
+  u.base_url = "https://example.openai.azure.com/openai";
+  u.api_key = std::move(api_key);
+  u.auth_header = config::AuthHeader::kApiKey;
+  u.api_version = "2024-10-21";
+  u.models = {{"gpt-4o", "my-gpt4o"}, {"*", ""}};
+  return u;
+}
+
+TEST(ProviderAdaptationTest, ModelsMapByNameThenStarElseKeep) {
+  config::UpstreamConfig u = azure();
+  EXPECT_EQ(mappedModel(u, "gpt-4o"), "my-gpt4o");
+  EXPECT_EQ(mappedModel(u, "gpt-4o-mini"), "gpt-4o-mini");  // "*": "" keeps it
+  u.models["*"] = "fallback";
+  EXPECT_EQ(mappedModel(u, "gpt-4o-mini"), "fallback");
+  EXPECT_EQ(mappedModel(upstream(), "gpt-4o"), "gpt-4o");  // no map at all
+}
+
+TEST(ProviderAdaptationTest, TheModelIsReplacedInPlaceAndEscaped) {
+  std::string body = R"({"messages":[{"model":"inner"}], "model" :  "gpt-4o","n":1})";
+  RequestFacts facts = readRequestFacts(body);
+  ASSERT_EQ(facts.model, "gpt-4o");
+  EXPECT_EQ(body.substr(facts.model_begin, facts.model_end - facts.model_begin), "\"gpt-4o\"");
+  EXPECT_EQ(withModel(body, facts, "my-gpt4o"),
+            R"({"messages":[{"model":"inner"}], "model" :  "my-gpt4o","n":1})");
+  EXPECT_EQ(withModel(body, facts, "a\"b/c"),
+            R"({"messages":[{"model":"inner"}], "model" :  "a\"b/c","n":1})");
+  std::string escaped = R"({"model":"gpt\u002d4o"})";
+  RequestFacts e = readRequestFacts(escaped);
+  EXPECT_EQ(e.model, "gpt-4o");
+  EXPECT_EQ(withModel(escaped, e, "x"), R"({"model":"x"})");
+  RequestFacts none = readRequestFacts(R"({"input":"x"})");
+  EXPECT_EQ(withModel(R"({"input":"x"})", none, "x"), R"({"input":"x"})");
+}
+
+TEST(ProviderAdaptationTest, AzureDeploymentStylePaths) {
+  config::UpstreamConfig u = azure();
+  EXPECT_EQ(upstreamUrl(u, "/v1/chat/completions", "my-gpt4o"),
+            "https://example.openai.azure.com/openai/deployments/my-gpt4o/chat/completions"
+            "?api-version=2024-10-21");
+  EXPECT_EQ(upstreamUrl(u, "/v1/files?purpose=batch", ""),
+            "https://example.openai.azure.com/openai/files?purpose=batch&api-version=2024-10-21");
+  EXPECT_EQ(upstreamUrl(u, "/v1/embeddings", "a b/c"),
+            "https://example.openai.azure.com/openai/deployments/a%20b%2Fc/embeddings"
+            "?api-version=2024-10-21");
+  u.api_version.clear();  // Azure's /openai/v1 API: the path as it is
+  EXPECT_EQ(upstreamUrl(u, "/v1/chat/completions", "my-gpt4o"),
+            "https://example.openai.azure.com/openai/v1/chat/completions");
+}
+
+TEST(ProviderAdaptationTest, AnApiKeyUpstreamNeverSeesTheClientsAuthorization) {
+  http::Headers client{{"Authorization", "Bearer sk-openai"}, {"Content-Type", "application/json"}};
+  http::Headers with_key = upstreamRequestHeaders(client, azure("azure-secret"));
+  EXPECT_EQ(http::findHeader(with_key, "api-key"), "azure-secret");
+  EXPECT_FALSE(has(with_key, "authorization"));
+  // Without a configured key the client's own token is passed on, as api-key.
+  http::Headers passed = upstreamRequestHeaders(client, azure());
+  EXPECT_EQ(http::findHeader(passed, "api-key"), "sk-openai");
+  EXPECT_FALSE(has(passed, "authorization"));
+}
+
 }  // namespace
 }  // namespace bulwark::exchange
