@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Renders the shipped proxy.yaml into the README's configuration reference table.
+"""Renders the shipped proxy.yaml into the README's configuration reference table, and its
+commented routes example into the README's Routes section.
 
-The table is generated from the file's own comments, so the two cannot drift:
+Both are generated from the file itself, so the README cannot drift from it:
   scripts/config_reference.py --write   # refresh README.md
   scripts/config_reference.py --check   # exit 1 if README.md is out of date (a ctest test)
 """
@@ -12,6 +13,10 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
+EXAMPLE_START = "<!-- routes-example:start -->"
+EXAMPLE_END = "<!-- routes-example:end -->"
+YAML_EXAMPLE_START = "# routes-example:start"
+YAML_EXAMPLE_END = "# routes-example:end"
 LINE = re.compile(r'^(?P<indent>\s*)(?P<dash>- )?(?P<key>"[^"]+"|[A-Za-z0-9_]+):\s*(?P<value>.*?)\s*(#\s*(?P<comment>.*))?$')
 
 
@@ -50,22 +55,38 @@ def table(yaml_text: str) -> str:
     return "\n".join(lines)
 
 
+def routes_example(yaml_text: str) -> str:
+    """The commented example between the markers in proxy.yaml, uncommented."""
+    block = yaml_text.split(YAML_EXAMPLE_START, 1)[1].split(YAML_EXAMPLE_END, 1)[0]
+    lines = [line[2:] if line.startswith("# ") else line.lstrip("#")
+             for line in block.strip("\n").splitlines()]
+    return "\n".join(lines)
+
+
+def replace_between(text: str, start: str, end: str, content: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{content}\n{end}{tail}"
+
+
 def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else "--check"
     readme = ROOT / "README.md"
     text = readme.read_text()
-    if START not in text or END not in text:
-        print("README.md has no configuration reference markers", file=sys.stderr)
+    if any(marker not in text for marker in (START, END, EXAMPLE_START, EXAMPLE_END)):
+        print("README.md lacks the configuration reference or routes example markers",
+              file=sys.stderr)
         return 1
-    generated = table((ROOT / "proxy.yaml").read_text())
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    updated = f"{head}{START}\n{generated}\n{END}{tail}"
+    yaml_text = (ROOT / "proxy.yaml").read_text()
+    updated = replace_between(text, START, END, table(yaml_text))
+    updated = replace_between(updated, EXAMPLE_START, EXAMPLE_END,
+                              "```yaml\n" + routes_example(yaml_text) + "\n```")
     if mode == "--write":
         readme.write_text(updated)
         return 0
     if updated != text:
-        print("README.md's configuration reference is out of date with proxy.yaml; "
+        print("README.md's configuration reference or routes example is out of date with "
+              "proxy.yaml; "
               "run scripts/config_reference.py --write", file=sys.stderr)
         return 1
     print("configuration reference matches proxy.yaml")

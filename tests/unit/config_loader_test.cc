@@ -143,6 +143,30 @@ TEST(ConfigDefaultsTest, DefaultUpstreamTakesItsKeyFromTheEnvironment) {
 
 // ---- The shipped proxy.yaml ----
 
+TEST(ShippedConfigTest, ItsRoutesExampleLoadsAndRoutesAsTheReadmeSays) {
+  const std::string text = readShippedConfig();
+  const std::string start = "# routes-example:start\n";
+  const std::size_t from = text.find(start);
+  const std::size_t to = text.find("# routes-example:end");
+  ASSERT_NE(from, std::string::npos);
+  ASSERT_NE(to, std::string::npos);
+  std::istringstream commented(text.substr(from + start.size(), to - from - start.size()));
+  std::string example;
+  for (std::string line; std::getline(commented, line);) {
+    example += (line.rfind("# ", 0) == 0 ? line.substr(2) : line.substr(1)) + "\n";
+  }
+  const Config config = loadValid(example);
+  ASSERT_EQ(config.routes.size(), 3u);
+  EXPECT_EQ(routeFor(config, "/v1/chat/completions", "o3-mini").timeouts.first_byte,
+            seconds(600));
+  EXPECT_EQ(routeFor(config, "/v1/embeddings", "text-embedding-3-small").retry.max_attempts, 5);
+  const RouteConfig& chat = routeFor(config, "/v1/chat/completions", "gpt-4o");
+  EXPECT_EQ(chat.name, "chat");
+  EXPECT_EQ(chat.upstreams, (std::vector<std::size_t>{0, 1}));
+  EXPECT_EQ(config.upstreams[1].auth_header, AuthHeader::kApiKey);
+  EXPECT_EQ(config.upstreams[1].models.at("gpt-4o"), "my-gpt4o");
+}
+
 TEST(ShippedConfigTest, LoadsCleanlyAndEqualsTheDefaults) {
   const std::string text = readShippedConfig();
   ASSERT_FALSE(text.empty()) << "cannot read " << shippedConfigPath();
