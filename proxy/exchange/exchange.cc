@@ -78,7 +78,7 @@ Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
 Exchange::~Exchange() {
   sink_.onDrained(nullptr);
   if (request_.body_stream) request_.body_stream->onReadable(nullptr);
-  endAttempt(nullptr);  // cancels a running transfer; the timers go with their events
+  cancelAttempts();  // cancels running transfers; the timers go with their events
   if (phase_ != Phase::kFinished && upstream_ != nullptr) finish(499, true);  // the client left
 }
 
@@ -185,13 +185,13 @@ void Exchange::onBodyReadable() {
     }
     return;
   }
-  if (attempt_) attempt_->bodyReadable();
+  for (auto& t : tries_) t->transfer->bodyReadable();
 }
 
 void Exchange::failBody() {
   if (phase_ == Phase::kCommitted) return;  // the upstream answered already; it goes on
   evtimer_del(wait_timer_.get());
-  endAttempt(nullptr);  // the upstream is not to blame: no outcome for its breaker
+  cancelAttempts();  // the upstream is not to blame: no outcome for its breaker
   if (request_.body_stream->failure() == server::RequestBody::Failure::kTooLarge) {
     respondWithError(413, "request_too_large",
                      "request body is larger than server.max_request_body (" +
@@ -208,6 +208,7 @@ void Exchange::onRequestStart() {
 }
 
 upstream::AttemptObserver::BodyRead Exchange::readBody(char* out, std::size_t max) {
+  using BodyState = upstream::AttemptObserver::BodyState;
   if (!request_.body_stream) return {0, BodyState::kFailed};
   server::RequestBody& body = *request_.body_stream;
   if (std::size_t n = body.read(out, max); n > 0) return {n, BodyState::kData};
@@ -216,9 +217,9 @@ upstream::AttemptObserver::BodyRead Exchange::readBody(char* out, std::size_t ma
   return {0, BodyState::kWait};
 }
 
-void Exchange::onBodySent(std::uint64_t bytes) {
+void Exchange::onBodySent(Try& t, std::uint64_t bytes) {
   body_bytes_sent_ += bytes;
-  context_.metrics.requestBodyBytes(upstream_->name, bytes);
+  context_.metrics.requestBodyBytes(t.upstream->name, bytes);
 }
 
 UpstreamSelection Exchange::selectFor(bool retry) const {
@@ -254,38 +255,32 @@ void Exchange::countRejections(const UpstreamSelection& selection) {
 
 void Exchange::startAttempt(UpstreamSelection selection) {
   phase_ = Phase::kAttempting;
-  ++attempts_;
-  attempt_recorded_ = false;
-  attempt_started_ = context_.clock.now();
-  first_byte_seen_ = false;
   usage_.reset();
   upstream_index_ = selection.index;
   upstream_ = &config_->upstreams[selection.index];
-  lease_ = std::move(selection.lease);
-  head_ = upstream::ResponseHead{};
-  has_head_ = false;
-  hold_ = Hold::kNone;
-  held_.clear();
-  first_event_is_error_ = false;
+  auto owned = std::make_unique<Try>(*this, ++attempts_, selection.index, *upstream_,
+                                     std::move(selection.lease));
+  Try& t = *owned;
+  t.started = context_.clock.now();
 
   upstream::AttemptRequest req;
   // Provider adaptation: this upstream's name for the model (an Azure deployment, a vLLM
   // model id), in the body and, for Azure's deployment-style API, in the path.
-  std::string model = facts_.model.empty() ? std::string() : mappedModel(*upstream_, facts_.model);
-  req.url = upstreamUrl(*upstream_, request_.path, model);
+  std::string model = facts_.model.empty() ? std::string() : mappedModel(*t.upstream, facts_.model);
+  req.url = upstreamUrl(*t.upstream, request_.path, model);
   req.method = request_.method;
-  req.headers = upstreamRequestHeaders(request_.headers, *upstream_);
+  req.headers = upstreamRequestHeaders(request_.headers, *t.upstream);
   req.body = &request_.body;
   if (model != facts_.model && facts_.model_end > 0) {
-    attempt_body_ = withModel(request_.body, facts_, model);
-    req.body = &attempt_body_;
+    t.body = withModel(request_.body, facts_, model);
+    req.body = &t.body;
   }
   if (streamed_) {
     req.stream_body = true;
     req.body_length = request_.body_stream->length();
   }
-  req.ca_file = upstream_->ca_file;
-  req.proxy = upstream_->proxy;
+  req.ca_file = t.upstream->ca_file;
+  req.proxy = t.upstream->proxy;
   // HTTP/2 only where the response is a bounded JSON answer: libcurl 7.88 grants every h2
   // stream a 32 MiB window and keeps reading a paused one, so a slow client of an event
   // stream or a download would make Bulwark buffer it. Over HTTP/1.1, TCP holds the upstream.
@@ -297,13 +292,14 @@ void Exchange::startAttempt(UpstreamSelection selection) {
   req.connect_timeout = route_->timeouts.connect;
   req.first_byte_timeout = route_->timeouts.first_byte;
   req.idle_timeout = route_->timeouts.idle;
-  attempt_ = context_.attempts.createAttempt(*this, std::move(req));
-  attempt_->start();
+  t.transfer = context_.attempts.createAttempt(t, std::move(req));
+  tries_.push_back(std::move(owned));
+  t.transfer->start();
 }
 
-bool Exchange::isEventStream() const {
-  if (head_.status != 200) return false;
-  auto type = http::findHeader(head_.headers, "content-type");
+bool Exchange::Try::isEventStream() const {
+  if (head.status != 200) return false;
+  auto type = http::findHeader(head.headers, "content-type");
   return type && type->size() >= 17 &&
          http::equalsIgnoreCase(type->substr(0, 17), "text/event-stream");
 }
@@ -312,32 +308,33 @@ http::Headers Exchange::bulwarkHeaders(const config::UpstreamConfig& upstream) c
   return {{"x-bulwark-attempts", std::to_string(attempts_)}, {"x-bulwark-upstream", upstream.name}};
 }
 
-void Exchange::onHead(const upstream::ResponseHead& head) {
-  head_ = head;
-  has_head_ = true;
-  if (head_.status >= 400) {
-    hold_ = Hold::kErrorBody;
-  } else if (isEventStream()) {
-    hold_ = Hold::kFirstEvent;
-    event_scan_ = resilience::CommitPointScanner(resilience::streamKindForPath(request_.path),
-                                                 kMaxHeldBytes);
+void Exchange::onHead(Try& t, const upstream::ResponseHead& head) {
+  t.head = head;
+  t.has_head = true;
+  if (t.head.status >= 400) {
+    t.hold = Hold::kErrorBody;
+  } else if (t.isEventStream()) {
+    t.hold = Hold::kFirstEvent;
+    t.event_scan = resilience::CommitPointScanner(resilience::streamKindForPath(request_.path),
+                                                  kMaxHeldBytes);
   } else {
-    hold_ = Hold::kNone;
+    t.hold = Hold::kNone;
   }
 }
 
-upstream::AttemptObserver::Flow Exchange::onData(const char* data, std::size_t len) {
-  if (!first_byte_seen_) {
-    first_byte_seen_ = true;
-    std::chrono::duration<double> ttfb = context_.clock.now() - attempt_started_;
-    context_.metrics.timeToFirstByte(upstream_->name, ttfb.count());
+upstream::AttemptObserver::Flow Exchange::onData(Try& t, const char* data, std::size_t len) {
+  using Flow = upstream::AttemptObserver::Flow;
+  if (!t.first_byte_seen) {
+    t.first_byte_seen = true;
+    std::chrono::duration<double> ttfb = context_.clock.now() - t.started;
+    context_.metrics.timeToFirstByte(t.upstream->name, ttfb.count());
   }
-  if (phase_ != Phase::kCommitted) return holdOrCommit(data, len);
+  if (phase_ != Phase::kCommitted) return holdOrCommit(t, data, len);
   if (sink_.pendingOutput() >= kPauseThreshold) {
     // The client reads slower than the upstream sends: hold the upstream until it drains.
     sink_.onDrained([this] {
       sink_.onDrained(nullptr);
-      if (attempt_) attempt_->resume();
+      if (committed_ != nullptr) committed_->transfer->resume();
     });
     return Flow::kPause;
   }
@@ -386,70 +383,78 @@ void Exchange::forward(const char* data, std::size_t len) {
   if (usage_) usage_->feed(data, len);
 }
 
-upstream::AttemptObserver::Flow Exchange::holdOrCommit(const char* data, std::size_t len) {
-  if (hold_ == Hold::kNone) {
-    commit(head_.content_length);
+upstream::AttemptObserver::Flow Exchange::holdOrCommit(Try& t, const char* data, std::size_t len) {
+  using Flow = upstream::AttemptObserver::Flow;
+  if (t.hold == Hold::kNone) {
+    commit(t, t.head.content_length);
     forward(data, len);
     return Flow::kContinue;
   }
-  held_.append(data, len);
-  if (hold_ == Hold::kFirstEvent) {
-    switch (event_scan_.scan(held_)) {
+  t.held.append(data, len);
+  if (t.hold == Hold::kFirstEvent) {
+    switch (t.event_scan.scan(t.held)) {
       case resilience::CommitPointScanner::Decision::kError:
-        first_event_is_error_ = true;
+        t.first_event_is_error = true;
         return Flow::kAbort;  // retried (or handed over) as stream_error once the attempt ends
       case resilience::CommitPointScanner::Decision::kNeedMore:
         // A Responses preamble is not held past timeouts.first_byte: the client would see
         // nothing for longer than Bulwark lets an upstream stay silent.
-        if (event_scan_.preambleEvents() == 0 ||
-            context_.clock.now() - attempt_started_ < route_->timeouts.first_byte) {
+        if (t.event_scan.preambleEvents() == 0 ||
+            context_.clock.now() - t.started < route_->timeouts.first_byte) {
           return Flow::kContinue;
         }
         break;
       case resilience::CommitPointScanner::Decision::kCommit:
         break;
     }
-  } else if (held_.size() <= kMaxHeldBytes) {
+  } else if (t.held.size() <= kMaxHeldBytes) {
     return Flow::kContinue;  // an error body: read it whole before deciding
   }
   // The commit point: from here on the response belongs to the client.
-  commit(hold_ == Hold::kFirstEvent ? std::nullopt : head_.content_length);
-  deliver(held_.data(), held_.size());
-  held_.clear();
-  hold_ = Hold::kNone;
+  commit(t, t.hold == Hold::kFirstEvent ? std::nullopt : t.head.content_length);
+  deliver(t.held.data(), t.held.size());
+  t.held.clear();
+  t.hold = Hold::kNone;
   return Flow::kContinue;
 }
 
-void Exchange::commit(std::optional<std::uint64_t> content_length) {
+void Exchange::commit(Try& t, std::optional<std::uint64_t> content_length) {
   phase_ = Phase::kCommitted;
-  whole_events_ = isEventStream();
+  committed_ = &t;
+  upstream_ = t.upstream;
+  upstream_index_ = t.upstream_index;
+  response_head_ = t.head;
+  has_response_head_ = true;
+  whole_events_ = t.isEventStream();
   // The upstream answered: for the breaker that is a success, unless an error status whose
   // policy counts (a committed error body too large to hold). A probe's answer closes (or
   // reopens) the breaker now, not when a long stream ends; any other success is recorded
   // once, at its end, as a success or an interruption.
-  bool counted = head_.status >= 400 &&
-                 resilience::policyFor(route_->retry, Outcome::fromStatus(head_.status)).breaker;
-  recordAttempt(std::to_string(head_.status), counted, /*success_at_end=*/true);
-  if (head_.status == 200) {
-    std::string_view type = http::findHeader(head_.headers, "content-type").value_or("");
-    if (isEventStream()) {
+  bool counted = t.head.status >= 400 &&
+                 resilience::policyFor(route_->retry, Outcome::fromStatus(t.head.status)).breaker;
+  recordAttempt(t, std::to_string(t.head.status), counted, /*success_at_end=*/true);
+  if (t.head.status == 200) {
+    std::string_view type = http::findHeader(t.head.headers, "content-type").value_or("");
+    if (t.isEventStream()) {
       usage_.emplace(true);
     } else if (type.find("json") != std::string_view::npos) {
       usage_.emplace(false);
     }
   }
-  http::Headers headers = clientResponseHeaders(head_.headers);
-  for (http::Header& h : bulwarkHeaders(*upstream_)) headers.push_back(std::move(h));
-  sink_.sendHead(head_.status, headers, content_length);
+  http::Headers headers = clientResponseHeaders(t.head.headers);
+  for (http::Header& h : bulwarkHeaders(*t.upstream)) headers.push_back(std::move(h));
+  sink_.sendHead(t.head.status, headers, content_length);
 }
 
-void Exchange::onDone(TransferError error, const std::string& detail) {
+void Exchange::onDone(Try& t, TransferError error, const std::string& detail) {
   if (phase_ == Phase::kFinished) return;
   if (phase_ == Phase::kCommitted) {
+    if (&t != committed_) return;  // a loser's late news
     if (error == TransferError::kNone) {
       flushPartialEvent();  // a stream that ended without a final blank line: as it was
-      AttemptEnd end{std::to_string(head_.status)};
-      endAttempt(&end);
+      int status = t.head.status;
+      AttemptEnd end{std::to_string(status)};
+      endAttempt(t, &end);
       sink_.finish();
       if (usage_) {
         if (std::optional<observe::TokenUsage> usage = usage_->finish()) {
@@ -457,63 +462,65 @@ void Exchange::onDone(TransferError error, const std::string& detail) {
           context_.metrics.tokens(upstream_->name, model, usage->prompt, usage->completion);
         }
       }
-      finish(head_.status);
+      finish(status);
     } else {
       interruptStream(std::string(upstream::transferErrorName(error)) + ": " + detail);
     }
     return;
   }
-  if (error == TransferError::kNone && has_head_) {
-    Outcome outcome = Outcome::fromStatus(head_.status);
+  if (error == TransferError::kNone && t.has_head) {
+    Outcome outcome = Outcome::fromStatus(t.head.status);
     if (outcome.isSuccess()) {
+      HeldResponse response = takeHeldResponse(t);  // a response with an empty body
       AttemptEnd end{outcome.name()};
-      endAttempt(&end);
-      deliverResponse(takeHeldResponse(), false);  // a response with an empty body
+      endAttempt(t, &end);
+      deliverResponse(response, false);
     } else {
-      afterFailedAttempt(outcome, detail);
+      afterFailedAttempt(t, outcome, detail);
     }
     return;
   }
-  if (error == TransferError::kAborted && first_event_is_error_) {
-    afterFailedAttempt(Outcome::streamError(), "the stream sent an error event before any output");
+  if (error == TransferError::kAborted && t.first_event_is_error) {
+    afterFailedAttempt(t, Outcome::streamError(),
+                       "the stream sent an error event before any output");
     return;
   }
-  afterFailedAttempt(outcomeOfTransfer(error), detail);
+  afterFailedAttempt(t, outcomeOfTransfer(error), detail);
 }
 
-void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& detail) {
+void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::string& detail) {
   resilience::AttemptFacts facts;
   facts.outcome = outcome;
-  if (has_head_) facts.x_should_retry = xShouldRetry(head_.headers);
-  if (outcome.kind == Outcome::Kind::kStatus) facts.error_body = held_;
+  if (t.has_head) facts.x_should_retry = xShouldRetry(t.head.headers);
+  if (outcome.kind == Outcome::Kind::kStatus) facts.error_body = t.held;
   facts.policies_apply = policies_apply_;
   resilience::Verdict verdict = resilience::classifyAttempt(route_->retry, facts);
   last_outcome_ = outcome;
-  if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
-    last_response_ = takeHeldResponse();
-  }
 
   resilience::RetryInputs inputs;
   inputs.verdict = verdict;
   inputs.body_consumed = streamed_ && request_.body_stream->consumed() > 0;
   inputs.attempts_made = attempts_;
   inputs.max_attempts = max_attempts_;
-  if (has_head_ && outcome.kind == Outcome::Kind::kStatus) {
+  if (t.has_head && outcome.kind == Outcome::Kind::kStatus) {
     inputs.server_hint =
-        resilience::serverRetryHint(head_.headers, head_.status, context_.clock.wallNow());
+        resilience::serverRetryHint(t.head.headers, t.head.status, context_.clock.wallNow());
   }
   inputs.now = context_.clock.now();
   inputs.deadline = deadline_;
   resilience::RetryDecision decision =
-      resilience::decideRetry(route_->retry, inputs, *backoff_, lease_.health()->budget());
-  if (decision.budget_exhausted) context_.metrics.retryBudgetExhausted(upstream_->name);
+      resilience::decideRetry(route_->retry, inputs, *backoff_, t.lease.health()->budget());
+  if (decision.budget_exhausted) context_.metrics.retryBudgetExhausted(t.upstream->name);
 
+  if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
+    last_response_ = takeHeldResponse(t);
+  }
   std::string outcome_name = outcome.name();
-  std::string upstream_name = upstream_->name;
+  std::string upstream_name = t.upstream->name;
   std::string why_not = decision.retry ? "" : decision.why_not;
   AttemptEnd end{outcome_name, verdict.breaker_counted, /*failed=*/true, verdict.retryable,
                  why_not, detail, decision.retry ? &decision : nullptr};
-  endAttempt(&end);
+  endAttempt(t, &end);
   if (!decision.retry) {
     giveUp(outcome);
     return;
@@ -528,27 +535,28 @@ void Exchange::afterFailedAttempt(const Outcome& outcome, const std::string& det
   evtimer_add(wait_timer_.get(), &wait);
 }
 
-void Exchange::recordAttempt(std::string_view outcome, bool breaker_failure, bool success_at_end) {
-  if (!attempt_recorded_) {
-    attempt_recorded_ = true;
-    context_.metrics.attempt(upstream_->name, outcome);
+void Exchange::recordAttempt(Try& t, std::string_view outcome, bool breaker_failure,
+                             bool success_at_end) {
+  if (!t.recorded) {
+    t.recorded = true;
+    context_.metrics.attempt(t.upstream->name, outcome);
   }
   // The lease keeps the first outcome it is given.
-  if (!success_at_end || breaker_failure || lease_.probe()) lease_.recordOutcome(breaker_failure);
+  if (!success_at_end || breaker_failure || t.lease.probe()) t.lease.recordOutcome(breaker_failure);
 }
 
-void Exchange::endAttempt(const AttemptEnd* end) {
+void Exchange::endAttempt(Try& t, const AttemptEnd* end) {
   if (end != nullptr) {
-    recordAttempt(end->outcome, end->breaker_failure, false);
+    recordAttempt(t, end->outcome, end->breaker_failure, false);
     if (end->failed) {
       const resilience::RetryDecision* retry = end->retry;
       std::string_view upstream_request_id =
-          has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
+          t.has_head ? http::findHeader(t.head.headers, "x-request-id").value_or("") : "";
       observe::logWarn(
           "upstream attempt failed",
           {{"request_id", request_id_},
-           {"upstream", upstream_->name},
-           {"attempt", attempts_},
+           {"upstream", t.upstream->name},
+           {"attempt", t.number},
            {"max_attempts", max_attempts_},
            {"outcome", end->outcome},
            {"retryable", end->retryable},
@@ -564,8 +572,19 @@ void Exchange::endAttempt(const AttemptEnd* end) {
            {"detail", end->detail}});
     }
   }
-  attempt_.reset();
-  lease_.reset();
+  if (committed_ == &t) committed_ = nullptr;
+  // Detached first: the transfer's cancellation may report its body bytes to the try.
+  auto found = std::find_if(tries_.begin(), tries_.end(),
+                            [&](const std::unique_ptr<Try>& owned) { return owned.get() == &t; });
+  if (found == tries_.end()) return;
+  std::unique_ptr<Try> owned = std::move(*found);
+  tries_.erase(found);
+  owned->transfer.reset();  // cancels a running transfer
+  owned->lease.reset();     // an unrecorded outcome gives the breaker admission back
+}
+
+void Exchange::cancelAttempts() {
+  while (!tries_.empty()) endAttempt(*tries_.back(), nullptr);
 }
 
 void Exchange::giveUp(const Outcome& outcome, bool deadline_reached) {
@@ -583,12 +602,14 @@ void Exchange::giveUp(const Outcome& outcome, bool deadline_reached) {
   }
 }
 
-Exchange::HeldResponse Exchange::takeHeldResponse() {
-  return HeldResponse{head_, std::move(held_), hold_ == Hold::kFirstEvent, upstream_};
+Exchange::HeldResponse Exchange::takeHeldResponse(Try& t) {
+  return HeldResponse{t.head, std::move(t.held), t.hold == Hold::kFirstEvent, t.upstream};
 }
 
 void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
-  endAttempt(nullptr);  // already ended, and recorded, by the caller
+  cancelAttempts();  // any still running (the caller ended, and recorded, the one answering)
+  response_head_ = response.head;
+  has_response_head_ = true;
   http::Headers headers;
   for (http::Header& h : clientResponseHeaders(response.head.headers)) {
     if (gave_up && http::equalsIgnoreCase(h.name, "x-should-retry")) continue;
@@ -608,7 +629,7 @@ void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
 
 void Exchange::respondWithError(int status, std::string_view code, std::string_view message,
                                 long long retry_after_seconds) {
-  endAttempt(nullptr);
+  cancelAttempts();
   std::string body = http::openAiErrorBody(code, message);
   http::Headers headers{{"Content-Type", "application/json"}, {"x-should-retry", "false"}};
   if (retry_after_seconds > 0)
@@ -622,12 +643,13 @@ void Exchange::respondWithError(int status, std::string_view code, std::string_v
 }
 
 void Exchange::interruptStream(const std::string& why) {
-  observe::logWarn("stream interrupted after the commit point", {{"request_id", request_id_},
-                                                                 {"upstream", upstream_->name},
-                                                                 {"attempt", attempts_},
-                                                                 {"bytes_sent", bytes_sent_},
-                                                                 {"detail", why}});
-  if (isEventStream()) {
+  observe::logWarn("stream interrupted after the commit point",
+                   {{"request_id", request_id_},
+                    {"upstream", upstream_->name},
+                    {"attempt", committed_ != nullptr ? committed_->number : attempts_},
+                    {"bytes_sent", bytes_sent_},
+                    {"detail", why}});
+  if (whole_events_) {
     // SDKs raise on an error event; a stream that just stopped would look complete.
     // The error event must start on an event boundary: after a cut inside an event, end
     // that (broken) event first, or the error would become part of its data.
@@ -642,9 +664,9 @@ void Exchange::interruptStream(const std::string& why) {
   }
   sink_.abort();
   context_.metrics.streamInterruption(upstream_->name);
-  lease_.recordInterruption();
-  endAttempt(nullptr);
-  finish(head_.status);
+  if (committed_ != nullptr) committed_->lease.recordInterruption();
+  cancelAttempts();
+  finish(response_head_.status);
 }
 
 void Exchange::terminate() {
@@ -654,7 +676,7 @@ void Exchange::terminate() {
     interruptStream("Bulwark is shutting down (server.shutdown_grace reached)");
     return;
   }
-  endAttempt(nullptr);
+  cancelAttempts();
   if (last_response_) {
     deliverResponse(*last_response_, true);
   } else {
@@ -691,16 +713,12 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
     return;
   }
   evtimer_del(self->wait_timer_.get());
-  if (self->attempt_) {
-    // The attempt in flight ran out of the request's time: a timeout like any other, for
-    // the breaker, the metrics and the logs.
-    Outcome timeout = Outcome::timeout();
-    AttemptEnd end{timeout.name(), resilience::policyFor(self->route_->retry, timeout).breaker,
-                   /*failed=*/true, /*retryable=*/false, "deadline", "timeouts.total reached"};
-    self->endAttempt(&end);
-  } else {
-    self->endAttempt(nullptr);
-  }
+  // The attempts in flight ran out of the request's time: timeouts like any other, for the
+  // breaker, the metrics and the logs.
+  Outcome timeout = Outcome::timeout();
+  AttemptEnd end{timeout.name(), resilience::policyFor(self->route_->retry, timeout).breaker,
+                 /*failed=*/true, /*retryable=*/false, "deadline", "timeouts.total reached"};
+  while (!self->tries_.empty()) self->endAttempt(*self->tries_.back(), &end);
   self->giveUp(resilience::Outcome::timeout(), true);
 }
 
@@ -711,7 +729,8 @@ void Exchange::finish(int status, bool client_left) {
   std::chrono::duration<double> duration = context_.clock.now() - started_;
   context_.metrics.requestFinished(upstream_->name, status, duration.count());
   std::string_view upstream_request_id =
-      has_head_ ? http::findHeader(head_.headers, "x-request-id").value_or("") : "";
+      has_response_head_ ? http::findHeader(response_head_.headers, "x-request-id").value_or("")
+                         : "";
   observe::logInfo("request", {{"request_id", request_id_},
                                {"method", request_.method},
                                {"path", pathWithoutQuery(request_.path)},

@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "proxy/exchange/exchange_context.h"
@@ -40,7 +41,7 @@
 
 namespace bulwark::exchange {
 
-class Exchange final : public server::ActiveRequest, public upstream::AttemptObserver {
+class Exchange final : public server::ActiveRequest {
  public:
   enum class Phase { kAdmitted, kAttempting, kWaiting, kCommitted, kFinished };
 
@@ -54,19 +55,54 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void terminate() override;
   Phase phase() const { return phase_; }
   const std::string& requestId() const { return request_id_; }
-
-  // upstream::AttemptObserver
-  void onHead(const upstream::ResponseHead& head) override;
-  Flow onData(const char* data, std::size_t len) override;
-  void onDone(upstream::TransferError error, const std::string& detail) override;
-  void onRequestStart() override;
-  BodyRead readBody(char* out, std::size_t max) override;
-  void onBodySent(std::uint64_t bytes) override;
+  // Attempts running now (more than one only while a hedge races the first).
+  std::size_t running() const { return tries_.size(); }
 
  private:
   // Why the bytes before the commit point are being held. kFirstEvent: a 200 event stream,
   // until its first event (for the Responses API, its first event past the preamble).
   enum class Hold { kNone, kErrorBody, kFirstEvent };
+
+  // One attempt: its transfer, its claim on an upstream, and what it received before the
+  // commit point. Its transfer reports here; the try passes each event on with itself, so
+  // several tries can run at once.
+  struct Try final : upstream::AttemptObserver {
+    Try(Exchange& exchange, int number, int upstream_index, const config::UpstreamConfig& upstream,
+        UpstreamLease lease)
+        : exchange(exchange),
+          number(number),
+          upstream_index(upstream_index),
+          upstream(&upstream),
+          lease(std::move(lease)) {}
+    void onHead(const upstream::ResponseHead& h) override { exchange.onHead(*this, h); }
+    Flow onData(const char* data, std::size_t len) override {
+      return exchange.onData(*this, data, len);
+    }
+    void onDone(upstream::TransferError error, const std::string& detail) override {
+      exchange.onDone(*this, error, detail);  // may destroy this try: nothing after it
+    }
+    void onRequestStart() override { exchange.onRequestStart(); }
+    BodyRead readBody(char* out, std::size_t max) override { return exchange.readBody(out, max); }
+    void onBodySent(std::uint64_t bytes) override { exchange.onBodySent(*this, bytes); }
+    bool isEventStream() const;
+
+    Exchange& exchange;
+    int number;  // the attempt's number, 1-based, in start order
+    int upstream_index;
+    const config::UpstreamConfig* upstream;
+    UpstreamLease lease;
+    std::string body;  // the body with the model renamed for this upstream, if it is
+    std::unique_ptr<upstream::Transfer> transfer;  // declared after body: it points into it
+    upstream::ResponseHead head;
+    bool has_head = false;
+    Hold hold = Hold::kNone;
+    std::string held;  // body bytes before the commit point (bounded)
+    resilience::CommitPointScanner event_scan;  // where a held event stream's commit point is
+    bool first_event_is_error = false;
+    resilience::SteadyTime started;
+    bool first_byte_seen = false;
+    bool recorded = false;  // its metric is counted
+  };
 
   // How an attempt ended, for endAttempt().
   struct AttemptEnd {
@@ -82,6 +118,14 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
 
   static void onWaitOver(evutil_socket_t, short, void* arg);
   static void onDeadline(evutil_socket_t, short, void* arg);
+
+  // A try's transfer events.
+  void onHead(Try& t, const upstream::ResponseHead& head);
+  upstream::AttemptObserver::Flow onData(Try& t, const char* data, std::size_t len);
+  void onDone(Try& t, upstream::TransferError error, const std::string& detail);
+  void onRequestStart();
+  upstream::AttemptObserver::BodyRead readBody(char* out, std::size_t max);
+  void onBodySent(Try& t, std::uint64_t bytes);
 
   // Takes the route's settings: deadline, attempts, backoff, the first upstream.
   void applyRoute(const config::RouteConfig& route);
@@ -105,18 +149,20 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   // outcome (the lease takes the first), logs a failure, then cancels the transfer and
   // gives back the lease. Without `end` (a cancellation: the client left, a body failure,
   // shutdown) nothing is recorded, and an unrecorded lease gives its breaker admission back,
-  // so a cancelled probe frees its slot.
-  void endAttempt(const AttemptEnd* end);
-  // The metric and breaker outcome of the current attempt, without ending it (a response
-  // committed: the attempt streams on).
-  void recordAttempt(std::string_view outcome, bool breaker_failure, bool probe_only);
+  // so a cancelled probe frees its slot. `t` is gone afterwards.
+  void endAttempt(Try& t, const AttemptEnd* end);
+  // Cancels every running attempt (nothing recorded).
+  void cancelAttempts();
+  // The metric and breaker outcome of a try, without ending it (a response committed: the
+  // attempt streams on).
+  void recordAttempt(Try& t, std::string_view outcome, bool breaker_failure, bool success_at_end);
   // The one place the response ends: phase finished, timers off, the access line.
   void finish(int status, bool client_left = false);
 
-  void afterFailedAttempt(const resilience::Outcome& outcome, const std::string& detail);
+  void afterFailedAttempt(Try& t, const resilience::Outcome& outcome, const std::string& detail);
   void giveUp(const resilience::Outcome& outcome, bool deadline_reached = false);
-  Flow holdOrCommit(const char* data, std::size_t len);
-  void commit(std::optional<std::uint64_t> content_length);
+  upstream::AttemptObserver::Flow holdOrCommit(Try& t, const char* data, std::size_t len);
+  void commit(Try& t, std::optional<std::uint64_t> content_length);
   // An upstream response read whole before the commit point (or a stream's first event).
   struct HeldResponse {
     upstream::ResponseHead head;
@@ -124,7 +170,7 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
     bool cut_stream = false;  // a 200 event stream ended after its (error) first event
     const config::UpstreamConfig* upstream = nullptr;
   };
-  HeldResponse takeHeldResponse();
+  static HeldResponse takeHeldResponse(Try& t);
   void deliverResponse(const HeldResponse& response, bool gave_up);
   void respondWithError(int status, std::string_view code, std::string_view message,
                         long long retry_after_seconds = 0);
@@ -135,7 +181,6 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   void deliver(const char* data, std::size_t len);
   void flushPartialEvent();
   http::Headers bulwarkHeaders(const config::UpstreamConfig& upstream) const;
-  bool isEventStream() const;
 
   const ExchangeContext& context_;
   std::shared_ptr<const config::Config> config_;
@@ -146,9 +191,8 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   // The request's route: its timeouts, retry rules and failover chain. By path alone until
   // the body is read, then by path and model.
   const config::RouteConfig* route_ = nullptr;
-  const config::UpstreamConfig* upstream_ = nullptr;  // the current (or last) attempt's
+  const config::UpstreamConfig* upstream_ = nullptr;  // the latest attempt's (or the winner's)
   int upstream_index_ = 0;
-  UpstreamLease lease_;
   RequestFacts facts_;  // model and stream flag, read once from the body
   std::string model_;   // for per-model breakers (scope: upstream_model)
   resilience::Outcome last_outcome_;
@@ -173,19 +217,11 @@ class Exchange final : public server::ActiveRequest, public upstream::AttemptObs
   support::EventPtr wait_timer_;
   support::EventPtr deadline_timer_;
 
-  // The current attempt (its transfer may point into attempt_body_, declared first).
-  std::string attempt_body_;  // the body with the model renamed for this upstream, if it is
-  std::unique_ptr<upstream::Transfer> attempt_;
-  int attempts_ = 0;
-  bool attempt_recorded_ = false;  // its metric is counted
-  upstream::ResponseHead head_;
-  bool has_head_ = false;
-  Hold hold_ = Hold::kNone;
-  std::string held_;  // body bytes before the commit point (bounded)
-  resilience::CommitPointScanner event_scan_;  // where a held event stream's commit point is
-  bool first_event_is_error_ = false;
-  resilience::SteadyTime attempt_started_;
-  bool first_byte_seen_ = false;
+  std::vector<std::unique_ptr<Try>> tries_;  // the attempts running now
+  int attempts_ = 0;                         // attempts started
+  Try* committed_ = nullptr;                 // the attempt whose response the client gets
+  upstream::ResponseHead response_head_;     // the head the client got (for the access line)
+  bool has_response_head_ = false;
   std::optional<observe::UsageTap> usage_;
 
   std::uint64_t bytes_sent_ = 0;
