@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -148,6 +149,16 @@ struct RouteMatch {
   bool operator==(const RouteMatch&) const = default;
 };
 
+// Hedging: an attempt with no answer after `after` (a fixed wait, or the recent p95 time to
+// first byte of its upstream and model) gets a twin on the next upstream of the chain; the
+// first to reach the commit point wins and the others are cancelled.
+struct HedgeConfig {
+  bool p95 = false;           // after: p95
+  Duration after{0};          // after: <duration>
+  int max = 1;                // hedges per request, at most
+  bool operator==(const HedgeConfig&) const = default;
+};
+
 // One entry of `routes:`, with its settings resolved: the top level's, overridden by the
 // route's own. The default route (no entry matched) is the top level itself.
 struct RouteConfig {
@@ -156,6 +167,7 @@ struct RouteConfig {
   TimeoutsConfig timeouts;
   RetryConfig retry;
   std::vector<std::size_t> upstreams;  // indexes into Config::upstreams: the failover chain
+  std::optional<HedgeConfig> hedge;    // opt-in per route
   bool operator==(const RouteConfig&) const = default;
 };
 

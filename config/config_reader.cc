@@ -524,6 +524,25 @@ void readRouteUpstreams(MappingReader& route, const std::vector<UpstreamConfig>&
   if (!chain.empty()) out = std::move(chain);
 }
 
+HedgeConfig readHedge(MappingReader hedge) {
+  HedgeConfig out;
+  if (hedge.require("after")) {
+    std::string after;
+    hedge.readString("after", after);
+    if (after == "p95") {
+      out.p95 = true;
+    } else if (std::optional<Duration> d = parseDuration(after); d && d->count() > 0) {
+      out.after = *d;
+    } else {
+      hedge.check("after", false, "expected p95 or a duration greater than 0 such as 2s");
+    }
+  }
+  readInt(hedge, "max", out.max, 1);
+  hedge.check("max", out.max <= 3, "must be at most 3" + got(out.max));
+  hedge.finish();
+  return out;
+}
+
 RouteConfig readRoute(MappingReader route, const Config& config,
                       const std::map<std::string, std::size_t>& names) {
   RouteConfig out = config.default_route;
@@ -548,9 +567,7 @@ RouteConfig readRoute(MappingReader route, const Config& config,
       route.fail(key, "cannot be set per route; a route overrides timeouts, retry and upstreams");
     }
   }
-  if (route.find("hedge") != nullptr) {
-    route.fail("hedge", "hedging is not available in this version of Bulwark");
-  }
+  if (route.find("hedge") != nullptr) out.hedge = readHedge(route.section("hedge"));
   route.finish();
   return out;
 }

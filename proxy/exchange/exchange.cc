@@ -87,6 +87,8 @@ void Exchange::start() {
   policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
   wait_timer_.reset(evtimer_new(context_.base, &Exchange::onWaitOver, this));
   deadline_timer_.reset(evtimer_new(context_.base, &Exchange::onDeadline, this));
+  hedge_timer_.reset(evtimer_new(context_.base, &Exchange::onHedgeTimer, this));
+  cancel_losers_.reset(event_new(context_.base, -1, 0, &Exchange::onLosersCancelled, this));
   // The route by path alone until the body (and its model) is in.
   applyRoute(config::routeFor(*config_, request_.path, ""));
 
@@ -253,7 +255,8 @@ void Exchange::countRejections(const UpstreamSelection& selection) {
   }
 }
 
-void Exchange::startAttempt(UpstreamSelection selection) {
+void Exchange::startAttempt(UpstreamSelection selection, bool hedge) {
+  bool first_of_round = phase_ != Phase::kAttempting;
   phase_ = Phase::kAttempting;
   usage_.reset();
   upstream_index_ = selection.index;
@@ -262,6 +265,7 @@ void Exchange::startAttempt(UpstreamSelection selection) {
                                      std::move(selection.lease));
   Try& t = *owned;
   t.started = context_.clock.now();
+  t.hedge = hedge;
 
   upstream::AttemptRequest req;
   // Provider adaptation: this upstream's name for the model (an Azure deployment, a vLLM
@@ -294,7 +298,44 @@ void Exchange::startAttempt(UpstreamSelection selection) {
   req.idle_timeout = route_->timeouts.idle;
   t.transfer = context_.attempts.createAttempt(t, std::move(req));
   tries_.push_back(std::move(owned));
+  if (first_of_round) armHedge(t);
   t.transfer->start();
+}
+
+void Exchange::armHedge(const Try& t) {
+  // Only where a retry would be safe, never with a streamed body (it cannot be sent twice).
+  const std::optional<config::HedgeConfig>& hedge = route_->hedge;
+  if (!hedge || hedges_ >= hedge->max || !policies_apply_ || streamed_) return;
+  std::optional<resilience::Millis> after = hedge->after;
+  if (hedge->p95) after = t.lease.health()->ttfb().quantile(facts_.model, 0.95);
+  if (!after) return;  // too few samples yet to know this upstream's p95
+  timeval tv = support::toTimeval(after->count());
+  evtimer_add(hedge_timer_.get(), &tv);
+}
+
+void Exchange::onHedgeTimer(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Exchange*>(arg);
+  if (self->phase_ != Phase::kAttempting || self->tries_.empty()) return;
+  for (const auto& t : self->tries_) {
+    if (t->has_head || t->first_byte_seen) return;  // an answer is coming
+  }
+  // The next upstream of the chain, as a retry would take it (the same one when alone).
+  UpstreamSelection selection = self->select(true);
+  if (!selection.lease) return;
+  if (!selection.lease.health()->budget().tryAcquire()) {
+    self->context_.metrics.retryBudgetExhausted(self->config_->upstreams[selection.index].name);
+    return;  // hedges spend the retry budget
+  }
+  ++self->hedges_;
+  self->startAttempt(std::move(selection), /*hedge=*/true);
+  self->armHedge(*self->tries_.back());  // the next hedge, if more are allowed
+}
+
+void Exchange::onLosersCancelled(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Exchange*>(arg);
+  for (std::size_t i = self->tries_.size(); i-- > 0;) {
+    if (self->tries_[i].get() != self->committed_) self->endAttempt(*self->tries_[i], nullptr);
+  }
 }
 
 bool Exchange::Try::isEventStream() const {
@@ -328,7 +369,10 @@ upstream::AttemptObserver::Flow Exchange::onData(Try& t, const char* data, std::
     t.first_byte_seen = true;
     std::chrono::duration<double> ttfb = context_.clock.now() - t.started;
     context_.metrics.timeToFirstByte(t.upstream->name, ttfb.count());
+    t.lease.health()->ttfb().record(
+        facts_.model, std::chrono::duration_cast<resilience::Millis>(context_.clock.now() - t.started));
   }
+  if (phase_ == Phase::kCommitted && &t != committed_) return Flow::kAbort;  // a race's loser
   if (phase_ != Phase::kCommitted) return holdOrCommit(t, data, len);
   if (sink_.pendingOutput() >= kPauseThreshold) {
     // The client reads slower than the upstream sends: hold the upstream until it drains.
@@ -421,6 +465,14 @@ upstream::AttemptObserver::Flow Exchange::holdOrCommit(Try& t, const char* data,
 void Exchange::commit(Try& t, std::optional<std::uint64_t> content_length) {
   phase_ = Phase::kCommitted;
   committed_ = &t;
+  winner_ = t.number;
+  evtimer_del(hedge_timer_.get());
+  if (tries_.size() > 1) {
+    // The first to reach the commit point wins the race; the others are cancelled at once
+    // (from the loop: this runs inside the winner's transfer callback).
+    for (const auto& other : tries_) other->hedge_result = other.get() == &t ? "won" : "lost";
+    event_active(cancel_losers_.get(), 0, 0);
+  }
   upstream_ = t.upstream;
   upstream_index_ = t.upstream_index;
   response_head_ = t.head;
@@ -449,7 +501,10 @@ void Exchange::commit(Try& t, std::optional<std::uint64_t> content_length) {
 void Exchange::onDone(Try& t, TransferError error, const std::string& detail) {
   if (phase_ == Phase::kFinished) return;
   if (phase_ == Phase::kCommitted) {
-    if (&t != committed_) return;  // a loser's late news
+    if (&t != committed_) {  // a race's loser ended on its own
+      endAttempt(t, nullptr);
+      return;
+    }
     if (error == TransferError::kNone) {
       flushPartialEvent();  // a stream that ended without a final blank line: as it was
       int status = t.head.status;
@@ -472,6 +527,8 @@ void Exchange::onDone(Try& t, TransferError error, const std::string& detail) {
     Outcome outcome = Outcome::fromStatus(t.head.status);
     if (outcome.isSuccess()) {
       HeldResponse response = takeHeldResponse(t);  // a response with an empty body
+      winner_ = t.number;
+      for (const auto& other : tries_) other->hedge_result = other.get() == &t ? "won" : "lost";
       AttemptEnd end{outcome.name()};
       endAttempt(t, &end);
       deliverResponse(response, false);
@@ -496,6 +553,20 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
   facts.policies_apply = policies_apply_;
   resilience::Verdict verdict = resilience::classifyAttempt(route_->retry, facts);
   last_outcome_ = outcome;
+
+  if (tries_.size() > 1) {
+    // A race goes on: another attempt may still answer. This one lost; nothing to decide
+    // (and no retry budget spent) until the last one ends.
+    if (outcome.kind == Outcome::Kind::kStatus || outcome.kind == Outcome::Kind::kStreamError) {
+      last_response_ = takeHeldResponse(t);
+    }
+    t.hedge_result = "lost";
+    std::string outcome_name = outcome.name();
+    AttemptEnd racing{outcome_name, verdict.breaker_counted, /*failed=*/true, verdict.retryable,
+                      "hedged", detail};
+    endAttempt(t, &racing);
+    return;
+  }
 
   resilience::RetryInputs inputs;
   inputs.verdict = verdict;
@@ -573,6 +644,8 @@ void Exchange::endAttempt(Try& t, const AttemptEnd* end) {
     }
   }
   if (committed_ == &t) committed_ = nullptr;
+  if (t.hedge) context_.metrics.hedge(t.upstream->name, t.hedge_result.empty() ? "cancelled"
+                                                                               : t.hedge_result);
   // Detached first: the transfer's cancellation may report its body bytes to the try.
   auto found = std::find_if(tries_.begin(), tries_.end(),
                             [&](const std::unique_ptr<Try>& owned) { return owned.get() == &t; });
@@ -726,6 +799,7 @@ void Exchange::finish(int status, bool client_left) {
   phase_ = Phase::kFinished;
   evtimer_del(deadline_timer_.get());
   evtimer_del(wait_timer_.get());
+  evtimer_del(hedge_timer_.get());
   std::chrono::duration<double> duration = context_.clock.now() - started_;
   context_.metrics.requestFinished(upstream_->name, status, duration.count());
   std::string_view upstream_request_id =
@@ -744,6 +818,8 @@ void Exchange::finish(int status, bool client_left) {
                                                      : static_cast<std::uint64_t>(
                                                            request_.body.size())},
                                {"upstream_request_id", upstream_request_id},
+                               {"hedges", hedges_},
+                               {"winning_attempt", winner_},
                                {"client_left", client_left}});
 }
 

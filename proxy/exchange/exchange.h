@@ -102,6 +102,8 @@ class Exchange final : public server::ActiveRequest {
     resilience::SteadyTime started;
     bool first_byte_seen = false;
     bool recorded = false;  // its metric is counted
+    bool hedge = false;     // started by the hedge timer, racing the others
+    std::string_view hedge_result;  // set once its race is decided ("won", "lost")
   };
 
   // How an attempt ended, for endAttempt().
@@ -118,6 +120,10 @@ class Exchange final : public server::ActiveRequest {
 
   static void onWaitOver(evutil_socket_t, short, void* arg);
   static void onDeadline(evutil_socket_t, short, void* arg);
+  static void onHedgeTimer(evutil_socket_t, short, void* arg);
+  static void onLosersCancelled(evutil_socket_t, short, void* arg);
+  // Arms the hedge timer for the route's `after` (or its upstream's p95), when hedging applies.
+  void armHedge(const Try& t);
 
   // A try's transfer events.
   void onHead(Try& t, const upstream::ResponseHead& head);
@@ -143,7 +149,7 @@ class Exchange final : public server::ActiveRequest {
   UpstreamSelection selectFor(bool retry) const;
   UpstreamSelection select(bool retry);  // selectFor(), counting breaker rejections
   void countRejections(const UpstreamSelection& selection);
-  void startAttempt(UpstreamSelection selection);
+  void startAttempt(UpstreamSelection selection, bool hedge = false);
 
   // The one place an attempt ends. Records its metric (once per attempt) and its breaker
   // outcome (the lease takes the first), logs a failure, then cancels the transfer and
@@ -216,6 +222,10 @@ class Exchange final : public server::ActiveRequest {
   std::optional<resilience::Backoff> backoff_;  // the route's retry settings
   support::EventPtr wait_timer_;
   support::EventPtr deadline_timer_;
+  support::EventPtr hedge_timer_;
+  support::EventPtr cancel_losers_;  // deferred: a winner's callback cannot cancel transfers
+  int hedges_ = 0;                   // hedge attempts started
+  int winner_ = 0;                   // the attempt whose answer the client got
 
   std::vector<std::unique_ptr<Try>> tries_;  // the attempts running now
   int attempts_ = 0;                         // attempts started

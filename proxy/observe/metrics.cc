@@ -81,6 +81,11 @@ struct Metrics::Impl {
                                  .Name("bulwark_stream_interruptions_total")
                                  .Help("Responses that failed after bytes reached the client")
                                  .Register(*registry)),
+        hedges(BuildCounter()
+                   .Name("bulwark_hedges_total")
+                   .Help("Hedge attempts by result: won (its answer went to the client), lost "
+                         "(another answered, or it failed), cancelled (the request ended first)")
+                   .Register(*registry)),
         request_body_bytes(BuildCounter()
                                .Name("bulwark_request_body_bytes_total")
                                .Help("Request body bytes sent to each upstream (every attempt)")
@@ -147,6 +152,7 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Counter>& breaker_transitions;
   prometheus::Family<prometheus::Counter>& breaker_rejections;
   prometheus::Family<prometheus::Counter>& stream_interruptions;
+  prometheus::Family<prometheus::Counter>& hedges;
   prometheus::Family<prometheus::Counter>& request_body_bytes;
   prometheus::Family<prometheus::Gauge>& inflight_requests;
   prometheus::Family<prometheus::Counter>& tokens_total;
@@ -238,6 +244,11 @@ void Metrics::streamInterruption(std::string_view upstream) {
   impl_->stream_interruptions.Add({{"upstream", std::string(upstream)}}).Increment();
 }
 
+void Metrics::hedge(std::string_view upstream, std::string_view result) {
+  impl_->hedges.Add({{"upstream", std::string(upstream)}, {"result", std::string(result)}})
+      .Increment();
+}
+
 void Metrics::requestBodyBytes(std::string_view upstream, std::uint64_t bytes) {
   impl_->request_body_bytes.Add({{"upstream", std::string(upstream)}})
       .Increment(static_cast<double>(bytes));
@@ -272,6 +283,9 @@ void Metrics::declareUpstream(std::string_view upstream) {
   impl_->breaker_rejections.Add({{"upstream", u}});
   impl_->stream_interruptions.Add({{"upstream", u}});
   impl_->request_body_bytes.Add({{"upstream", u}});
+  for (const char* result : {"won", "lost", "cancelled"}) {
+    impl_->hedges.Add({{"upstream", u}, {"result", result}});
+  }
   // Every transition series exists from the start, so increase() sees the first trip.
   for (const char* to : {"OPEN", "HALF_OPEN", "CLOSED"}) {
     impl_->breaker_transitions.Add({{"upstream", u}, {"to", to}});

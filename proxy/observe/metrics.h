@@ -38,6 +38,8 @@ class Metrics {
   void breakerRejection(std::string_view upstream);
   void streamInterruption(std::string_view upstream);
   void inflight(std::string_view upstream, int count);
+  // A hedge attempt ended: "won", "lost" or "cancelled".
+  void hedge(std::string_view upstream, std::string_view result);
   // Request body bytes an attempt sent to the upstream.
   void requestBodyBytes(std::string_view upstream, std::uint64_t bytes);
   void tokens(std::string_view upstream, std::string_view model, long long prompt,

@@ -16,6 +16,7 @@
 #include "config/config.h"
 #include "proxy/resilience/circuit_breaker.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/latency_tracker.h"
 #include "proxy/resilience/retry_budget.h"
 
 namespace bulwark::resilience {
@@ -34,6 +35,8 @@ class UpstreamHealth {
   // further ones share one breaker.
   CircuitBreaker& breakerFor(std::string_view model);
   RetryBudget& budget() { return budget_; }
+  // Recent time to first byte by model (hedging's p95).
+  LatencyTracker& ttfb() { return ttfb_; }
 
   // In-flight requests on this upstream (all workers). tryEnter fails when max_inflight
   // (0 = unlimited) is reached; every successful tryEnter is paired with one leave.
@@ -63,6 +66,7 @@ class UpstreamHealth {
   std::unique_ptr<CircuitBreaker> own_breaker_;
   std::map<std::string, std::unique_ptr<CircuitBreaker>, std::less<>> model_breakers_;
   RetryBudget budget_;
+  LatencyTracker ttfb_;
   std::atomic<int> max_inflight_;
   std::atomic<int> inflight_{0};
   TransitionListener listener_;

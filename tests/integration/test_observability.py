@@ -63,6 +63,7 @@ SPEC_FAMILIES = {
     "bulwark_build_info": ("gauge", {"version"}),
     # Second round.
     "bulwark_request_body_bytes_total": ("counter", {"upstream"}),
+    "bulwark_hedges_total": ("counter", {"upstream", "result"}),
 }
 # 10 ms ... 5 min (issue 5): LLM latencies.
 EXPECTED_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300]

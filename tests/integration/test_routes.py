@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import unittest
 
-from harness import CHAT_PATH, Bulwark, FakeUpstream, http_request, merged
+from harness import (CHAT_PATH, Bulwark, FakeUpstream, chat_completion, http_request, merged,
+                     scrape)
 from test_openai_sdk import run_script
 
 EMBEDDINGS_PATH = "/v1/embeddings"
@@ -201,3 +203,88 @@ class AzureFailoverTest(unittest.TestCase):
         retry = bulwark.wait_for_log(lambda e: e.get("msg") == "upstream attempt failed")
         self.assertEqual(retry["delay_source"], "server")
         self.assertEqual(retry["delay_ms"], 400)
+
+
+class HedgeTest(unittest.TestCase):
+    """hedge: an attempt with no answer after `after` gets a twin; the first to answer wins and
+    the other is cancelled, as if its client had left."""
+
+    def start(self, route: dict, fakes: list) -> Bulwark:
+        config = {key: value for key, value in CONFIG.items() if key != "routes"}
+        config["routes"] = [{"name": "chat", "match": {"path": CHAT_PATH}, **route}]
+        bulwark = Bulwark(fakes, config).start()
+        self.addCleanup(bulwark.stop)
+        return bulwark
+
+    def fake(self) -> FakeUpstream:
+        fake = FakeUpstream().start()
+        self.addCleanup(fake.stop)
+        return fake
+
+    def timed_chat(self, bulwark: Bulwark):
+        started = time.monotonic()
+        resp = http_request(bulwark.port, "POST", CHAT_PATH, chat("gpt-4o"),
+                            headers={"Content-Type": "application/json"}, timeout=15)
+        return resp, time.monotonic() - started
+
+    def test_a_slow_first_attempt_is_overtaken_on_the_next_upstream(self):
+        slow, fast = self.fake(), self.fake()
+        bulwark = self.start({"timeouts": {"first_byte": "10s"},
+                              "hedge": {"after": "200ms", "max": 1}}, [slow, fast])
+        slow.script([{"delay": 3}])
+        fast.script([{"delay": 0.05}])
+        resp, elapsed = self.timed_chat(bulwark)
+        self.assertEqual(resp.status, 200, resp.body[:300])
+        self.assertEqual(resp.header("x-bulwark-upstream"), "fake1")
+        self.assertEqual(resp.header("x-bulwark-attempts"), "2")
+        print(f"\nhedged answer after {elapsed * 1000:.0f} ms (after: 200ms, the hedge 50 ms)")
+        self.assertLess(elapsed, 1.5)
+        # The slow attempt was cancelled: its upstream saw the connection close.
+        self.assertTrue(slow.wait_peer_closed(slow.requests[0], timeout=2))
+        self.assertLess(slow.requests[0].peer_closed_at - fast.requests[0].arrived_at, 1.0)
+        line = bulwark.wait_for_log(lambda e: e.get("msg") == "request")
+        self.assertEqual((line["hedges"], line["winning_attempt"]), (1, 2))
+        metrics = scrape(bulwark)
+        self.assertEqual(metrics.value("bulwark_hedges_total", upstream="fake1", result="won"), 1)
+
+    def test_alone_an_upstream_is_hedged_against_itself_and_the_first_answer_wins(self):
+        only = self.fake()
+        bulwark = self.start({"hedge": {"after": "150ms"}, "timeouts": {"first_byte": "10s"}},
+                             [only])
+        only.script([{"delay": 0.6, "body": chat_completion("first")},
+                     {"delay": 5, "body": chat_completion("second")}])
+        resp, elapsed = self.timed_chat(bulwark)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(json.loads(resp.body)["choices"][0]["message"]["content"], "first")
+        self.assertEqual(resp.header("x-bulwark-attempts"), "2")
+        self.assertTrue(only.wait_peer_closed(only.requests[1], timeout=2), "the hedge ran on")
+        metrics = scrape(bulwark)
+        self.assertEqual(metrics.value("bulwark_hedges_total", upstream="fake0", result="lost"), 1)
+
+    def test_p95_waits_for_enough_samples_then_hedges_at_the_upstreams_p95(self):
+        fake = self.fake()
+        bulwark = self.start({"hedge": {"after": "p95"}, "timeouts": {"first_byte": "10s"}},
+                             [fake])
+        fake.script([{"delay": 0.5}])
+        resp, _ = self.timed_chat(bulwark)  # no samples yet: no p95, no hedge
+        self.assertEqual(resp.header("x-bulwark-attempts"), "1")
+        fake.script([{"delay": 0.02}] * 19)
+        for _ in range(19):  # the rest of the samples; none of these is hedged
+            resp, _ = self.timed_chat(bulwark)
+            self.assertEqual(resp.header("x-bulwark-attempts"), "1")
+        fake.script([{"delay": 3}, {"delay": 0.02}])
+        resp, elapsed = self.timed_chat(bulwark)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("x-bulwark-attempts"), "2")
+        self.assertLess(elapsed, 1.0)
+
+    def test_a_streamed_upload_is_never_hedged(self):
+        fake = self.fake()
+        bulwark = self.start({"hedge": {"after": "50ms"}, "match": {"path": "/v1/files"}}, [fake])
+        fake.script([{"delay": 0.5}])
+        body = b"x" * (9 * 1024 * 1024)  # over retry_body_limit: streamed
+        resp = http_request(bulwark.port, "POST", "/v1/files", body,
+                            headers={"Content-Type": "application/octet-stream"}, timeout=15)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("x-bulwark-attempts"), "1")
+        self.assertEqual(len(fake.requests), 1)

@@ -109,6 +109,10 @@ circuit_breaker:
   failure_threshold: 1
   min_requests: 1000
   recovery_timeout: 10s
+routes:
+  - name: hedged
+    match: {path: /v1/embeddings}
+    hedge: {after: 1ms}
 )yaml";
 
 class ExchangeTest : public ::testing::Test {
@@ -356,6 +360,33 @@ TEST_F(ExchangeTest, AFailedProbeReopensAndIsNotRetriedThroughTheOpenBreaker) {
   EXPECT_EQ(attempts_.urls.size(), 1u);
   EXPECT_EQ(attempts("503"), 1);
   EXPECT_EQ(inflight(), 0);
+}
+
+TEST_F(ExchangeTest, AHedgeThatWinsCancelsTheFirstAttemptWithoutAnOutcome) {
+  server::HttpRequest req;
+  req.method = "POST";
+  req.target = req.path = "/v1/embeddings";
+  req.body = R"({"model":"text-embedding-3-small","input":"x"})";
+  sinks_.push_back(std::make_unique<FakeSink>());
+  exchanges_.push_back(std::make_unique<Exchange>(context_, std::move(req), *sinks_.back()));
+  Exchange& ex = *exchanges_.back();
+  ex.start();
+  ASSERT_EQ(ex.running(), 1u);
+  event_base_loop(base_, EVLOOP_ONCE);  // the 1 ms hedge timer
+  ASSERT_EQ(ex.running(), 2u);
+  EXPECT_EQ(inflight(), 2);
+  attempts_.live[1]->answer(200);  // the hedge answers first
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kFinished);
+  EXPECT_EQ(sink().status, 200);
+  // The first attempt is cancelled from the loop (not inside the winner's transfer callback).
+  turnLoop();
+  EXPECT_EQ(ex.running(), 0u);
+  EXPECT_TRUE(attempts_.live.empty());
+  EXPECT_EQ(inflight(), 0);
+  EXPECT_EQ(attempts("200"), 1);
+  EXPECT_EQ(metric("bulwark_upstream_attempts_total", {{"upstream", "main"}}), 1);
+  EXPECT_EQ(metric("bulwark_hedges_total", {{"upstream", "main"}, {"result", "won"}}), 1);
+  EXPECT_EQ(requests("200"), 1);
 }
 
 TEST_F(ExchangeTest, ShutdownEndsEachPhaseOnce) {
