@@ -163,6 +163,9 @@ TEST(ShippedConfigTest, ItsRoutesExampleLoadsAndRoutesAsTheReadmeSays) {
   const RouteConfig& chat = routeFor(config, "/v1/chat/completions", "gpt-4o");
   EXPECT_EQ(chat.name, "chat");
   EXPECT_EQ(chat.upstreams, (std::vector<std::size_t>{0, 1}));
+  ASSERT_TRUE(chat.hedge.has_value());
+  EXPECT_TRUE(chat.hedge->p95);
+  EXPECT_EQ(chat.hedge->max, 1);
   EXPECT_EQ(config.upstreams[1].auth_header, AuthHeader::kApiKey);
   EXPECT_EQ(config.upstreams[1].models.at("gpt-4o"), "my-gpt4o");
 }
@@ -1003,6 +1006,10 @@ TEST(RouteConfigTest, MistakesAreErrorsWithTheirLine) {
       {"  - name: a\n    timeouts: {first_bite: 1s}\n", "routes[0].timeouts.first_bite", 6,
        "unknown key"},
       {"  - match: {path: /v1}\n", "routes[0].name", 5, "required"},
+      {"  - name: a\n    hedge: {after: soon}\n", "routes[0].hedge.after", 6, "expected p95"},
+      {"  - name: a\n    hedge: {after: 0s}\n", "routes[0].hedge.after", 6, "greater than 0"},
+      {"  - name: a\n    hedge: {after: 1s, max: 5}\n", "routes[0].hedge.max", 6, "at most 3"},
+      {"  - name: a\n    hedge: {max: 1}\n", "routes[0].hedge.after", 6, "required"},
   };
   for (const Case& c : cases) {
     LoadResult result = load(base + c.routes);
