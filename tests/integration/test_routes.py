@@ -11,8 +11,8 @@ import signal
 import time
 import unittest
 
-from harness import (CHAT_PATH, Bulwark, FakeUpstream, chat_completion, http_request, merged,
-                     scrape)
+from harness import (CHAT_PATH, SANITIZED, Bulwark, FakeUpstream, chat_completion, http_request,
+                     merged, scrape)
 from test_openai_sdk import run_script
 
 EMBEDDINGS_PATH = "/v1/embeddings"
@@ -238,7 +238,8 @@ class HedgeTest(unittest.TestCase):
         self.assertEqual(resp.header("x-bulwark-upstream"), "fake1")
         self.assertEqual(resp.header("x-bulwark-attempts"), "2")
         print(f"\nhedged answer after {elapsed * 1000:.0f} ms (after: 200ms, the hedge 50 ms)")
-        self.assertLess(elapsed, 1.5)
+        if not SANITIZED:  # timings under a sanitizer measure the sanitizer
+            self.assertLess(elapsed, 1.5)
         # The slow attempt was cancelled: its upstream saw the connection close.
         self.assertTrue(slow.wait_peer_closed(slow.requests[0], timeout=2))
         self.assertLess(slow.requests[0].peer_closed_at - fast.requests[0].arrived_at, 1.0)
@@ -276,7 +277,8 @@ class HedgeTest(unittest.TestCase):
         resp, elapsed = self.timed_chat(bulwark)
         self.assertEqual(resp.status, 200)
         self.assertEqual(resp.header("x-bulwark-attempts"), "2")
-        self.assertLess(elapsed, 1.0)
+        if not SANITIZED:
+            self.assertLess(elapsed, 1.0)
 
     def test_a_streamed_upload_is_never_hedged(self):
         fake = self.fake()
