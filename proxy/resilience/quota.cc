@@ -1,0 +1,147 @@
+#include "proxy/resilience/quota.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <string>
+
+#include "proxy/resilience/backoff.h"
+
+namespace bulwark::resilience {
+
+namespace {
+
+std::optional<double> number(const http::Headers& headers, std::string_view name) {
+  std::optional<std::string_view> value = http::findHeader(headers, name);
+  if (!value) return std::nullopt;
+  std::string_view v = *value;
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  double out = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(out) || out < 0) {
+    return std::nullopt;
+  }
+  return out;
+}
+
+std::optional<Millis> duration(const http::Headers& headers, std::string_view name) {
+  std::optional<std::string_view> value = http::findHeader(headers, name);
+  if (!value) return std::nullopt;
+  std::string_view v = *value;
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return parseGoDuration(v);
+}
+
+}  // namespace
+
+bool RateLimitHeaders::any() const {
+  return limit_requests || limit_tokens || remaining_requests || remaining_tokens ||
+         reset_requests || reset_tokens;
+}
+
+RateLimitHeaders parseRateLimitHeaders(const http::Headers& headers) {
+  RateLimitHeaders out;
+  out.limit_requests = number(headers, "x-ratelimit-limit-requests");
+  out.limit_tokens = number(headers, "x-ratelimit-limit-tokens");
+  out.remaining_requests = number(headers, "x-ratelimit-remaining-requests");
+  out.remaining_tokens = number(headers, "x-ratelimit-remaining-tokens");
+  out.reset_requests = duration(headers, "x-ratelimit-reset-requests");
+  out.reset_tokens = duration(headers, "x-ratelimit-reset-tokens");
+  return out;
+}
+
+void Quota::Bucket::refill(SteadyTime now) {
+  if (now <= updated) return;
+  double elapsed_ms = std::chrono::duration<double, std::milli>(now - updated).count();
+  if (limit > 0) remaining = std::min(limit, remaining + rate_per_ms * elapsed_ms);
+  updated = now;
+}
+
+void Quota::Bucket::observe(std::optional<double> new_limit, std::optional<double> new_remaining,
+                            std::optional<Millis> reset, SteadyTime now) {
+  refill(now);
+  if (new_limit && *new_limit > 0) limit = *new_limit;
+  if (!new_remaining) return;
+  remaining = limit > 0 ? std::min(*new_remaining, limit) : *new_remaining;
+  updated = now;
+  // The server refills (limit - remaining) within `reset`: that is its speed. Without a
+  // usable reset, a per-minute limit refills over a minute.
+  if (limit > 0 && reset && reset->count() > 0 && remaining < limit) {
+    rate_per_ms = (limit - remaining) / static_cast<double>(reset->count());
+  } else if (limit > 0 && rate_per_ms == 0) {
+    rate_per_ms = limit / 60000.0;
+  }
+}
+
+std::optional<Millis> Quota::Bucket::waitFor(double amount, double keep) const {
+  if (limit <= 0 || amount <= 0) return Millis(0);  // unknown limit: never blocks
+  double usable = remaining - reserved - keep;
+  if (amount <= usable) return Millis(0);
+  if (amount > limit - keep) return std::nullopt;  // can never fit
+  if (rate_per_ms <= 0) return std::nullopt;
+  return Millis(static_cast<long long>(std::ceil((amount - usable) / rate_per_ms)));
+}
+
+Quota::BucketView Quota::Bucket::view(SteadyTime now) const {
+  Bucket b = *this;
+  b.refill(now);
+  BucketView v;
+  v.limit = b.limit;
+  v.remaining = b.remaining;
+  v.reserved = b.reserved;
+  if (b.limit > 0 && b.rate_per_ms > 0 && b.remaining < b.limit) {
+    v.until_full = Millis(static_cast<long long>(std::ceil((b.limit - b.remaining) / b.rate_per_ms)));
+  }
+  return v;
+}
+
+void Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
+  std::lock_guard lock(mutex_);
+  requests_.observe(h.limit_requests, h.remaining_requests, h.reset_requests, now);
+  tokens_.observe(h.limit_tokens, h.remaining_tokens, h.reset_tokens, now);
+}
+
+Quota::Admission Quota::tryReserve(const QuotaCost& cost, double headroom, SteadyTime now) {
+  std::lock_guard lock(mutex_);
+  if (cooldown_until_ && now < *cooldown_until_) {
+    return {false, std::chrono::ceil<Millis>(*cooldown_until_ - now)};
+  }
+  requests_.refill(now);
+  tokens_.refill(now);
+  std::optional<Millis> for_requests = requests_.waitFor(cost.requests, headroom * requests_.limit);
+  std::optional<Millis> for_tokens = tokens_.waitFor(cost.tokens, headroom * tokens_.limit);
+  if (!for_requests || !for_tokens) return {false, Millis::max()};  // larger than the limit
+  Millis wait = std::max(*for_requests, *for_tokens);
+  if (wait.count() > 0) return {false, wait};
+  requests_.reserved += cost.requests;
+  tokens_.reserved += cost.tokens;
+  return {true, Millis(0)};
+}
+
+void Quota::settle(const QuotaCost& cost) {
+  std::lock_guard lock(mutex_);
+  requests_.reserved = std::max(0.0, requests_.reserved - cost.requests);
+  tokens_.reserved = std::max(0.0, tokens_.reserved - cost.tokens);
+}
+
+void Quota::release(const QuotaCost& cost) {
+  settle(cost);  // the server never counted it: only the reservation goes
+}
+
+void Quota::cooldown(SteadyTime until) {
+  std::lock_guard lock(mutex_);
+  if (!cooldown_until_ || until > *cooldown_until_) cooldown_until_ = until;
+}
+
+Quota::View Quota::view(SteadyTime now) const {
+  std::lock_guard lock(mutex_);
+  View v;
+  v.requests = requests_.view(now);
+  v.tokens = tokens_.view(now);
+  if (cooldown_until_ && now < *cooldown_until_) v.cooldown_until = cooldown_until_;
+  return v;
+}
+
+}  // namespace bulwark::resilience

@@ -1,0 +1,90 @@
+// The rate-limit quota of one (upstream, model), learned from the x-ratelimit-* headers that
+// OpenAI (and Azure OpenAI) send on every response, success or error. Two buckets, requests
+// and tokens, each with a limit, what remains, and when it is full again. Between responses
+// the model accounts for what is in flight: a request reserves its estimated cost when it is
+// sent, and the reservation is settled when its response's headers arrive (they already
+// count it) or released when it never reached the upstream. A bucket refills continuously
+// toward its limit, at the rate the last headers imply, as OpenAI's limiter does.
+//
+// Pure (no I/O, no clock of its own: every call takes `now`) and thread-safe: every worker
+// reserves from the same quota. Not wired to admission yet: the foundation for it.
+#pragma once
+
+#include <mutex>
+#include <optional>
+
+#include "proxy/http/header.h"
+#include "proxy/resilience/clock.h"
+
+namespace bulwark::resilience {
+
+// What one response said about the quota. Absent headers stay unset.
+struct RateLimitHeaders {
+  std::optional<double> limit_requests, limit_tokens;
+  std::optional<double> remaining_requests, remaining_tokens;
+  std::optional<Millis> reset_requests, reset_tokens;  // until the bucket is full again
+  bool any() const;
+};
+RateLimitHeaders parseRateLimitHeaders(const http::Headers& headers);
+
+struct QuotaCost {
+  double requests = 1;
+  double tokens = 0;
+};
+
+class Quota {
+ public:
+  // One bucket as the model sees it now.
+  struct BucketView {
+    double limit = 0;      // 0: not known yet
+    double remaining = 0;  // refilled to now, before reservations
+    double reserved = 0;   // in flight, not yet settled
+    Millis until_full{0};
+  };
+  struct View {
+    BucketView requests, tokens;
+    std::optional<SteadyTime> cooldown_until;
+  };
+
+  // A response's headers: the buckets take what the server says it has left.
+  void observe(const RateLimitHeaders& headers, SteadyTime now);
+  // Reserves `cost` if it fits, keeping `headroom` (a share of each limit) free. Without a
+  // wait the reservation is held: settle() or release() it. Otherwise `wait` is how long
+  // until it would fit (refill, or the cooldown), and nothing is held. A bucket whose limit
+  // is not known yet never blocks.
+  struct Admission {
+    bool admitted = false;
+    Millis wait{0};
+  };
+  Admission tryReserve(const QuotaCost& cost, double headroom, SteadyTime now);
+  // The reserved request's response headers arrived (observe() them first): they count it.
+  void settle(const QuotaCost& cost);
+  // The reserved request never reached the upstream: its cost goes back.
+  void release(const QuotaCost& cost);
+  // A rate-limit 429: admission pauses until `until`.
+  void cooldown(SteadyTime until);
+
+  View view(SteadyTime now) const;
+
+ private:
+  struct Bucket {
+    double limit = 0;
+    double remaining = 0;
+    double reserved = 0;
+    double rate_per_ms = 0;  // refill speed implied by the last headers
+    SteadyTime updated{};
+    void refill(SteadyTime now);
+    void observe(std::optional<double> limit, std::optional<double> remaining,
+                 std::optional<Millis> reset, SteadyTime now);
+    // How long until `amount` fits under the limit less `keep`; 0 when it fits now.
+    std::optional<Millis> waitFor(double amount, double keep) const;
+    BucketView view(SteadyTime now) const;
+  };
+
+  mutable std::mutex mutex_;
+  Bucket requests_;
+  Bucket tokens_;
+  std::optional<SteadyTime> cooldown_until_;
+};
+
+}  // namespace bulwark::resilience
