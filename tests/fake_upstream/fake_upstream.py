@@ -144,6 +144,108 @@ def openai_error(message: str, type: str = "server_error", code: str | None = No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def go_duration(seconds: float) -> str:
+    """Seconds as OpenAI's x-ratelimit-reset-* write them: 20ms, 1.5s, 6m0s."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m" + (f"{rest:.3f}".rstrip("0").rstrip(".") or "0") + "s"
+
+
+def prompt_tokens(payload: Any, bytes_per_token: float = 4) -> int:
+    """The limiter's estimate of a request's prompt: the bytes of its prompt text (message
+    contents and their text parts, input, prompt) over bytes_per_token."""
+    if not isinstance(payload, dict):
+        return 0
+    total = 0
+
+    def text(value: Any) -> int:
+        if isinstance(value, str):
+            return len(value.encode())
+        if isinstance(value, list):
+            return sum(text(v.get("text", "") if isinstance(v, dict) else v) for v in value)
+        if isinstance(value, dict):
+            return text(value.get("content", ""))
+        return 0
+
+    for message in payload.get("messages") or []:
+        if isinstance(message, dict):
+            total += text(message.get("content", ""))
+    total += text(payload.get("input", "")) + text(payload.get("prompt", ""))
+    return -(-total // int(bytes_per_token)) if total else 0
+
+
+class RateLimiter:
+    """OpenAI's limiter for one model: a request bucket and a token bucket, each refilling
+    continuously to its per-minute limit. A request is charged at admission: 1 request, and
+    its prompt estimate plus its max_tokens (max_completion_tokens, max_output_tokens; else
+    `default_output`). Every answer carries the x-ratelimit-* headers; a request that does
+    not fit gets OpenAI's 429 rate_limit_exceeded."""
+
+    def __init__(self, model: str, rpm: float, tpm: float, default_output: int = 1000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.model, self.rpm, self.tpm = model, float(rpm), float(tpm)
+        self.default_output = default_output
+        self._clock = clock
+        self._requests, self._tokens = float(rpm), float(tpm)
+        self._at = clock()
+        self.accepted = self.rejected = 0
+        self.tokens_charged = 0.0
+
+    def _refill(self) -> None:
+        now = self._clock()
+        elapsed = max(0.0, now - self._at)
+        self._at = now
+        self._requests = min(self.rpm, self._requests + elapsed * self.rpm / 60)
+        self._tokens = min(self.tpm, self._tokens + elapsed * self.tpm / 60)
+
+    def cost(self, payload: Any) -> int:
+        cap = self.default_output
+        if isinstance(payload, dict):
+            for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+                if isinstance(payload.get(key), int):
+                    cap = payload[key]
+                    break
+        return prompt_tokens(payload) + cap
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("x-ratelimit-limit-requests", str(int(self.rpm))),
+                ("x-ratelimit-limit-tokens", str(int(self.tpm))),
+                ("x-ratelimit-remaining-requests", str(int(self._requests))),
+                ("x-ratelimit-remaining-tokens", str(int(self._tokens))),
+                ("x-ratelimit-reset-requests",
+                 go_duration((self.rpm - self._requests) * 60 / self.rpm)),
+                ("x-ratelimit-reset-tokens", go_duration((self.tpm - self._tokens) * 60 / self.tpm))]
+
+    def charge(self, payload: Any) -> "Action | None":
+        """None when admitted (the caller adds headers()); else the 429 to send."""
+        self._refill()
+        tokens = self.cost(payload)
+        if self._requests >= 1 and self._tokens >= tokens:
+            self._requests -= 1
+            self._tokens -= tokens
+            self.accepted += 1
+            self.tokens_charged += tokens
+            return None
+        self.rejected += 1
+        if self._requests < 1:
+            kind, limit, used, wait = ("requests", "RPM", self.rpm - self._requests,
+                                       (1 - self._requests) * 60 / self.rpm)
+            detail = f"Limit {int(self.rpm)}, Used {int(used)}, Requested 1"
+        else:
+            kind, limit, used, wait = ("tokens", "TPM", self.tpm - self._tokens,
+                                       (tokens - self._tokens) * 60 / self.tpm)
+            detail = f"Limit {int(self.tpm)}, Used {int(used)}, Requested {tokens}"
+        word = "requests" if kind == "requests" else "tokens"
+        message = (f"Rate limit reached for {self.model} in organization org-fake on {word} per "
+                   f"min ({limit}): {detail}. Please try again in {go_duration(wait)}. Visit "
+                   f"https://platform.openai.com/account/rate-limits to learn more.")
+        return Action(status=429, body=openai_error(message, kind, "rate_limit_exceeded"),
+                      headers=self.headers())
+
+
 def _error_for_status(status: int) -> dict:
     if status == 429:
         return openai_error("Rate limit reached (fake upstream).", "requests", "rate_limit_exceeded")
@@ -325,7 +427,8 @@ class FakeUpstream:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, mode: str = "ok",
                  tls_cert: str | None = None, tls_key: str | None = None, seed: int = 1,
                  responder: "Callable[[Request], Action | dict | None] | None" = None,
-                 http2: bool = False, compress: bool = False, max_streams: int = 100):
+                 http2: bool = False, compress: bool = False, max_streams: int = 100,
+                 rate_limits: "dict[str, dict] | None" = None):
         if mode not in ("ok", "flaky", "fast"):
             raise ValueError(f"unknown mode {mode!r}")
         if http2 and not tls_cert:
@@ -335,6 +438,9 @@ class FakeUpstream:
         self.http2 = http2          # offer h2 by ALPN (HTTP/1.1 stays for clients without it)
         self.compress = compress    # gzip/br bodies for clients that accept them, as the edge does
         self.max_streams = max_streams  # SETTINGS_MAX_CONCURRENT_STREAMS on h2 connections
+        # {"gpt-4o-mini": {"rpm": 120, "tpm": 20000}}: OpenAI's limiter per model ("*": any).
+        self.limiters = {model: RateLimiter(model, **limits)
+                         for model, limits in (rate_limits or {}).items()}
         self.host = host
         self.port = port
         self.mode = mode
@@ -726,6 +832,42 @@ class FakeUpstream:
         return request
 
     def _action_for(self, request: Request) -> Action:
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return limited
+        action = self._action_unlimited(request)
+        limiter = self._limiter_for(request)
+        if limiter is not None:
+            with self._lock:
+                action = dataclasses.replace(action, headers=list(action.headers) +
+                                             limiter.headers())
+        return action
+
+    def _limiter_for(self, request: Request) -> "RateLimiter | None":
+        if not self.limiters:
+            return None
+        try:
+            payload = json.loads(request.body or b"{}")
+        except ValueError:
+            payload = {}
+        model = payload.get("model", "") if isinstance(payload, dict) else ""
+        return self.limiters.get(model) or self.limiters.get("*")
+
+    def _rate_limited(self, request: Request) -> "Action | None":
+        limiter = self._limiter_for(request)
+        if limiter is None:
+            return None
+        try:
+            payload = json.loads(request.body or b"{}")
+        except ValueError:
+            payload = {}
+        with self._lock:
+            refused = limiter.charge(payload)
+        if refused is not None:
+            request.action = refused.to_dict()
+        return refused
+
+    def _action_unlimited(self, request: Request) -> Action:
         action = self._next_action(request)
         if action is None:
             action = self._outage_action()

@@ -12,7 +12,7 @@ import tempfile
 import time
 import unittest
 
-from fake_upstream import DEFAULT_CONTENT, FakeUpstream
+from fake_upstream import DEFAULT_CONTENT, FakeUpstream, RateLimiter, go_duration
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -385,6 +385,62 @@ class FakeUpstreamTest(unittest.TestCase):
             conn.request("GET", "/v1/models")
             self.assertEqual(conn.getresponse().status, 200)
             conn.close()
+
+
+class RateLimiterTest(unittest.TestCase):
+    """OpenAI's limiter: continuous refill, charged at admission, headers on every answer."""
+
+    def test_go_durations_are_written_as_openai_writes_them(self):
+        self.assertEqual([go_duration(x) for x in (0.02, 1.5, 1, 360, 61.25)],
+                         ["20ms", "1.5s", "1s", "6m0s", "1m1.25s"])
+
+    def test_buckets_refill_continuously_and_refusals_say_how_long(self):
+        now = [0.0]
+        limiter = RateLimiter("gpt-4o-mini", rpm=2, tpm=10_000, clock=lambda: now[0])
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 40}],
+                "max_tokens": 10}
+        self.assertEqual(limiter.cost(body), 10 + 10)
+        self.assertIsNone(limiter.charge(body))
+        self.assertIsNone(limiter.charge(body))
+        refused = limiter.charge(body)
+        self.assertEqual(refused.status, 429)
+        error = refused.body["error"]
+        self.assertEqual((error["code"], error["type"]), ("rate_limit_exceeded", "requests"))
+        self.assertIn("Rate limit reached for gpt-4o-mini in organization org-fake on requests "
+                      "per min (RPM): Limit 2, Used 2, Requested 1. Please try again in 30s.",
+                      error["message"])
+        now[0] = 30.0  # one request's worth refilled (2 per minute)
+        self.assertIsNone(limiter.charge(body))
+        headers = dict(limiter.headers())
+        self.assertEqual(headers["x-ratelimit-remaining-requests"], "0")
+        self.assertEqual(headers["x-ratelimit-reset-requests"], "1m0s")
+
+    def test_the_fake_charges_tokens_and_answers_429_with_headers(self):
+        limits = {"gpt-4o-mini": {"rpm": 60, "tpm": 2000}}
+        with FakeUpstream(rate_limits=limits) as fake:
+            body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 900,
+                               "messages": [{"role": "user", "content": "hi"}]})
+            answers = []
+            for _ in range(3):
+                conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+                conn.request("POST", "/v1/chat/completions", body,
+                             {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                answers.append((resp.status, dict(resp.getheaders()), json.loads(resp.read())))
+                conn.close()
+            self.assertEqual([a[0] for a in answers], [200, 200, 429])
+            self.assertEqual(answers[0][1]["x-ratelimit-limit-tokens"], "2000")
+            # 2000 - 901, plus what refilled meanwhile (33 tokens a second).
+            self.assertIn(int(answers[0][1]["x-ratelimit-remaining-tokens"]), range(1099, 1110))
+            self.assertRegex(answers[2][2]["error"]["message"],
+                             r"on tokens per min \(TPM\): Limit 2000, Used 1[78]\d\d, "
+                             r"Requested 901\. Please try again in [\d.]+s\.")
+            self.assertIn("x-ratelimit-reset-tokens", answers[2][1])
+            # Another model has no limiter here: it is never refused.
+            other = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+            other.request("POST", "/v1/chat/completions",
+                          json.dumps({"model": "gpt-4o", "max_tokens": 99999}))
+            self.assertEqual(other.getresponse().status, 200)
 
 
 class FakeUpstreamCliTest(unittest.TestCase):
