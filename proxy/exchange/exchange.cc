@@ -172,7 +172,7 @@ void Exchange::rejectUnadmitted(const UpstreamSelection& selection) {
 void Exchange::onBodyReadable() {
   if (phase_ == Phase::kFinished || !request_.body_stream) return;
   server::RequestBody& body = *request_.body_stream;
-  if (body.failure() != server::RequestBody::Failure::kNone) {
+  if (body.failure() != server::RequestBody::Failure::kNone && phase_ != Phase::kCommitted) {
     failBody();
     return;
   }
@@ -372,7 +372,10 @@ upstream::AttemptObserver::Flow Exchange::onData(Try& t, const char* data, std::
     t.lease.health()->ttfb().record(
         facts_.model, std::chrono::duration_cast<resilience::Millis>(context_.clock.now() - t.started));
   }
-  if (phase_ == Phase::kCommitted && &t != committed_) return Flow::kAbort;  // a race's loser
+  // A race's loser, or any late bytes once the response is over: not the client's.
+  if (phase_ == Phase::kFinished || (phase_ == Phase::kCommitted && &t != committed_)) {
+    return Flow::kAbort;
+  }
   if (phase_ != Phase::kCommitted) return holdOrCommit(t, data, len);
   if (sink_.pendingOutput() >= kPauseThreshold) {
     // The client reads slower than the upstream sends: hold the upstream until it drains.
@@ -467,10 +470,13 @@ void Exchange::commit(Try& t, std::optional<std::uint64_t> content_length) {
   committed_ = &t;
   winner_ = t.number;
   evtimer_del(hedge_timer_.get());
+  t.hedge_result = "won";
   if (tries_.size() > 1) {
     // The first to reach the commit point wins the race; the others are cancelled at once
     // (from the loop: this runs inside the winner's transfer callback).
-    for (const auto& other : tries_) other->hedge_result = other.get() == &t ? "won" : "lost";
+    for (const auto& other : tries_) {
+      if (other.get() != &t) other->hedge_result = "lost";
+    }
     event_active(cancel_losers_.get(), 0, 0);
   }
   upstream_ = t.upstream;
@@ -510,6 +516,7 @@ void Exchange::onDone(Try& t, TransferError error, const std::string& detail) {
       int status = t.head.status;
       AttemptEnd end{std::to_string(status)};
       endAttempt(t, &end);
+      cancelAttempts();  // a race's losers, not yet cancelled from the loop
       sink_.finish();
       if (usage_) {
         if (std::optional<observe::TokenUsage> usage = usage_->finish()) {
@@ -546,6 +553,9 @@ void Exchange::onDone(Try& t, TransferError error, const std::string& detail) {
 }
 
 void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::string& detail) {
+  // A retry fails over from the upstream that failed (after a race, not the latest started).
+  upstream_index_ = t.upstream_index;
+  upstream_ = t.upstream;
   resilience::AttemptFacts facts;
   facts.outcome = outcome;
   if (t.has_head) facts.x_should_retry = xShouldRetry(t.head.headers);
@@ -681,6 +691,7 @@ Exchange::HeldResponse Exchange::takeHeldResponse(Try& t) {
 
 void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
   cancelAttempts();  // any still running (the caller ended, and recorded, the one answering)
+  upstream_ = response.upstream;
   response_head_ = response.head;
   has_response_head_ = true;
   http::Headers headers;

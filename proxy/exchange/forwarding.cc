@@ -113,7 +113,8 @@ struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder
   bool seen_stream = false;
   RequestFacts facts;
 
-  bool done() const { return seen_model && seen_stream; }
+  bool last_model_wins = false;
+  bool done() const { return seen_model && seen_stream && !last_model_wins; }
   bool Default() {
     next = Next::kOther;
     return true;
@@ -140,7 +141,7 @@ struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder
     std::string_view key(s, len);
     key_end = stream.Tell();
     next = depth != 1           ? Next::kOther
-           : key == "model"     ? (seen_model ? Next::kOther : Next::kModel)
+           : key == "model"     ? (seen_model && !last_model_wins ? Next::kOther : Next::kModel)
            : key == "stream"    ? (seen_stream ? Next::kOther : Next::kStream)
                                 : Next::kOther;
     return true;
@@ -173,6 +174,11 @@ RequestFacts readRequestFacts(std::string_view body) {
   FactsFinder finder(stream);
   // Most bodies have no "stream" key at all: then the parse stops at the model.
   finder.seen_stream = body.find("\"stream\"") == std::string_view::npos;
+  // A body that may name "model" twice is read to its end: the upstream's JSON parser keeps
+  // the last one, so routing, breakers and renaming must too.
+  std::size_t first = body.find("\"model\"");
+  finder.last_model_wins =
+      first != std::string_view::npos && body.find("\"model\"", first + 1) != std::string_view::npos;
   rapidjson::Reader reader;
   reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream, finder);
   RequestFacts& facts = finder.facts;

@@ -224,6 +224,7 @@ void ClientConnection::failBody(ParseStatus status) {
   keep_alive_ = false;
   linger_ = true;
   std::shared_ptr<RequestBody> body = std::move(body_);
+  parser_.streamBodyTo(nullptr);
   body->onRoom(nullptr);
   evtimer_del(timer_.get());
   body->fail(status == ParseStatus::kBodyTooLarge ? RequestBody::Failure::kTooLarge
@@ -291,6 +292,9 @@ void ClientConnection::sendHead(int status, const http::Headers& headers,
                                 std::optional<std::uint64_t> content_length) {
   if (phase_ != Phase::kActive || head_sent_ || response_done_) return;
   head_sent_ = true;
+  // Answered before the request body was read whole: the connection closes after this
+  // response (with a lingering close), and says so.
+  if (parser_.inRequest()) keep_alive_ = false;
   no_body_ = request_is_head_ || status < 200 || status == 204 || status == 304;
   evbuffer* out = bufferevent_get_output(bev_.get());
   evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http::reasonPhrase(status));
@@ -393,6 +397,7 @@ void ClientConnection::afterResponse() {
     // connection cannot carry another request; the rest of the body is discarded.
     keep_alive_ = false;
     linger_ = true;
+    parser_.streamBodyTo(nullptr);
     if (body_) {
       body_->onRoom(nullptr);
       body_.reset();

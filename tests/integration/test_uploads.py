@@ -247,6 +247,8 @@ class AdmissionBeforeUploadTest(unittest.TestCase):
             resp = conn.read_response("POST")
             assert_openai_error(self, resp, 503, "circuit_open")
             self.assertEqual(resp.interim, [], "the client was told to send its body")
+            # The body was never read: the connection closes after this answer, and says so.
+            self.assertEqual(resp.header("connection"), "close")
             self.assertTrue(resp.header("retry-after"))
         self.assertEqual(len(fake.requests), 2, "the upload reached the upstream")
 

@@ -389,6 +389,50 @@ TEST_F(ExchangeTest, AHedgeThatWinsCancelsTheFirstAttemptWithoutAnOutcome) {
   EXPECT_EQ(requests("200"), 1);
 }
 
+TEST_F(ExchangeTest, ALoserSpeakingAfterTheEndIsNotCommitted) {
+  server::HttpRequest req;
+  req.method = "POST";
+  req.target = req.path = "/v1/embeddings";
+  req.body = R"({"model":"text-embedding-3-small","input":"x"})";
+  sinks_.push_back(std::make_unique<FakeSink>());
+  exchanges_.push_back(std::make_unique<Exchange>(context_, std::move(req), *sinks_.back()));
+  Exchange& ex = *exchanges_.back();
+  ex.start();
+  event_base_loop(base_, EVLOOP_ONCE);  // the hedge
+  ASSERT_EQ(ex.running(), 2u);
+  attempts_.live[1]->answer(200, R"({"data":[]})");  // the hedge wins and the response ends
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kFinished);
+  EXPECT_EQ(ex.running(), 0u);  // the loser went with the end of the response
+  EXPECT_TRUE(attempts_.live.empty());
+  leave();
+  EXPECT_EQ(requests("200"), 1);
+  EXPECT_EQ(requests("499"), 0);
+  EXPECT_EQ(attempts("200"), 1);
+  EXPECT_EQ(metric("bulwark_hedges_total", {{"upstream", "main"}, {"result", "won"}}), 1);
+}
+
+TEST_F(ExchangeTest, AHedgeThatWinsAloneAfterTheFirstFailedIsCountedWon) {
+  server::HttpRequest req;
+  req.method = "POST";
+  req.target = req.path = "/v1/embeddings";
+  req.body = R"({"model":"text-embedding-3-small","input":"x"})";
+  sinks_.push_back(std::make_unique<FakeSink>());
+  exchanges_.push_back(std::make_unique<Exchange>(context_, std::move(req), *sinks_.back()));
+  Exchange& ex = *exchanges_.back();
+  ex.start();
+  event_base_loop(base_, EVLOOP_ONCE);
+  ASSERT_EQ(ex.running(), 2u);
+  attempts_.live[0]->answer(429);  // the first fails during the race: only it ends
+  ASSERT_EQ(ex.running(), 1u);
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kAttempting);
+  attempts_.live[0]->answer(200, R"({"data":[]})");  // the hedge, alone now
+  EXPECT_EQ(sink().status, 200);
+  EXPECT_EQ(attempts("429"), 1);
+  EXPECT_EQ(attempts("200"), 1);
+  EXPECT_EQ(metric("bulwark_hedges_total", {{"upstream", "main"}, {"result", "won"}}), 1);
+  EXPECT_EQ(metric("bulwark_hedges_total", {{"upstream", "main"}, {"result", "cancelled"}}), 0);
+}
+
 TEST_F(ExchangeTest, ShutdownEndsEachPhaseOnce) {
   Exchange& attempting = request();
   attempting.terminate();

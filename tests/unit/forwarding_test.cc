@@ -133,6 +133,16 @@ TEST(ProviderAdaptationTest, TheModelIsReplacedInPlaceAndEscaped) {
   EXPECT_EQ(withModel(R"({"input":"x"})", none, "x"), R"({"input":"x"})");
 }
 
+TEST(ProviderAdaptationTest, ADuplicatedModelKeyIsReadAsTheUpstreamReadsIt) {
+  // JSON parsers keep the last of duplicate keys: routing and renaming must use that one.
+  std::string body = R"({"model":"cheap","messages":[],"model":"expensive","stream":true})";
+  RequestFacts facts = readRequestFacts(body);
+  EXPECT_EQ(facts.model, "expensive");
+  EXPECT_TRUE(facts.stream);
+  EXPECT_EQ(withModel(body, facts, "mapped"),
+            R"({"model":"cheap","messages":[],"model":"mapped","stream":true})");
+}
+
 TEST(ProviderAdaptationTest, AzureDeploymentStylePaths) {
   config::UpstreamConfig u = azure();
   EXPECT_EQ(upstreamUrl(u, "/v1/chat/completions", "my-gpt4o"),
