@@ -141,11 +141,12 @@ class ExchangeTest : public ::testing::Test {
     return static_cast<ExchangeTest*>(self)->config_;
   }
 
-  // A new client request, started.
-  Exchange& request(const std::string& body = R"({"model":"gpt-4o"})") {
+  // A new client request, started. (/v1/embeddings takes the hedged route.)
+  Exchange& request(const std::string& body = R"({"model":"gpt-4o"})",
+                    const std::string& path = "/v1/chat/completions") {
     server::HttpRequest req;
     req.method = "POST";
-    req.target = req.path = "/v1/chat/completions";
+    req.target = req.path = path;
     req.headers = {{"Content-Type", "application/json"}};
     req.body = body;
     sinks_.push_back(std::make_unique<FakeSink>());
@@ -363,14 +364,7 @@ TEST_F(ExchangeTest, AFailedProbeReopensAndIsNotRetriedThroughTheOpenBreaker) {
 }
 
 TEST_F(ExchangeTest, AHedgeThatWinsCancelsTheFirstAttemptWithoutAnOutcome) {
-  server::HttpRequest req;
-  req.method = "POST";
-  req.target = req.path = "/v1/embeddings";
-  req.body = R"({"model":"text-embedding-3-small","input":"x"})";
-  sinks_.push_back(std::make_unique<FakeSink>());
-  exchanges_.push_back(std::make_unique<Exchange>(context_, std::move(req), *sinks_.back()));
-  Exchange& ex = *exchanges_.back();
-  ex.start();
+  Exchange& ex = request(R"({"model":"text-embedding-3-small","input":"x"})", "/v1/embeddings");
   ASSERT_EQ(ex.running(), 1u);
   event_base_loop(base_, EVLOOP_ONCE);  // the 1 ms hedge timer
   ASSERT_EQ(ex.running(), 2u);
@@ -390,14 +384,7 @@ TEST_F(ExchangeTest, AHedgeThatWinsCancelsTheFirstAttemptWithoutAnOutcome) {
 }
 
 TEST_F(ExchangeTest, ALoserSpeakingAfterTheEndIsNotCommitted) {
-  server::HttpRequest req;
-  req.method = "POST";
-  req.target = req.path = "/v1/embeddings";
-  req.body = R"({"model":"text-embedding-3-small","input":"x"})";
-  sinks_.push_back(std::make_unique<FakeSink>());
-  exchanges_.push_back(std::make_unique<Exchange>(context_, std::move(req), *sinks_.back()));
-  Exchange& ex = *exchanges_.back();
-  ex.start();
+  Exchange& ex = request(R"({"model":"text-embedding-3-small","input":"x"})", "/v1/embeddings");
   event_base_loop(base_, EVLOOP_ONCE);  // the hedge
   ASSERT_EQ(ex.running(), 2u);
   attempts_.live[1]->answer(200, R"({"data":[]})");  // the hedge wins and the response ends
@@ -412,14 +399,7 @@ TEST_F(ExchangeTest, ALoserSpeakingAfterTheEndIsNotCommitted) {
 }
 
 TEST_F(ExchangeTest, AHedgeThatWinsAloneAfterTheFirstFailedIsCountedWon) {
-  server::HttpRequest req;
-  req.method = "POST";
-  req.target = req.path = "/v1/embeddings";
-  req.body = R"({"model":"text-embedding-3-small","input":"x"})";
-  sinks_.push_back(std::make_unique<FakeSink>());
-  exchanges_.push_back(std::make_unique<Exchange>(context_, std::move(req), *sinks_.back()));
-  Exchange& ex = *exchanges_.back();
-  ex.start();
+  Exchange& ex = request(R"({"model":"text-embedding-3-small","input":"x"})", "/v1/embeddings");
   event_base_loop(base_, EVLOOP_ONCE);
   ASSERT_EQ(ex.running(), 2u);
   attempts_.live[0]->answer(429);  // the first fails during the race: only it ends
