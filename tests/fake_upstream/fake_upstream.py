@@ -182,11 +182,17 @@ class RateLimiter:
     continuously to its per-minute limit. A request is charged at admission: 1 request, and
     its prompt estimate plus its max_tokens (max_completion_tokens, max_output_tokens; else
     `default_output`). Every answer carries the x-ratelimit-* headers; a request that does
-    not fit gets OpenAI's 429 rate_limit_exceeded."""
+    not fit gets OpenAI's 429 rate_limit_exceeded. `window` is the length of the limiter's
+    "minute" in seconds (default 60): a test compresses time with a shorter one (window=6:
+    the limits refill per 6 s, ten times faster, and the reset headers and "try again in"
+    waits shrink with them)."""
 
     def __init__(self, model: str, rpm: float, tpm: float, default_output: int = 1000,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, window: float = 60):
+        if not window > 0:
+            raise ValueError(f"window must be a positive number of seconds, not {window!r}")
         self.model, self.rpm, self.tpm = model, float(rpm), float(tpm)
+        self.window = window
         self.default_output = default_output
         self._clock = clock
         self._requests, self._tokens = float(rpm), float(tpm)
@@ -198,8 +204,8 @@ class RateLimiter:
         now = self._clock()
         elapsed = max(0.0, now - self._at)
         self._at = now
-        self._requests = min(self.rpm, self._requests + elapsed * self.rpm / 60)
-        self._tokens = min(self.tpm, self._tokens + elapsed * self.tpm / 60)
+        self._requests = min(self.rpm, self._requests + elapsed * self.rpm / self.window)
+        self._tokens = min(self.tpm, self._tokens + elapsed * self.tpm / self.window)
 
     def cost(self, payload: Any) -> int:
         cap = self.default_output
@@ -216,8 +222,8 @@ class RateLimiter:
                 ("x-ratelimit-remaining-requests", str(int(self._requests))),
                 ("x-ratelimit-remaining-tokens", str(int(self._tokens))),
                 ("x-ratelimit-reset-requests",
-                 go_duration((self.rpm - self._requests) * 60 / self.rpm)),
-                ("x-ratelimit-reset-tokens", go_duration((self.tpm - self._tokens) * 60 / self.tpm))]
+                 go_duration((self.rpm - self._requests) * self.window / self.rpm)),
+                ("x-ratelimit-reset-tokens", go_duration((self.tpm - self._tokens) * self.window / self.tpm))]
 
     def charge(self, payload: Any) -> "Action | None":
         """None when admitted (the caller adds headers()); else the 429 to send."""
@@ -232,11 +238,11 @@ class RateLimiter:
         self.rejected += 1
         if self._requests < 1:
             kind, limit, used, wait = ("requests", "RPM", self.rpm - self._requests,
-                                       (1 - self._requests) * 60 / self.rpm)
+                                       (1 - self._requests) * self.window / self.rpm)
             detail = f"Limit {int(self.rpm)}, Used {int(used)}, Requested 1"
         else:
             kind, limit, used, wait = ("tokens", "TPM", self.tpm - self._tokens,
-                                       (tokens - self._tokens) * 60 / self.tpm)
+                                       (tokens - self._tokens) * self.window / self.tpm)
             detail = f"Limit {int(self.tpm)}, Used {int(used)}, Requested {tokens}"
         word = "requests" if kind == "requests" else "tokens"
         message = (f"Rate limit reached for {self.model} in organization org-fake on {word} per "
@@ -438,7 +444,8 @@ class FakeUpstream:
         self.http2 = http2          # offer h2 by ALPN (HTTP/1.1 stays for clients without it)
         self.compress = compress    # gzip/br bodies for clients that accept them, as the edge does
         self.max_streams = max_streams  # SETTINGS_MAX_CONCURRENT_STREAMS on h2 connections
-        # {"gpt-4o-mini": {"rpm": 120, "tpm": 20000}}: OpenAI's limiter per model ("*": any).
+        # {"gpt-4o-mini": {"rpm": 120, "tpm": 20000}}: OpenAI's limiter per model ("*": any);
+        # a model's limits may add "window": seconds per limiter minute (default 60).
         self.limiters = {model: RateLimiter(model, **limits)
                          for model, limits in (rate_limits or {}).items()}
         self.host = host

@@ -415,6 +415,22 @@ class RateLimiterTest(unittest.TestCase):
         self.assertEqual(headers["x-ratelimit-remaining-requests"], "0")
         self.assertEqual(headers["x-ratelimit-reset-requests"], "1m0s")
 
+    def test_a_shorter_window_compresses_time(self):
+        now = [0.0]
+        limiter = RateLimiter("gpt-4o-mini", rpm=2, tpm=10_000, clock=lambda: now[0], window=6)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 10}
+        self.assertIsNone(limiter.charge(body))
+        self.assertIsNone(limiter.charge(body))
+        refused = limiter.charge(body)
+        self.assertIn("Please try again in 3s.", refused.body["error"]["message"])
+        self.assertEqual(dict(refused.headers)["x-ratelimit-reset-requests"], "6s")
+        now[0] = 3.0  # a limiter minute is 6 s: one request's worth refilled
+        self.assertIsNone(limiter.charge(body))
+        self.assertEqual((limiter.accepted, limiter.rejected, limiter.tokens_charged), (3, 1, 33))
+        with FakeUpstream(rate_limits={"m": {"rpm": 1, "tpm": 100, "window": 2}}) as fake:
+            self.assertEqual(fake.limiters["m"].window, 2)
+
     def test_the_fake_charges_tokens_and_answers_429_with_headers(self):
         limits = {"gpt-4o-mini": {"rpm": 60, "tpm": 2000}}
         with FakeUpstream(rate_limits=limits) as fake:
