@@ -159,6 +159,20 @@ struct HedgeConfig {
   bool operator==(const HedgeConfig&) const = default;
 };
 
+// Quota-aware admission: a request whose estimated cost (1 request, and its prompt estimate
+// plus its output cap in tokens) does not fit the rate limit its upstream last reported waits
+// in a bounded FIFO per (upstream, model) until it does, instead of drawing a 429.
+struct AdmissionConfig {
+  bool enabled = true;
+  int max_queue = 1000;           // waiting requests per (upstream, model)
+  Duration max_wait = 30s;        // the longest a request waits for room
+  double headroom = 0.02;         // the share of each limit kept free
+  double bytes_per_token = 4;     // prompt text bytes per estimated token
+  int default_output_tokens = 1000;  // the output cap of a request that sets none
+  int image_tokens = 800;         // an image part's flat estimate
+  bool operator==(const AdmissionConfig&) const = default;
+};
+
 // One entry of `routes:`, with its settings resolved: the top level's, overridden by the
 // route's own. The default route (no entry matched) is the top level itself.
 struct RouteConfig {
@@ -168,6 +182,7 @@ struct RouteConfig {
   RetryConfig retry;
   std::vector<std::size_t> upstreams;  // indexes into Config::upstreams: the failover chain
   std::optional<HedgeConfig> hedge;    // opt-in per route
+  AdmissionConfig admission;
   bool operator==(const RouteConfig&) const = default;
 };
 
@@ -179,6 +194,7 @@ struct Config {
   CircuitBreakerConfig circuit_breaker;
   LogConfig log;
   MetricsConfig metrics;
+  AdmissionConfig admission;
   std::vector<RouteConfig> routes;  // in order: the first that matches applies
   RouteConfig default_route;        // name "default": the top-level settings, every upstream
   // Lets a SIGHUP reload tell what changed, and tests compare whole configs.

@@ -472,6 +472,23 @@ void readMetrics(MappingReader metrics, MetricsConfig& out) {
   metrics.finish();
 }
 
+// ---- admission ----
+
+void readAdmission(MappingReader admission, AdmissionConfig& out) {
+  readBool(admission, "enabled", out.enabled);
+  readInt(admission, "max_queue", out.max_queue, 0);
+  readDuration(admission, "max_wait", out.max_wait);
+  readNumber(admission, "headroom", out.headroom);
+  admission.check("headroom", out.headroom >= 0 && out.headroom < 1,
+                  "must be at least 0 and less than 1" + got(out.headroom));
+  readNumber(admission, "bytes_per_token", out.bytes_per_token);
+  admission.check("bytes_per_token", out.bytes_per_token > 0,
+                  "must be greater than 0" + got(out.bytes_per_token));
+  readInt(admission, "default_output_tokens", out.default_output_tokens, 0);
+  readInt(admission, "image_tokens", out.image_tokens, 0);
+  admission.finish();
+}
+
 // ---- routes ----
 
 // Top-level sections a route cannot override: they belong to the process or the upstream.
@@ -562,9 +579,11 @@ RouteConfig readRoute(MappingReader route, const Config& config,
   readTimeouts(route.section("timeouts"), out.timeouts);
   readRetry(route.section("retry"), out.retry, /*per_route=*/true);
   readRouteUpstreams(route, config.upstreams, out.upstreams);
+  readAdmission(route.section("admission"), out.admission);
   for (std::string_view key : kNotPerRoute) {
     if (route.find(key) != nullptr) {
-      route.fail(key, "cannot be set per route; a route overrides timeouts, retry and upstreams");
+      route.fail(key, "cannot be set per route; a route overrides timeouts, retry, upstreams, hedge and "
+                  "admission");
     }
   }
   if (route.find("hedge") != nullptr) out.hedge = readHedge(route.section("hedge"));
@@ -576,6 +595,7 @@ void readRoutes(MappingReader& root, Config& config) {
   config.default_route.name = "default";
   config.default_route.timeouts = config.timeouts;
   config.default_route.retry = config.retry;
+  config.default_route.admission = config.admission;
   config.default_route.upstreams.clear();
   for (std::size_t i = 0; i < config.upstreams.size(); ++i) config.default_route.upstreams.push_back(i);
   const YAML::Node* list = root.find("routes");
@@ -607,6 +627,7 @@ Config readConfig(LoadContext& context, const YAML::Node& document) {
   readCircuitBreaker(root.section("circuit_breaker"), config.circuit_breaker);
   readLog(root.section("log"), config.log);
   readMetrics(root.section("metrics"), config.metrics);
+  readAdmission(root.section("admission"), config.admission);
   readRoutes(root, config);  // after timeouts and retry: a route starts from them
   root.finish();
   return config;

@@ -90,7 +90,7 @@ int App::run() {
       base_.get(), ready_,
       admin::AdminServer::Sources{
           [this] { return metricsText(); },
-          [this] { return observe::healthDetailedJson(upstreams_, clock_.wallNow()); },
+          [this] { return observe::healthDetailedJson(upstreams_, clock_.wallNow(), clock_.now()); },
           [this](std::string_view path, std::string_view model) {
             return admin::routeExplanationJson(*config_store_.current(), path, model);
           }});

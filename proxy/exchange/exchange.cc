@@ -9,6 +9,7 @@
 #include "proxy/exchange/forwarding.h"
 #include "proxy/http/openai_error.h"
 #include "proxy/observe/logger.h"
+#include "proxy/resilience/request_cost.h"
 #include "proxy/resilience/sse_boundary.h"
 #include "proxy/resilience/sse_scanner.h"
 
@@ -63,6 +64,16 @@ std::string_view pathWithoutQuery(std::string_view path) {
   return path.substr(0, path.find('?'));
 }
 
+// Embeddings and moderations generate no output tokens: no output cap is charged for them.
+bool generatesOutput(std::string_view path) {
+  path = pathWithoutQuery(path);
+  return !(path.starts_with("/v1/embeddings") || path.starts_with("/v1/moderations"));
+}
+
+// A queued request checks again at least this often: reservations settle, and the headers
+// of responses move the quota, sooner than a refill estimate foresees.
+constexpr resilience::Millis kQueueRecheckMax{100};
+
 }  // namespace
 
 Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
@@ -89,6 +100,7 @@ void Exchange::start() {
   deadline_timer_.reset(evtimer_new(context_.base, &Exchange::onDeadline, this));
   hedge_timer_.reset(evtimer_new(context_.base, &Exchange::onHedgeTimer, this));
   cancel_losers_.reset(event_new(context_.base, -1, 0, &Exchange::onLosersCancelled, this));
+  queue_timer_.reset(evtimer_new(context_.base, &Exchange::onQueueTimer, this));
   // The route by path alone until the body (and its model) is in.
   applyRoute(config::routeFor(*config_, request_.path, ""));
 
@@ -134,26 +146,248 @@ void Exchange::startBuffered() {
   if (config_->circuit_breaker.scope == config::BreakerScope::kUpstreamModel) {
     model_ = facts_.model;
   }
-  UpstreamSelection selection = select(false);
-  if (!selection.lease) {
+  const config::AdmissionConfig& admission = route_->admission;
+  admission_ = admission.enabled && !facts_.model.empty() && policies_apply_;
+  if (admission_) {
+    resilience::CostRules rules{admission.bytes_per_token,
+                                static_cast<double>(admission.default_output_tokens),
+                                static_cast<double>(admission.image_tokens)};
+    cost_ = resilience::estimateCost(request_.body, rules, generatesOutput(request_.path));
+  }
+  admit(false);
+}
+
+void Exchange::admit(bool retry) {
+  if (!admission_) {
+    UpstreamSelection selection = select(retry);
+    if (!selection.lease) {
+      refuse(selection, retry);
+      return;
+    }
+    startAdmitted(std::move(selection), retry, nullptr);
+    return;
+  }
+  // The first upstream of the chain whose breaker, in-flight limit and rate limit all admit
+  // the attempt; else the queue of the one that will have room first.
+  resilience::SteadyTime now = context_.clock.now();
+  UpstreamSelection refused;
+  int best = -1;
+  resilience::Quota* best_quota = nullptr;
+  resilience::Millis best_wait = resilience::Millis::max();
+  for (int index : candidates(retry)) {
+    UpstreamSelection selection = selectUpstream(context_.upstreams, *config_, {index}, model_);
+    if (!selection.lease) {
+      refused.breaker_rejected |= selection.breaker_rejected;
+      refused.overloaded |= selection.overloaded;
+      if (selection.breaker_rejected &&
+          (refused.rejected_by_breaker.empty() || selection.retry_after < refused.retry_after)) {
+        refused.retry_after = selection.retry_after;
+      }
+      for (int r : selection.rejected_by_breaker) refused.rejected_by_breaker.push_back(r);
+      continue;
+    }
+    resilience::Quota& quota = selection.lease.health()->quotaFor(facts_.model);
+    resilience::Quota::Admission fit = quota.tryReserve(cost_, route_->admission.headroom, now);
+    if (fit.admitted) {
+      countRejections(refused);
+      context_.metrics.admissionWait(config_->upstreams[index].name, 0);
+      startAdmitted(std::move(selection), retry, &quota);
+      return;
+    }
+    if (best < 0 || fit.wait < best_wait) {
+      best = index;
+      best_quota = &quota;
+      best_wait = fit.wait;
+    }
+  }
+  countRejections(refused);
+  if (best < 0) {
+    refuse(refused, retry);
+    return;
+  }
+  enqueue(best, *best_quota, best_wait, retry);
+}
+
+void Exchange::startAdmitted(UpstreamSelection selection, bool retry, resilience::Quota* quota) {
+  if (!retry) {
+    selection.lease.health()->budget().recordRequest();
+  } else {
+    // Counted when the retry really starts (the breaker or the queue may stop it).
+    const PendingRetry& pending = pending_retry_;
+    context_.metrics.retry(pending.upstream, pending.reason, pending.source, pending.delay_seconds);
+  }
+  startAttempt(std::move(selection));
+  if (quota != nullptr && !tries_.empty()) tries_.back()->reserved = true;
+}
+
+void Exchange::refuse(const UpstreamSelection& selection, bool retry) {
+  if (!retry) {
     rejectUnadmitted(selection);
     return;
   }
-  selection.lease.health()->budget().recordRequest();
-  startAttempt(std::move(selection));
+  // The breaker opened (or the upstreams filled up) during the wait: stop retrying.
+  observe::logWarn("retry abandoned",
+                   {{"request_id", request_id_},
+                    {"upstream", upstream_->name},
+                    {"attempt", attempts_},
+                    {"not_retried_because", selection.breaker_rejected ? "circuit_open"
+                                                                       : "overloaded"}});
+  giveUp(last_outcome_);
+}
+
+void Exchange::enqueue(int index, resilience::Quota& quota, resilience::Millis wait, bool retry) {
+  const config::AdmissionConfig& admission = route_->admission;
+  resilience::SteadyTime now = context_.clock.now();
+  resilience::SteadyTime until = std::min(deadline_, now + admission.max_wait);
+  // A wait that ends past the request's time is refused now: the client hears when to
+  // come back at once, instead of after waiting for nothing.
+  if (wait == resilience::Millis::max() || wait > until - now) {
+    refuseAdmission(index, "wait_exceeded", wait, retry);
+    return;
+  }
+  std::optional<resilience::Quota::Ticket> ticket =
+      quota.enqueue(cost_, static_cast<std::size_t>(admission.max_queue));
+  if (!ticket) {
+    refuseAdmission(index, "queue_full", wait, retry);
+    return;
+  }
+  phase_ = Phase::kQueued;
+  upstream_index_ = index;
+  upstream_ = &config_->upstreams[index];
+  queued_ = QueuePlace{&quota, *ticket, index, retry, now, until};
+  context_.metrics.admissionQueue(upstream_->name, 1);
+  armQueueTimer(wait);
+}
+
+void Exchange::armQueueTimer(resilience::Millis wait) {
+  resilience::Millis left =
+      std::chrono::ceil<resilience::Millis>(queued_.until - context_.clock.now());
+  wait = std::clamp(std::min(wait, kQueueRecheckMax), resilience::Millis(1),
+                    std::max(left, resilience::Millis(1)));
+  timeval tv = support::toTimeval(wait.count());
+  evtimer_add(queue_timer_.get(), &tv);
+}
+
+void Exchange::onQueueTimer(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<Exchange*>(arg);
+  if (self->phase_ != Phase::kQueued) return;
+  QueuePlace& place = self->queued_;
+  resilience::SteadyTime now = self->context_.clock.now();
+  resilience::Quota::Admission fit =
+      place.quota->tryReserve(self->cost_, self->route_->admission.headroom, now, place.ticket);
+  if (!fit.admitted) {
+    if (now >= place.until) {
+      bool retry = place.retry;
+      int index = place.index;
+      self->leaveQueue();
+      self->refuseAdmission(index, "wait_exceeded", fit.wait, retry);
+      return;
+    }
+    self->armQueueTimer(fit.wait);
+    return;
+  }
+  // Admitted: the ticket is out of the queue, the cost reserved. The breaker and the
+  // in-flight limit still have their say.
+  resilience::Quota* quota = place.quota;
+  bool retry = place.retry;
+  int index = place.index;
+  std::chrono::duration<double> waited = now - place.since;
+  place.ticket = 0;
+  self->leaveQueue();
+  self->phase_ = retry ? Phase::kWaiting : Phase::kAdmitted;
+  UpstreamSelection selection =
+      selectUpstream(self->context_.upstreams, *self->config_, {index}, self->model_);
+  if (!selection.lease) {
+    quota->release(self->cost_);
+    self->countRejections(selection);
+    self->refuse(selection, retry);
+    return;
+  }
+  self->context_.metrics.admissionWait(self->config_->upstreams[index].name, waited.count());
+  self->startAdmitted(std::move(selection), retry, quota);
+}
+
+void Exchange::leaveQueue() {
+  if (queued_.quota == nullptr) return;
+  if (queued_.ticket != 0) queued_.quota->leave(queued_.ticket);
+  context_.metrics.admissionQueue(config_->upstreams[queued_.index].name, -1);
+  queued_ = QueuePlace{};
+  evtimer_del(queue_timer_.get());
+}
+
+void Exchange::refuseAdmission(int index, std::string_view reason, resilience::Millis wait,
+                               bool retry) {
+  const config::UpstreamConfig& upstream = config_->upstreams[index];
+  context_.metrics.admissionRejection(upstream.name, reason);
+  if (retry) {
+    // The upstream's own answer (its 429) goes to the client.
+    observe::logWarn("retry abandoned",
+                     {{"request_id", request_id_},
+                      {"upstream", upstream.name},
+                      {"attempt", attempts_},
+                      {"not_retried_because", std::string("rate_limit_") + std::string(reason)}});
+    giveUp(last_outcome_);
+    return;
+  }
+  upstream_index_ = index;
+  upstream_ = &upstream;
+  // When it would fit; a wait beyond any limit (no refill rate known yet) says max_wait.
+  long long ms = wait == resilience::Millis::max()
+                     ? std::max<long long>(1000, route_->admission.max_wait.count())
+                     : std::max<long long>(1, wait.count());
+  std::string where = upstream.name + " (model " + facts_.model + ")";
+  std::string message =
+      reason == "queue_full"
+          ? "Bulwark's admission queue for " + where + " is full (admission.max_queue " +
+                std::to_string(route_->admission.max_queue) + "); retry after " +
+                std::to_string(ms) + "ms"
+          : "the rate limit of " + where + " has no room for this request within " +
+                "admission.max_wait or its deadline; it would fit in " + std::to_string(ms) +
+                "ms";
+  respondWithError(429,
+                   reason == "queue_full" ? "rate_limit_queue_full" : "rate_limit_wait_exceeded",
+                   message,
+                   http::Headers{{"retry-after-ms", std::to_string(ms)},
+                                 {"Retry-After", std::to_string((ms + 999) / 1000)},
+                                 {"x-should-retry", "true"}});
+}
+
+void Exchange::observeRateLimit(Try& t) {
+  if (t.quota == nullptr) return;
+  resilience::RateLimitHeaders limits = resilience::parseRateLimitHeaders(t.head.headers);
+  if (limits.any()) {
+    t.quota->observe(limits, context_.clock.now());
+    context_.metrics.rateLimit(t.upstream->name, facts_.model, "requests", limits.limit_requests,
+                               limits.remaining_requests);
+    context_.metrics.rateLimit(t.upstream->name, facts_.model, "tokens", limits.limit_tokens,
+                               limits.remaining_tokens);
+  }
+  if (!t.reserved) return;
+  t.reserved = false;
+  // Headers that say what is left already count this request; without them, it counts.
+  if (limits.any()) {
+    t.quota->settle(cost_);
+  } else {
+    t.quota->charge(cost_);
+  }
+}
+
+void Exchange::dropReservation(Try& t, const resilience::QuotaCost& cost) {
+  if (!t.reserved) return;
+  t.reserved = false;
+  if (t.sent) {
+    t.quota->charge(cost);
+  } else {
+    t.quota->release(cost);
+  }
 }
 
 void Exchange::startStreamed() {
   // The body is not parsed (multipart uploads pass through untouched): no model, no stream
-  // flag. The 100 Continue goes to the client once the upstream is connected.
+  // flag, no admission by rate limit. The 100 Continue goes to the client once the upstream
+  // is connected.
   streamed_ = true;
-  UpstreamSelection selection = select(false);
-  if (!selection.lease) {
-    rejectUnadmitted(selection);
-    return;
-  }
-  selection.lease.health()->budget().recordRequest();
-  startAttempt(std::move(selection));
+  admit(false);
 }
 
 void Exchange::rejectUnadmitted(const UpstreamSelection& selection) {
@@ -224,7 +458,7 @@ void Exchange::onBodySent(Try& t, std::uint64_t bytes) {
   context_.metrics.requestBodyBytes(t.upstream->name, bytes);
 }
 
-UpstreamSelection Exchange::selectFor(bool retry) const {
+std::vector<int> Exchange::candidates(bool retry) const {
   // The route's failover chain (the default route's is every upstream, in order).
   const std::vector<std::size_t>& chain = route_->upstreams;
   int n = static_cast<int>(chain.size());
@@ -240,7 +474,11 @@ UpstreamSelection Exchange::selectFor(bool retry) const {
   } else {
     order.push_back(upstream_index_);
   }
-  return selectUpstream(context_.upstreams, *config_, order, model_);
+  return order;
+}
+
+UpstreamSelection Exchange::selectFor(bool retry) const {
+  return selectUpstream(context_.upstreams, *config_, candidates(retry), model_);
 }
 
 UpstreamSelection Exchange::select(bool retry) {
@@ -266,6 +504,7 @@ void Exchange::startAttempt(UpstreamSelection selection, bool hedge) {
   Try& t = *owned;
   t.started = context_.clock.now();
   t.hedge = hedge;
+  if (!facts_.model.empty()) t.quota = &t.lease.health()->quotaFor(facts_.model);
 
   upstream::AttemptRequest req;
   // Provider adaptation: this upstream's name for the model (an Azure deployment, a vLLM
@@ -322,12 +561,24 @@ void Exchange::onHedgeTimer(evutil_socket_t, short, void* arg) {
   // The next upstream of the chain, as a retry would take it (the same one when alone).
   UpstreamSelection selection = self->select(true);
   if (!selection.lease) return;
+  resilience::Quota* quota = nullptr;
+  if (self->admission_) {
+    // A hedge never waits for room in the rate limit: it is only worth it at once.
+    quota = &selection.lease.health()->quotaFor(self->facts_.model);
+    if (!quota->tryReserve(self->cost_, self->route_->admission.headroom,
+                           self->context_.clock.now())
+             .admitted) {
+      return;
+    }
+  }
   if (!selection.lease.health()->budget().tryAcquire()) {
+    if (quota != nullptr) quota->release(self->cost_);
     self->context_.metrics.retryBudgetExhausted(self->config_->upstreams[selection.index].name);
     return;  // hedges spend the retry budget
   }
   ++self->hedges_;
   self->startAttempt(std::move(selection), /*hedge=*/true);
+  if (quota != nullptr) self->tries_.back()->reserved = true;
   self->armHedge(*self->tries_.back());  // the next hedge, if more are allowed
 }
 
@@ -352,6 +603,7 @@ http::Headers Exchange::bulwarkHeaders(const config::UpstreamConfig& upstream) c
 void Exchange::onHead(Try& t, const upstream::ResponseHead& head) {
   t.head = head;
   t.has_head = true;
+  observeRateLimit(t);
   if (t.head.status >= 400) {
     t.hold = Hold::kErrorBody;
   } else if (t.isEventStream()) {
@@ -588,6 +840,21 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
         resilience::serverRetryHint(t.head.headers, t.head.status, context_.clock.wallNow());
   }
   inputs.now = context_.clock.now();
+  if (admission_ && t.quota != nullptr && t.has_head && t.head.status == 429 &&
+      verdict.retryable) {
+    // A rate-limit 429. An explicit wait (retry-after, retry-after-ms) pauses the whole
+    // (upstream, model): every worker's requests, queued or new. Without one, the reset
+    // headers say when the bucket is full again, far later than this request fits: the
+    // retry waits in the admission queue instead, until the quota (just updated from this
+    // answer's headers) has room for it.
+    if (std::optional<resilience::Millis> pause =
+            resilience::serverRetryHint(t.head.headers, 0, context_.clock.wallNow())) {
+      t.quota->cooldown(inputs.now + *pause);
+    } else if (resilience::Quota::View quota = t.quota->view(inputs.now);
+               quota.requests.limit > 0 || quota.tokens.limit > 0) {
+      inputs.server_hint = resilience::Millis(0);
+    }
+  }
   inputs.deadline = deadline_;
   resilience::RetryDecision decision =
       resilience::decideRetry(route_->retry, inputs, *backoff_, t.lease.health()->budget());
@@ -662,6 +929,7 @@ void Exchange::endAttempt(Try& t, const AttemptEnd* end) {
   if (found == tries_.end()) return;
   std::unique_ptr<Try> owned = std::move(*found);
   tries_.erase(found);
+  dropReservation(*owned, cost_);
   owned->transfer.reset();  // cancels a running transfer
   owned->lease.reset();     // an unrecorded outcome gives the breaker admission back
 }
@@ -713,11 +981,18 @@ void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
 
 void Exchange::respondWithError(int status, std::string_view code, std::string_view message,
                                 long long retry_after_seconds) {
+  http::Headers extra;
+  if (retry_after_seconds > 0) extra.push_back({"Retry-After", std::to_string(retry_after_seconds)});
+  respondWithError(status, code, message, std::move(extra));
+}
+
+void Exchange::respondWithError(int status, std::string_view code, std::string_view message,
+                                http::Headers extra) {
   cancelAttempts();
   std::string body = http::openAiErrorBody(code, message);
-  http::Headers headers{{"Content-Type", "application/json"}, {"x-should-retry", "false"}};
-  if (retry_after_seconds > 0)
-    headers.push_back({"Retry-After", std::to_string(retry_after_seconds)});
+  http::Headers headers{{"Content-Type", "application/json"}};
+  if (!http::findHeader(extra, "x-should-retry")) headers.push_back({"x-should-retry", "false"});
+  for (http::Header& h : extra) headers.push_back(std::move(h));
   for (http::Header& h : bulwarkHeaders(*upstream_)) headers.push_back(std::move(h));
   sink_.sendHead(status, headers, body.size());
   sink_.sendBody(body.data(), body.size());
@@ -772,21 +1047,7 @@ void Exchange::terminate() {
 void Exchange::onWaitOver(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Exchange*>(arg);
   if (self->phase_ != Phase::kWaiting) return;
-  UpstreamSelection selection = self->select(true);
-  if (!selection.lease) {
-    // The breaker opened (or the upstreams filled up) during the wait: stop retrying.
-    observe::logWarn(
-        "retry abandoned",
-        {{"request_id", self->request_id_},
-         {"upstream", self->upstream_->name},
-         {"attempt", self->attempts_},
-         {"not_retried_because", selection.breaker_rejected ? "circuit_open" : "overloaded"}});
-    self->giveUp(self->last_outcome_);
-    return;
-  }
-  const PendingRetry& retry = self->pending_retry_;
-  self->context_.metrics.retry(retry.upstream, retry.reason, retry.source, retry.delay_seconds);
-  self->startAttempt(std::move(selection));
+  self->admit(/*retry=*/true);
 }
 
 void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
@@ -794,6 +1055,13 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
   if (self->phase_ == Phase::kFinished) return;
   if (self->phase_ == Phase::kCommitted) {
     self->interruptStream("timeouts.total reached");
+    return;
+  }
+  if (self->phase_ == Phase::kQueued) {
+    bool retry = self->queued_.retry;
+    int index = self->queued_.index;
+    self->leaveQueue();
+    self->refuseAdmission(index, "wait_exceeded", resilience::Millis(0), retry);
     return;
   }
   evtimer_del(self->wait_timer_.get());
@@ -807,6 +1075,7 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
 }
 
 void Exchange::finish(int status, bool client_left) {
+  leaveQueue();
   phase_ = Phase::kFinished;
   evtimer_del(deadline_timer_.get());
   evtimer_del(wait_timer_.get());

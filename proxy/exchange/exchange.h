@@ -1,12 +1,13 @@
 // One client request's life, as a state machine:
 //
 //   admitted ──> attempting ──> committed ──> finished
-//                 │    ^  └──────────────────────^ (an answer held whole, or an error)
-//                 v    │
-//                waiting (backoff)
+//     │  ^        │    ^  └──────────────────────^ (an answer held whole, or an error)
+//     v  │        v    │
+//    queued      waiting (backoff) ──> queued
 //
 // admitted: the request is in, its body perhaps still arriving (a client that waits for
-// 100 Continue). attempting: an attempt is in flight and nothing has reached the client, so
+// 100 Continue). queued: its estimated cost does not fit the rate limit its upstream last
+// reported; it waits its turn in that (upstream, model)'s queue. attempting: an attempt is in flight and nothing has reached the client, so
 // a failure can still be retried; the head (and an error body, or a stream's first event)
 // is held until the commit point. waiting: a backoff between attempts. committed: the
 // response head went to the client and the body streams through with backpressure; a
@@ -31,6 +32,7 @@
 #include "proxy/observe/usage.h"
 #include "proxy/resilience/backoff.h"
 #include "proxy/resilience/classify.h"
+#include "proxy/resilience/quota.h"
 #include "proxy/resilience/retry_decision.h"
 #include "proxy/resilience/sse_scanner.h"
 #include "proxy/server/http_request.h"
@@ -43,7 +45,7 @@ namespace bulwark::exchange {
 
 class Exchange final : public server::ActiveRequest {
  public:
-  enum class Phase { kAdmitted, kAttempting, kWaiting, kCommitted, kFinished };
+  enum class Phase { kAdmitted, kQueued, kAttempting, kWaiting, kCommitted, kFinished };
 
   Exchange(const ExchangeContext& context, server::HttpRequest request, server::ResponseSink& sink);
   ~Exchange() override;
@@ -81,7 +83,10 @@ class Exchange final : public server::ActiveRequest {
     void onDone(upstream::TransferError error, const std::string& detail) override {
       exchange.onDone(*this, error, detail);  // may destroy this try: nothing after it
     }
-    void onRequestStart() override { exchange.onRequestStart(); }
+    void onRequestStart() override {
+      sent = true;
+      exchange.onRequestStart();
+    }
     BodyRead readBody(char* out, std::size_t max) override { return exchange.readBody(out, max); }
     void onBodySent(std::uint64_t bytes) override { exchange.onBodySent(*this, bytes); }
     bool isEventStream() const;
@@ -104,6 +109,11 @@ class Exchange final : public server::ActiveRequest {
     bool recorded = false;  // its metric is counted
     bool hedge = false;     // started by the hedge timer, racing the others
     std::string_view hedge_result;  // set once its race is decided ("won", "lost")
+    // The (upstream, model) quota the response's x-ratelimit-* headers update, if the
+    // request names a model; `reserved`: this attempt holds its cost there until the head.
+    resilience::Quota* quota = nullptr;
+    bool reserved = false;
+    bool sent = false;  // connected, and the request went out
   };
 
   // How an attempt ended, for endAttempt().
@@ -121,6 +131,7 @@ class Exchange final : public server::ActiveRequest {
   static void onWaitOver(evutil_socket_t, short, void* arg);
   static void onDeadline(evutil_socket_t, short, void* arg);
   static void onHedgeTimer(evutil_socket_t, short, void* arg);
+  static void onQueueTimer(evutil_socket_t, short, void* arg);
   static void onLosersCancelled(evutil_socket_t, short, void* arg);
   // Arms the hedge timer for the route's `after` (or its upstream's p95), when hedging applies.
   void armHedge(const Try& t);
@@ -145,6 +156,30 @@ class Exchange final : public server::ActiveRequest {
   void failBody();
   // No upstream admitted the first attempt: 503 circuit_open or overloaded.
   void rejectUnadmitted(const UpstreamSelection& selection);
+  // Admits an attempt (the first, or a retry) and starts it: the breaker, the in-flight
+  // limit and, with admission on, the rate limit. A request that does not fit any upstream
+  // of the chain now queues at the one with the shortest wait.
+  void admit(bool retry);
+  // An upstream admitted the attempt (its cost reserved in `quota`, if admission applies).
+  void startAdmitted(UpstreamSelection selection, bool retry, resilience::Quota* quota);
+  // Nothing admitted an attempt: the first gets Bulwark's 503, a retry gives up.
+  void refuse(const UpstreamSelection& selection, bool retry);
+  // Waits in the queue of `index` for room, or refuses when it cannot come in time.
+  void enqueue(int index, resilience::Quota& quota, resilience::Millis wait, bool retry);
+  void armQueueTimer(resilience::Millis wait);
+  // Leaves the queue (a no-op when not in it).
+  void leaveQueue();
+  // A 429 in OpenAI's shape that tells the SDK to come back after `wait` (a retry gives up
+  // with the upstream's last answer instead).
+  void refuseAdmission(int index, std::string_view reason, resilience::Millis wait, bool retry);
+  // Reads a response head's x-ratelimit-* headers into the try's quota and the metrics, and
+  // settles the try's reservation.
+  void observeRateLimit(Try& t);
+  // A try that held a reservation ends without a head: counted if the request went out.
+  static void dropReservation(Try& t, const resilience::QuotaCost& cost);
+  // The (order of) candidate upstreams for the next attempt: the route's chain; for a retry,
+  // the ones after the upstream that failed, then that one.
+  std::vector<int> candidates(bool retry) const;
   // Claims an upstream for the next attempt (breaker, in-flight limit, failover order).
   UpstreamSelection selectFor(bool retry) const;
   UpstreamSelection select(bool retry);  // selectFor(), counting breaker rejections
@@ -180,6 +215,9 @@ class Exchange final : public server::ActiveRequest {
   void deliverResponse(const HeldResponse& response, bool gave_up);
   void respondWithError(int status, std::string_view code, std::string_view message,
                         long long retry_after_seconds = 0);
+  // With `extra` headers; x-should-retry is false unless they set it.
+  void respondWithError(int status, std::string_view code, std::string_view message,
+                        http::Headers extra);
   void interruptStream(const std::string& why);
   // Sends body bytes to the client, counting them and reading token usage on the way.
   void forward(const char* data, std::size_t len);
@@ -224,6 +262,20 @@ class Exchange final : public server::ActiveRequest {
   support::EventPtr deadline_timer_;
   support::EventPtr hedge_timer_;
   support::EventPtr cancel_losers_;  // deferred: a winner's callback cannot cancel transfers
+  support::EventPtr queue_timer_;
+  // Quota-aware admission: on for a request that names a model (its body read whole) on a
+  // route with admission enabled. Its estimated cost, and its place in a queue while queued.
+  bool admission_ = false;
+  resilience::QuotaCost cost_;
+  struct QueuePlace {
+    resilience::Quota* quota = nullptr;
+    resilience::Quota::Ticket ticket = 0;
+    int index = -1;  // the upstream it waits for
+    bool retry = false;
+    resilience::SteadyTime since;
+    resilience::SteadyTime until;  // max_wait, or the deadline if that comes first
+  };
+  QueuePlace queued_;
   int hedges_ = 0;                   // hedge attempts started
   int winner_ = 0;                   // the attempt whose answer the client got
 

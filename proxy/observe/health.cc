@@ -5,8 +5,53 @@
 
 namespace bulwark::observe {
 
+namespace {
+
+void writeBucket(rapidjson::Writer<rapidjson::StringBuffer>& w,
+                 const resilience::Quota::BucketView& bucket) {
+  w.StartObject();
+  w.Key("limit");
+  if (bucket.limit > 0) {
+    w.Int64(static_cast<std::int64_t>(bucket.limit));
+  } else {
+    w.Null();  // not reported yet
+  }
+  w.Key("remaining");
+  w.Int64(static_cast<std::int64_t>(bucket.remaining));
+  w.Key("reserved");
+  w.Int64(static_cast<std::int64_t>(bucket.reserved));
+  w.Key("reset_ms");
+  w.Int64(bucket.until_full.count());
+  w.EndObject();
+}
+
+void writeQuotas(rapidjson::Writer<rapidjson::StringBuffer>& w,
+                 const resilience::UpstreamHealth& upstream, resilience::SteadyTime now) {
+  w.Key("quotas");
+  w.StartObject();
+  for (const auto& [model, quota] : upstream.quotas()) {
+    resilience::Quota::View view = quota->view(now);
+    w.Key(model.c_str(), static_cast<rapidjson::SizeType>(model.size()));
+    w.StartObject();
+    w.Key("requests");
+    writeBucket(w, view.requests);
+    w.Key("tokens");
+    writeBucket(w, view.tokens);
+    w.Key("queued");
+    w.Uint64(view.queued);
+    w.Key("cooldown_ms");
+    w.Int64(view.cooldown_until
+                ? std::chrono::ceil<resilience::Millis>(*view.cooldown_until - now).count()
+                : 0);
+    w.EndObject();
+  }
+  w.EndObject();
+}
+
+}  // namespace
+
 std::string healthDetailedJson(const resilience::UpstreamRegistry& upstreams,
-                               resilience::WallTime now) {
+                               resilience::WallTime now, resilience::SteadyTime steady_now) {
   std::vector<resilience::UpstreamHealth*> current = upstreams.current();
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
@@ -46,6 +91,7 @@ std::string healthDetailedJson(const resilience::UpstreamRegistry& upstreams,
     }
     w.Key("inflight");
     w.Int(current[i]->inflight());
+    writeQuotas(w, *current[i], steady_now);
     w.EndObject();
   }
   w.EndObject();

@@ -1,6 +1,9 @@
 // The /health/detailed document (SPEC §4, the shape of the original user story):
 // {"status":"ok|degraded|down","timestamp":"...","services":{"<upstream>":{"circuitBreaker":
-//  "CLOSED","failureCount":0,"healthy":true,"lastFailureTime":null,"inflight":0}}}
+//  "CLOSED","failureCount":0,"healthy":true,"lastFailureTime":null,"inflight":0,
+//  "quotas":{"<model>":{"requests":{"limit":..,"remaining":..,"reserved":..,"reset_ms":..},
+//  "tokens":{...},"queued":0,"cooldown_ms":0}}}}}
+// A quota appears once a request for its model went to the upstream.
 #pragma once
 
 #include <string>
@@ -12,6 +15,6 @@
 namespace bulwark::observe {
 
 std::string healthDetailedJson(const resilience::UpstreamRegistry& upstreams,
-                               resilience::WallTime now);
+                               resilience::WallTime now, resilience::SteadyTime steady_now);
 
 }  // namespace bulwark::observe

@@ -98,6 +98,29 @@ struct Metrics::Impl {
                          .Name("bulwark_tokens_total")
                          .Help("Tokens reported by the upstream's usage, by model and kind")
                          .Register(*registry)),
+        ratelimit_remaining(BuildGauge()
+                                .Name("bulwark_ratelimit_remaining")
+                                .Help("What the upstream's latest x-ratelimit-remaining-* header "
+                                      "said is left, by model and kind (requests, tokens)")
+                                .Register(*registry)),
+        ratelimit_limit(BuildGauge()
+                            .Name("bulwark_ratelimit_limit")
+                            .Help("The upstream's latest x-ratelimit-limit-* header, by model and "
+                                  "kind (requests, tokens)")
+                            .Register(*registry)),
+        admission_queue_depth(BuildGauge()
+                                  .Name("bulwark_admission_queue_depth")
+                                  .Help("Requests waiting for room in an upstream's rate limit")
+                                  .Register(*registry)),
+        admission_wait(BuildHistogram()
+                           .Name("bulwark_admission_wait_seconds")
+                           .Help("How long admitted requests waited for room in the rate limit")
+                           .Register(*registry)),
+        admission_rejections(BuildCounter()
+                                 .Name("bulwark_admission_rejections_total")
+                                 .Help("Requests refused admission, by reason (queue_full, "
+                                       "wait_exceeded)")
+                                 .Register(*registry)),
         build_info(BuildGauge()
                        .Name("bulwark_build_info")
                        .Help("Always 1; the version label says which build runs")
@@ -156,6 +179,11 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Counter>& request_body_bytes;
   prometheus::Family<prometheus::Gauge>& inflight_requests;
   prometheus::Family<prometheus::Counter>& tokens_total;
+  prometheus::Family<prometheus::Gauge>& ratelimit_remaining;
+  prometheus::Family<prometheus::Gauge>& ratelimit_limit;
+  prometheus::Family<prometheus::Gauge>& admission_queue_depth;
+  prometheus::Family<prometheus::Histogram>& admission_wait;
+  prometheus::Family<prometheus::Counter>& admission_rejections;
   prometheus::Family<prometheus::Gauge>& build_info;
   std::mutex models_mutex;
   std::set<std::string, std::less<>> models;
@@ -275,8 +303,55 @@ void Metrics::tokens(std::string_view upstream, std::string_view model, long lon
   }
 }
 
+void Metrics::rateLimit(std::string_view upstream, std::string_view model, std::string_view kind,
+                        std::optional<double> limit, std::optional<double> remaining) {
+  std::string m = impl_->modelLabel(model);
+  auto labels = [&] {
+    return prometheus::Labels{
+        {"upstream", std::string(upstream)}, {"model", m}, {"kind", std::string(kind)}};
+  };
+  if (limit) impl_->metric(impl_->ratelimit_limit, 'L', {upstream, m, kind}, labels).Set(*limit);
+  if (remaining) {
+    impl_->metric(impl_->ratelimit_remaining, 'm', {upstream, m, kind}, labels).Set(*remaining);
+  }
+}
+
+void Metrics::admissionQueue(std::string_view upstream, int delta) {
+  impl_
+      ->metric(impl_->admission_queue_depth, 'q', {upstream},
+               [&] {
+                 return prometheus::Labels{{"upstream", std::string(upstream)}};
+               })
+      .Increment(delta);
+}
+
+void Metrics::admissionWait(std::string_view upstream, double seconds) {
+  impl_
+      ->metric(
+          impl_->admission_wait, 'w', {upstream},
+          [&] {
+            return prometheus::Labels{{"upstream", std::string(upstream)}};
+          },
+          latencyBuckets())
+      .Observe(seconds);
+}
+
+void Metrics::admissionRejection(std::string_view upstream, std::string_view reason) {
+  impl_
+      ->metric(impl_->admission_rejections, 'j', {upstream, reason},
+               [&] {
+                 return prometheus::Labels{{"upstream", std::string(upstream)},
+                                           {"reason", std::string(reason)}};
+               })
+      .Increment();
+}
+
 void Metrics::declareUpstream(std::string_view upstream) {
   std::string u(upstream);
+  impl_->admission_queue_depth.Add({{"upstream", u}});
+  for (const char* reason : {"queue_full", "wait_exceeded"}) {
+    impl_->admission_rejections.Add({{"upstream", u}, {"reason", reason}});
+  }
   impl_->breaker_state.Add({{"upstream", u}});
   impl_->inflight_requests.Add({{"upstream", u}});
   impl_->budget_exhausted.Add({{"upstream", u}});

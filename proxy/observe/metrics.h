@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -44,6 +45,15 @@ class Metrics {
   void requestBodyBytes(std::string_view upstream, std::uint64_t bytes);
   void tokens(std::string_view upstream, std::string_view model, long long prompt,
               long long completion);
+  // The latest x-ratelimit-* headers of (upstream, model): `kind` "requests" or "tokens".
+  void rateLimit(std::string_view upstream, std::string_view model, std::string_view kind,
+                 std::optional<double> limit, std::optional<double> remaining);
+  // A request joined (+1) or left (-1) an admission queue of the upstream.
+  void admissionQueue(std::string_view upstream, int delta);
+  // A request was admitted after waiting `seconds` for room (0: at once).
+  void admissionWait(std::string_view upstream, double seconds);
+  // A request was refused admission: "queue_full" or "wait_exceeded".
+  void admissionRejection(std::string_view upstream, std::string_view reason);
   // Makes the families of an upstream visible (at zero) before its first request.
   void declareUpstream(std::string_view upstream);
 

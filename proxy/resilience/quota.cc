@@ -78,8 +78,9 @@ void Quota::Bucket::observe(std::optional<double> new_limit, std::optional<doubl
 std::optional<Millis> Quota::Bucket::waitFor(double amount, double keep) const {
   if (limit <= 0 || amount <= 0) return Millis(0);  // unknown limit: never blocks
   double usable = remaining - reserved - keep;
+  // More than ever fits: it waits for a full bucket, and the upstream judges it.
+  amount = std::min(amount, limit - keep);
   if (amount <= usable) return Millis(0);
-  if (amount > limit - keep) return std::nullopt;  // can never fit
   if (rate_per_ms <= 0) return std::nullopt;
   return Millis(static_cast<long long>(std::ceil((amount - usable) / rate_per_ms)));
 }
@@ -103,27 +104,73 @@ void Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
   tokens_.observe(h.limit_tokens, h.remaining_tokens, h.reset_tokens, now);
 }
 
-Quota::Admission Quota::tryReserve(const QuotaCost& cost, double headroom, SteadyTime now) {
+Quota::Admission Quota::tryReserve(const QuotaCost& cost, double headroom, SteadyTime now,
+                                   Ticket ticket) {
   std::lock_guard lock(mutex_);
   if (cooldown_until_ && now < *cooldown_until_) {
     return {false, std::chrono::ceil<Millis>(*cooldown_until_ - now)};
   }
   requests_.refill(now);
   tokens_.refill(now);
-  std::optional<Millis> for_requests = requests_.waitFor(cost.requests, headroom * requests_.limit);
-  std::optional<Millis> for_tokens = tokens_.waitFor(cost.tokens, headroom * tokens_.limit);
-  if (!for_requests || !for_tokens) return {false, Millis::max()};  // larger than the limit
+  // Everything queued ahead goes first: this request fits once their cost and its own do.
+  QuotaCost ahead = aheadOf(ticket);
+  std::optional<Millis> for_requests =
+      requests_.waitFor(ahead.requests + cost.requests, headroom * requests_.limit);
+  std::optional<Millis> for_tokens =
+      tokens_.waitFor(ahead.tokens + cost.tokens, headroom * tokens_.limit);
+  if (!for_requests || !for_tokens) return {false, Millis::max()};  // no refill rate known
   Millis wait = std::max(*for_requests, *for_tokens);
+  if (ahead.requests > 0) {
+    // Those ahead are admitted by their own workers' timers: check back soon after.
+    return {false, std::max(wait, kQueueRecheck)};
+  }
   if (wait.count() > 0) return {false, wait};
   requests_.reserved += cost.requests;
   tokens_.reserved += cost.tokens;
+  if (ticket != 0) queue_.erase(ticket);
   return {true, Millis(0)};
+}
+
+QuotaCost Quota::aheadOf(Ticket ticket) const {
+  QuotaCost ahead{0, 0};
+  for (const auto& [queued, cost] : queue_) {
+    if (ticket != 0 && queued >= ticket) break;
+    ahead.requests += cost.requests;
+    ahead.tokens += cost.tokens;
+  }
+  return ahead;
+}
+
+std::optional<Quota::Ticket> Quota::enqueue(const QuotaCost& cost, std::size_t max_queue) {
+  std::lock_guard lock(mutex_);
+  if (queue_.size() >= max_queue) return std::nullopt;
+  Ticket ticket = next_ticket_++;
+  queue_.emplace(ticket, cost);
+  return ticket;
+}
+
+void Quota::leave(Ticket ticket) {
+  std::lock_guard lock(mutex_);
+  queue_.erase(ticket);
+}
+
+std::size_t Quota::queued() const {
+  std::lock_guard lock(mutex_);
+  return queue_.size();
 }
 
 void Quota::settle(const QuotaCost& cost) {
   std::lock_guard lock(mutex_);
   requests_.reserved = std::max(0.0, requests_.reserved - cost.requests);
   tokens_.reserved = std::max(0.0, tokens_.reserved - cost.tokens);
+}
+
+void Quota::charge(const QuotaCost& cost) {
+  std::lock_guard lock(mutex_);
+  for (auto [bucket, amount] : {std::pair{&requests_, cost.requests}, {&tokens_, cost.tokens}}) {
+    bucket->reserved = std::max(0.0, bucket->reserved - amount);
+    if (bucket->limit > 0) bucket->remaining = std::max(0.0, bucket->remaining - amount);
+  }
 }
 
 void Quota::release(const QuotaCost& cost) {
@@ -141,6 +188,7 @@ Quota::View Quota::view(SteadyTime now) const {
   v.requests = requests_.view(now);
   v.tokens = tokens_.view(now);
   if (cooldown_until_ && now < *cooldown_until_) v.cooldown_until = cooldown_until_;
+  v.queued = queue_.size();
   return v;
 }
 

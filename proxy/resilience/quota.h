@@ -6,10 +6,15 @@
 // count it) or released when it never reached the upstream. A bucket refills continuously
 // toward its limit, at the rate the last headers imply, as OpenAI's limiter does.
 //
+// Requests that do not fit wait in a FIFO: each takes a ticket, and a request is admitted only
+// when everything queued before it has been (a large request is not starved by small ones).
+//
 // Pure (no I/O, no clock of its own: every call takes `now`) and thread-safe: every worker
-// reserves from the same quota. Not wired to admission yet: the foundation for it.
+// reserves from the same quota.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 
@@ -44,21 +49,37 @@ class Quota {
   struct View {
     BucketView requests, tokens;
     std::optional<SteadyTime> cooldown_until;
+    std::size_t queued = 0;
   };
+  using Ticket = std::uint64_t;  // a place in the queue; 0 is none
+  // The wait a queued request is told when only those ahead of it hold it back.
+  static constexpr Millis kQueueRecheck{10};
 
   // A response's headers: the buckets take what the server says it has left.
   void observe(const RateLimitHeaders& headers, SteadyTime now);
-  // Reserves `cost` if it fits, keeping `headroom` (a share of each limit) free. Without a
-  // wait the reservation is held: settle() or release() it. Otherwise `wait` is how long
-  // until it would fit (refill, or the cooldown), and nothing is held. A bucket whose limit
-  // is not known yet never blocks.
+  // Reserves `cost` if it fits, keeping `headroom` (a share of each limit) free, and nothing
+  // queued is ahead of it: a newcomer (ticket 0) is behind every queued request, a queued one
+  // behind those with smaller tickets (an admitted ticket leaves the queue). Without a wait
+  // the reservation is held: settle(), charge() or release() it. Otherwise `wait` is how
+  // long until it (and everything ahead of it) would fit, by refill or the cooldown, and
+  // nothing is held. A bucket whose limit is not known yet never blocks; a cost larger than
+  // the limit waits for a full bucket (the upstream judges it then).
   struct Admission {
     bool admitted = false;
     Millis wait{0};
   };
-  Admission tryReserve(const QuotaCost& cost, double headroom, SteadyTime now);
+  Admission tryReserve(const QuotaCost& cost, double headroom, SteadyTime now,
+                       Ticket ticket = 0);
+  // A place in the queue for a request that did not fit; nullopt when `max_queue` are
+  // already waiting. Every ticket leaves, admitted by tryReserve() or by leave().
+  std::optional<Ticket> enqueue(const QuotaCost& cost, std::size_t max_queue);
+  void leave(Ticket ticket);
+  std::size_t queued() const;
   // The reserved request's response headers arrived (observe() them first): they count it.
   void settle(const QuotaCost& cost);
+  // The reserved request reached the upstream, but no headers said what is left: the
+  // upstream counted it, so the buckets do too.
+  void charge(const QuotaCost& cost);
   // The reserved request never reached the upstream: its cost goes back.
   void release(const QuotaCost& cost);
   // A rate-limit 429: admission pauses until `until`.
@@ -81,7 +102,12 @@ class Quota {
     BucketView view(SteadyTime now) const;
   };
 
+  // The total cost of the queued tickets before `ticket` (all of them for 0).
+  QuotaCost aheadOf(Ticket ticket) const;
+
   mutable std::mutex mutex_;
+  std::map<Ticket, QuotaCost> queue_;
+  Ticket next_ticket_ = 1;
   Bucket requests_;
   Bucket tokens_;
   std::optional<SteadyTime> cooldown_until_;

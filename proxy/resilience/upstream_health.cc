@@ -108,6 +108,26 @@ CircuitBreaker& UpstreamHealth::makeBreakerLocked(const std::string& model) {
   return result;
 }
 
+Quota& UpstreamHealth::quotaFor(std::string_view model) {
+  {
+    std::shared_lock lock(quota_mutex_);
+    if (auto it = quotas_.find(model); it != quotas_.end()) return *it->second;
+  }
+  std::unique_lock lock(quota_mutex_);
+  if (auto it = quotas_.find(model); it != quotas_.end()) return *it->second;
+  std::string key(quotas_.size() >= kMaxModelBreakers ? kOtherModels : model);
+  std::unique_ptr<Quota>& quota = quotas_[key];
+  if (!quota) quota = std::make_unique<Quota>();
+  return *quota;
+}
+
+std::vector<std::pair<std::string, const Quota*>> UpstreamHealth::quotas() const {
+  std::shared_lock lock(quota_mutex_);
+  std::vector<std::pair<std::string, const Quota*>> out;
+  for (const auto& [model, quota] : quotas_) out.emplace_back(model, quota.get());
+  return out;
+}
+
 bool UpstreamHealth::tryEnter() {
   const int max = max_inflight_.load(std::memory_order_relaxed);
   int current = inflight_.load(std::memory_order_relaxed);

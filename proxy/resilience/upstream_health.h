@@ -17,6 +17,7 @@
 #include "proxy/resilience/circuit_breaker.h"
 #include "proxy/resilience/clock.h"
 #include "proxy/resilience/latency_tracker.h"
+#include "proxy/resilience/quota.h"
 #include "proxy/resilience/retry_budget.h"
 
 namespace bulwark::resilience {
@@ -37,6 +38,11 @@ class UpstreamHealth {
   RetryBudget& budget() { return budget_; }
   // Recent time to first byte by model (hedging's p95).
   LatencyTracker& ttfb() { return ttfb_; }
+  // The rate-limit quota of `model` on this upstream (OpenAI limits each model on its own).
+  // At most kMaxModelBreakers distinct models; further ones share one quota.
+  Quota& quotaFor(std::string_view model);
+  // Every quota that has one, by model, for /health/detailed.
+  std::vector<std::pair<std::string, const Quota*>> quotas() const;
 
   // In-flight requests on this upstream (all workers). tryEnter fails when max_inflight
   // (0 = unlimited) is reached; every successful tryEnter is paired with one leave.
@@ -65,6 +71,8 @@ class UpstreamHealth {
   config::CircuitBreakerConfig breaker_config_;
   std::unique_ptr<CircuitBreaker> own_breaker_;
   std::map<std::string, std::unique_ptr<CircuitBreaker>, std::less<>> model_breakers_;
+  mutable std::shared_mutex quota_mutex_;  // guards the map; each quota locks itself
+  std::map<std::string, std::unique_ptr<Quota>, std::less<>> quotas_;
   RetryBudget budget_;
   LatencyTracker ttfb_;
   std::atomic<int> max_inflight_;

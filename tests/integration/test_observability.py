@@ -64,6 +64,11 @@ SPEC_FAMILIES = {
     # Second round.
     "bulwark_request_body_bytes_total": ("counter", {"upstream"}),
     "bulwark_hedges_total": ("counter", {"upstream", "result"}),
+    "bulwark_ratelimit_remaining": ("gauge", {"upstream", "model", "kind"}),
+    "bulwark_ratelimit_limit": ("gauge", {"upstream", "model", "kind"}),
+    "bulwark_admission_queue_depth": ("gauge", {"upstream"}),
+    "bulwark_admission_wait_seconds": ("histogram", {"upstream"}),
+    "bulwark_admission_rejections_total": ("counter", {"upstream", "reason"}),
 }
 # 10 ms ... 5 min (issue 5): LLM latencies.
 EXPECTED_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300]
@@ -200,6 +205,7 @@ class ObservabilityTestCase(unittest.TestCase):
 
 
 class MetricsTest(ObservabilityTestCase):
+    maxDiff = None
 
     def test_metrics_after_a_scripted_mix_of_traffic(self):
         """Each request below has a known effect on every family; /metrics must show exactly
@@ -220,9 +226,14 @@ class MetricsTest(ObservabilityTestCase):
         # A: the 503-then-200 request: one 503 attempt, one retry; "down" is skipped (OPEN).
         fake.script([{"status": 503}])
         self.assert_attempts(self.post(bulwark, chat_body()), 200, 2)
-        # B: a plain JSON completion with usage.
+        # B: a plain JSON completion with usage, and where gpt-4o's rate limit stands.
         fake.script([{"body": chat_completion(model="gpt-4o", prompt_tokens=120,
-                                              completion_tokens=30)}])
+                                              completion_tokens=30),
+                      "headers": [("x-ratelimit-limit-requests", "500"),
+                                  ("x-ratelimit-remaining-requests", "499"),
+                                  ("x-ratelimit-limit-tokens", "30000"),
+                                  ("x-ratelimit-remaining-tokens", "28500"),
+                                  ("x-ratelimit-reset-tokens", "3s")]}])
         self.assert_attempts(self.post(bulwark, chat_body("gpt-4o")), 200, 1)
         # C: a stream with include_usage whose last chunk carries the usage.
         fake.script([{"sse": chat_stream_events("o3-mini", with_usage=usage(50, 250))}])
@@ -283,6 +294,21 @@ class MetricsTest(ObservabilityTestCase):
             self.assertEqual(m.value("bulwark_retry_budget_exhausted_total",
                                      upstream=upstream), 0)
             self.assertEqual(m.value("bulwark_inflight_requests", upstream=upstream), 0)
+        # The rate limit fake0 reported for gpt-4o; nothing queued or refused.
+        self.assertEqual({(l["model"], l["kind"]): v
+                          for l, v in m.series("bulwark_ratelimit_limit", upstream="fake0")},
+                         {("gpt-4o", "requests"): 500, ("gpt-4o", "tokens"): 30000})
+        self.assertEqual({(l["model"], l["kind"]): v
+                          for l, v in m.series("bulwark_ratelimit_remaining", upstream="fake0")},
+                         {("gpt-4o", "requests"): 499, ("gpt-4o", "tokens"): 28500})
+        self.assertEqual(m.value("bulwark_admission_queue_depth", upstream="fake0"), 0)
+        self.assertEqual(m.table("bulwark_admission_rejections_total", "reason", upstream="fake0"),
+                         {"queue_full": 0, "wait_exceeded": 0})
+        # Every request that names a model was admitted at once: 7 on fake0 (the 400 too; the
+        # stream cut and the Responses call included), plus the retries that came back to it.
+        self.assertEqual(m.value("bulwark_admission_wait_seconds_bucket", upstream="fake0",
+                                 le="0.01"),
+                         m.value("bulwark_admission_wait_seconds_count", upstream="fake0"))
         # The breaker: fake0 stayed closed; "down" opened once and turned one retry away.
         self.assertEqual(m.value("bulwark_circuit_breaker_state", upstream="fake0"), 0)
         self.assertEqual(m.value("bulwark_circuit_breaker_state", upstream="down"), 1)
@@ -511,7 +537,8 @@ class HealthTest(ObservabilityTestCase):
 
     def assert_service_shape(self, service: dict) -> None:
         self.assertEqual(set(service), {"circuitBreaker", "failureCount", "healthy",
-                                        "lastFailureTime", "inflight"})
+                                        "lastFailureTime", "inflight", "quotas"})
+        self.assertIs(type(service["quotas"]), dict)
         self.assertIn(service["circuitBreaker"], ("CLOSED", "OPEN", "HALF_OPEN"))
         self.assertIs(type(service["failureCount"]), int)
         self.assertIs(type(service["healthy"]), bool)
@@ -546,7 +573,7 @@ class HealthTest(ObservabilityTestCase):
         for service in doc["services"].values():
             self.assertEqual(service, {"circuitBreaker": "CLOSED", "failureCount": 0,
                                        "healthy": True, "lastFailureTime": None,
-                                       "inflight": 0})
+                                       "inflight": 0, "quotas": {}})
 
     def test_breaker_open_shows_down_then_recovers_to_ok(self):
         fake = self.start_fake()
@@ -616,9 +643,14 @@ class HealthTest(ObservabilityTestCase):
         self.assertIs(doc["services"]["primary"]["healthy"], False)
         self.assertGreaterEqual(doc["services"]["primary"]["failureCount"], 2)
         parse_iso(doc["services"]["primary"]["lastFailureTime"])
-        self.assertEqual(doc["services"]["fallback"], {
+        fallback = doc["services"]["fallback"]
+        self.assertEqual({k: v for k, v in fallback.items() if k != "quotas"}, {
             "circuitBreaker": "CLOSED", "failureCount": 0, "healthy": True,
             "lastFailureTime": None, "inflight": 0})
+        # The fallback answered gpt-4o-mini requests, without rate-limit headers: a quota
+        # that knows no limit yet.
+        self.assertEqual(fallback["quotas"]["gpt-4o-mini"]["tokens"]["limit"], None)
+        self.assertEqual(fallback["quotas"]["gpt-4o-mini"]["queued"], 0)
         # Requests now go straight to the fallback.
         self.assert_attempts(self.post(bulwark, chat_body()), 200, 1, "fallback")
 

@@ -296,11 +296,14 @@ class ServerHintTest(RetryTestCase):
         for name, headers in cases.items():
             with self.subTest(name):
                 self.fake.reset()
+                # A fresh process: a 429's explicit wait pauses its model's admission, which
+                # would hold the next case's request back.
+                bulwark = self.start_bulwark()
                 body = openai_error(f"Rate limit reached ({name}).", "requests",
                                     "rate_limit_exceeded")
                 self.fake.script([{"status": 429, "body": body, "headers": headers},
                                   {"body": chat_completion("must not be reached")}])
-                resp, elapsed = self.timed_chat()
+                resp, elapsed = self.timed_chat(bulwark=bulwark)
                 self.assertEqual(resp.status, 429)
                 self.assertEqual(resp.json(), body)
                 for key, value in headers:  # the hint itself reaches the client

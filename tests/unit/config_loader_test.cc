@@ -972,6 +972,35 @@ TEST(RouteConfigTest, ARouteOverridesOnlyWhatItNames) {
   EXPECT_EQ(config.default_route.retry, config.retry);
 }
 
+TEST(RouteConfigTest, AdmissionHasItsDefaultsAndARouteOverridesIt) {
+  const Config defaults = loadValid("");
+  EXPECT_TRUE(defaults.admission.enabled);
+  EXPECT_EQ(defaults.admission.max_queue, 1000);
+  EXPECT_EQ(defaults.admission.max_wait, seconds(30));
+  EXPECT_DOUBLE_EQ(defaults.admission.headroom, 0.02);
+  EXPECT_DOUBLE_EQ(defaults.admission.bytes_per_token, 4);
+  EXPECT_EQ(defaults.admission.default_output_tokens, 1000);
+  EXPECT_EQ(defaults.admission.image_tokens, 800);
+  EXPECT_EQ(defaults.default_route.admission, defaults.admission);
+
+  const Config config = loadValid(R"yaml(
+admission: {max_wait: 5s, headroom: 0.1}
+routes:
+  - name: batchy
+    match: {path: /v1/embeddings}
+    admission: {max_wait: 120s, max_queue: 10}
+  - name: off
+    match: {path: /v1/chat/completions}
+    admission: {enabled: false}
+)yaml");
+  EXPECT_EQ(config.default_route.admission.max_wait, seconds(5));
+  EXPECT_EQ(config.routes[0].admission.max_wait, seconds(120));
+  EXPECT_EQ(config.routes[0].admission.max_queue, 10);
+  EXPECT_DOUBLE_EQ(config.routes[0].admission.headroom, 0.1);  // from the top level
+  EXPECT_FALSE(config.routes[1].admission.enabled);
+  EXPECT_EQ(config.routes[1].admission.max_wait, seconds(5));
+}
+
 TEST(RouteConfigTest, TheFirstMatchingRouteApplies) {
   const Config config = loadValid(kRoutes);
   EXPECT_EQ(routeFor(config, "/v1/chat/completions", "o3-mini").name, "reasoning");
@@ -1010,6 +1039,14 @@ TEST(RouteConfigTest, MistakesAreErrorsWithTheirLine) {
       {"  - name: a\n    hedge: {after: 0s}\n", "routes[0].hedge.after", 6, "greater than 0"},
       {"  - name: a\n    hedge: {after: 1s, max: 5}\n", "routes[0].hedge.max", 6, "at most 3"},
       {"  - name: a\n    hedge: {max: 1}\n", "routes[0].hedge.after", 6, "required"},
+      {"  - name: a\n    admission: {headroom: 1}\n", "routes[0].admission.headroom", 6,
+       "less than 1"},
+      {"  - name: a\n    admission: {bytes_per_token: 0}\n", "routes[0].admission.bytes_per_token",
+       6, "greater than 0"},
+      {"  - name: a\n    admission: {max_queue: -1}\n", "routes[0].admission.max_queue", 6,
+       "at least 0"},
+      {"  - name: a\n    admission: {max_wiat: 1s}\n", "routes[0].admission.max_wiat", 6,
+       "unknown key"},
   };
   for (const Case& c : cases) {
     LoadResult result = load(base + c.routes);

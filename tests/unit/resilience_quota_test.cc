@@ -86,13 +86,82 @@ TEST(QuotaTest, ABucketRefillsAtTheRateTheHeadersImply) {
   EXPECT_EQ(v.tokens.until_full, milliseconds(0));
 }
 
-TEST(QuotaTest, HeadroomKeepsAShareFreeAndTooLargeNeverFits) {
+TEST(QuotaTest, HeadroomKeepsAShareFreeAndTooLargeWaitsForAFullBucket) {
   fakes::FakeClock clock;
   Quota quota;
   quota.observe(parseRateLimitHeaders(openAiHeaders(120, 20000, "0s")), clock.now());
-  EXPECT_FALSE(quota.tryReserve({1, 19700}, 0.02, clock.now()).admitted);  // 400 kept free
-  EXPECT_TRUE(quota.tryReserve({1, 19600}, 0.02, clock.now()).admitted);
-  EXPECT_EQ(quota.tryReserve({1, 30000}, 0.02, clock.now()).wait, Millis::max());
+  ASSERT_TRUE(quota.tryReserve({1, 1000}, 0.02, clock.now()).admitted);
+  EXPECT_FALSE(quota.tryReserve({1, 18700}, 0.02, clock.now()).admitted);  // 400 kept free
+  EXPECT_TRUE(quota.tryReserve({1, 18600}, 0.02, clock.now()).admitted);
+  quota.settle({1, 1000});
+  quota.settle({1, 18600});
+  // 10000 tokens left of 20000, refilling at 1/3 token per ms.
+  quota.observe(parseRateLimitHeaders(openAiHeaders(118, 10000, "30s")), clock.now());
+  // More than the limit less the headroom: it waits for a full bucket, then the upstream
+  // judges it.
+  Quota::Admission big = quota.tryReserve({1, 30000}, 0.02, clock.now());
+  EXPECT_FALSE(big.admitted);
+  EXPECT_EQ(big.wait, milliseconds(30000));
+  clock.advance(milliseconds(30000));
+  EXPECT_TRUE(quota.tryReserve({1, 30000}, 0.02, clock.now()).admitted);
+}
+
+TEST(QuotaTest, TheQueueIsFirstComeFirstServed) {
+  fakes::FakeClock clock;
+  Quota quota;
+  // 2000 tokens left, refilling at 1/3 token per ms.
+  quota.observe(parseRateLimitHeaders(openAiHeaders(100, 2000, "54s")), clock.now());
+  ASSERT_TRUE(quota.tryReserve({1, 1500}, 0, clock.now()).admitted);
+  // A large request does not fit: it queues.
+  Quota::Admission large = quota.tryReserve({1, 1000}, 0, clock.now());
+  ASSERT_FALSE(large.admitted);
+  EXPECT_EQ(large.wait, milliseconds(1500));
+  std::optional<Quota::Ticket> first = quota.enqueue({1, 1000}, 2);
+  ASSERT_TRUE(first.has_value());
+  // A small newcomer would fit, but waits behind it: for both to fit.
+  Quota::Admission small = quota.tryReserve({1, 100}, 0, clock.now());
+  EXPECT_FALSE(small.admitted);
+  EXPECT_EQ(small.wait, milliseconds(1800));
+  std::optional<Quota::Ticket> second = quota.enqueue({1, 100}, 2);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_FALSE(quota.enqueue({1, 1}, 2).has_value());  // max_queue reached
+  EXPECT_EQ(quota.queued(), 2u);
+  // The second ticket may not pass the first, even once its own cost fits.
+  clock.advance(milliseconds(600));
+  EXPECT_FALSE(quota.tryReserve({1, 100}, 0, clock.now(), *second).admitted);
+  clock.advance(milliseconds(900));
+  EXPECT_TRUE(quota.tryReserve({1, 1000}, 0, clock.now(), *first).admitted);
+  EXPECT_EQ(quota.queued(), 1u);
+  clock.advance(milliseconds(300));
+  EXPECT_TRUE(quota.tryReserve({1, 100}, 0, clock.now(), *second).admitted);
+  EXPECT_EQ(quota.queued(), 0u);
+}
+
+TEST(QuotaTest, ARequestThatLeavesTheQueueNoLongerHoldsOthersBack) {
+  fakes::FakeClock clock;
+  Quota quota;
+  quota.observe(parseRateLimitHeaders(openAiHeaders(100, 0, "60s")), clock.now());
+  std::optional<Quota::Ticket> gone = quota.enqueue({1, 5000}, 10);
+  ASSERT_TRUE(gone.has_value());
+  clock.advance(milliseconds(303));  // 101 tokens back
+  EXPECT_FALSE(quota.tryReserve({1, 100}, 0, clock.now()).admitted);
+  quota.leave(*gone);  // its client hung up
+  EXPECT_TRUE(quota.tryReserve({1, 100}, 0, clock.now()).admitted);
+}
+
+TEST(QuotaTest, ChargeCountsWhatReachedTheUpstreamWithoutHeaders) {
+  fakes::FakeClock clock;
+  Quota quota;
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 20000, "0s")), clock.now());
+  ASSERT_TRUE(quota.tryReserve({1, 5000}, 0, clock.now()).admitted);
+  quota.charge({1, 5000});  // a timeout after the request went out: the upstream counted it
+  Quota::View v = quota.view(clock.now());
+  EXPECT_EQ(v.tokens.reserved, 0);
+  EXPECT_EQ(v.tokens.remaining, 15000);
+  EXPECT_EQ(v.requests.remaining, 119);
+  ASSERT_TRUE(quota.tryReserve({1, 5000}, 0, clock.now()).admitted);
+  quota.release({1, 5000});  // a connect failure: never counted
+  EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 15000);
 }
 
 TEST(QuotaTest, ACooldownPausesEveryAdmissionUntilItEnds) {
