@@ -141,7 +141,13 @@ void Exchange::applyRoute(const config::RouteConfig& route) {
 }
 
 void Exchange::startBuffered() {
-  facts_ = readRequestFacts(request_.body);
+  // One pass over the body: the model and stream flag, and (when some route may admit by
+  // rate limit) what the request will cost.
+  resilience::CostCounter counter;
+  bool may_admit = config_->default_route.admission.enabled;
+  for (const config::RouteConfig& route : config_->routes) may_admit |= route.admission.enabled;
+  may_admit &= policies_apply_;
+  facts_ = readRequestFacts(request_.body, may_admit ? &counter : nullptr);
   applyRoute(config::routeFor(*config_, request_.path, facts_.model));
   if (config_->circuit_breaker.scope == config::BreakerScope::kUpstreamModel) {
     model_ = facts_.model;
@@ -152,7 +158,7 @@ void Exchange::startBuffered() {
     resilience::CostRules rules{admission.bytes_per_token,
                                 static_cast<double>(admission.default_output_tokens),
                                 static_cast<double>(admission.image_tokens)};
-    cost_ = resilience::estimateCost(request_.body, rules, generatesOutput(request_.path));
+    cost_ = counter.cost(rules, generatesOutput(request_.path));
   }
   admit(false);
 }

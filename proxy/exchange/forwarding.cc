@@ -166,9 +166,34 @@ struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder
   }
 };
 
+// Feeds every SAX event to the facts finder and the cost counter: one pass for both. The
+// finder's wish to stop early is ignored, since the cost needs the whole body.
+struct FactsAndCost : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsAndCost> {
+  FactsFinder& facts;
+  resilience::CostCounter& cost;
+  FactsAndCost(FactsFinder& f, resilience::CostCounter& c) : facts(f), cost(c) {}
+  bool Null() { return facts.Null(), cost.Null(), true; }
+  bool Bool(bool b) { return facts.Bool(b), cost.Bool(b), true; }
+  bool Int(int i) { return facts.Int(i), cost.Int(i), true; }
+  bool Uint(unsigned u) { return facts.Uint(u), cost.Uint(u), true; }
+  bool Int64(int64_t i) { return facts.Int64(i), cost.Int64(i), true; }
+  bool Uint64(uint64_t u) { return facts.Uint64(u), cost.Uint64(u), true; }
+  bool Double(double d) { return facts.Double(d), cost.Double(d), true; }
+  bool String(const char* s, rapidjson::SizeType len, bool copy) {
+    return facts.String(s, len, copy), cost.String(s, len, copy), true;
+  }
+  bool Key(const char* s, rapidjson::SizeType len, bool copy) {
+    return facts.Key(s, len, copy), cost.Key(s, len, copy), true;
+  }
+  bool StartObject() { return facts.StartObject(), cost.StartObject(), true; }
+  bool EndObject(rapidjson::SizeType n) { return facts.EndObject(n), cost.EndObject(n), true; }
+  bool StartArray() { return facts.StartArray(), cost.StartArray(), true; }
+  bool EndArray(rapidjson::SizeType n) { return facts.EndArray(n), cost.EndArray(n), true; }
+};
+
 }  // namespace
 
-RequestFacts readRequestFacts(std::string_view body) {
+RequestFacts readRequestFacts(std::string_view body, resilience::CostCounter* cost) {
   if (body.empty() || body.front() != '{') return {};
   rapidjson::MemoryStream stream(body.data(), body.size());
   FactsFinder finder(stream);
@@ -180,7 +205,13 @@ RequestFacts readRequestFacts(std::string_view body) {
   finder.last_model_wins =
       first != std::string_view::npos && body.find("\"model\"", first + 1) != std::string_view::npos;
   rapidjson::Reader reader;
-  reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream, finder);
+  if (cost != nullptr) {
+    FactsAndCost both(finder, *cost);
+    reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream, both);
+  } else {
+    reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream,
+                                                                                     finder);
+  }
   RequestFacts& facts = finder.facts;
   if (facts.model_end > 0) {
     // Between the key and the end of its value: whitespace, ':', whitespace, the string.

@@ -7,6 +7,7 @@
 
 #include "config/config.h"
 #include "proxy/http/header.h"
+#include "proxy/resilience/request_cost.h"
 
 namespace bulwark::exchange {
 
@@ -34,7 +35,9 @@ struct RequestFacts {
   std::size_t model_begin = 0;
   std::size_t model_end = 0;
 };
-RequestFacts readRequestFacts(std::string_view body);
+// With `cost`, the same pass also feeds the rate-limit cost estimate (and reads the whole body
+// for it): a body is parsed once.
+RequestFacts readRequestFacts(std::string_view body, resilience::CostCounter* cost = nullptr);
 std::string requestModel(std::string_view body);
 
 // The model name to send to `upstream` for the client's `model`: upstream.models[model],

@@ -8,7 +8,13 @@
 // output, such as embeddings). One bounded SAX pass; pure.
 #pragma once
 
+#include <rapidjson/reader.h>
+
+#include <initializer_list>
+#include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "proxy/resilience/quota.h"
 
@@ -21,5 +27,42 @@ struct CostRules {
 };
 
 QuotaCost estimateCost(std::string_view body, const CostRules& rules, bool generates_output);
+
+// The SAX handler behind estimateCost(), for a caller that reads other facts of the body in
+// the same pass. It walks the JSON keeping the path of the current value (object keys, and
+// "[]" for array elements) and adds up the strings found at the prompt-text paths.
+class CostCounter : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, CostCounter> {
+ public:
+  QuotaCost cost(const CostRules& rules, bool generates_output) const;
+
+  bool Key(const char* s, rapidjson::SizeType len, bool copy);
+  bool String(const char* s, rapidjson::SizeType len, bool copy);
+  bool Int(int v) { return number(v); }
+  bool Uint(unsigned v) { return number(v); }
+  bool Int64(int64_t v) { return number(static_cast<double>(v)); }
+  bool Uint64(uint64_t v) { return number(static_cast<double>(v)); }
+  bool Double(double v) { return number(v); }
+  bool Default() { return true; }
+  bool StartObject();
+  bool EndObject(rapidjson::SizeType);
+  bool StartArray();
+  bool EndArray(rapidjson::SizeType);
+
+ private:
+  struct Level {
+    bool object;
+    std::string key;  // in an object: the key of the value being read
+  };
+  std::string_view at(std::size_t i) const;
+  bool pathIs(std::initializer_list<std::string_view> want) const;
+  bool promptText() const;
+  bool partType() const;
+  bool number(double value);
+
+  std::vector<Level> levels_;
+  double text_bytes_ = 0;
+  int images_ = 0;
+  std::optional<double> output_cap_;
+};
 
 }  // namespace bulwark::resilience

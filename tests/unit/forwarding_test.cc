@@ -94,6 +94,34 @@ TEST(RequestModelTest, FindsTheTopLevelModelOnly) {
   EXPECT_EQ(requestModel(std::string(100000, '[')), "");
 }
 
+TEST(RequestModelTest, OnePassReadsTheFactsAndTheCostAlike) {
+  const std::vector<std::string> bodies{
+      R"({"model":"gpt-4o-mini","stream":true,"max_tokens":50,)"
+      R"("messages":[{"role":"user","content":"12345678"}]})",
+      // The model first: the facts alone stop there; the cost reads on to the end.
+      R"({"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":"abcd"},)"
+      R"({"type":"image_url","image_url":{"url":"x"}}]}],"max_completion_tokens":7})",
+      R"({"model":"a","model":"b","input":"12345678"})",
+      R"({"model":"a")",
+      "not json",
+  };
+  resilience::CostRules rules;
+  for (const std::string& body : bodies) {
+    resilience::CostCounter counter;
+    RequestFacts both = readRequestFacts(body, &counter);
+    RequestFacts alone = readRequestFacts(body);
+    EXPECT_EQ(both.model, alone.model) << body;
+    EXPECT_EQ(both.stream, alone.stream) << body;
+    EXPECT_EQ(both.model_begin, alone.model_begin) << body;
+    EXPECT_EQ(both.model_end, alone.model_end) << body;
+    resilience::QuotaCost cost = counter.cost(rules, true);
+    EXPECT_EQ(cost.tokens, resilience::estimateCost(body, rules, true).tokens) << body;
+  }
+  resilience::CostCounter counter;
+  readRequestFacts(bodies[1], &counter);
+  EXPECT_EQ(counter.cost(rules, true).tokens, 1 + 800 + 7);  // 4 bytes, an image, the cap
+}
+
 // ---- provider adaptation ----
 
 config::UpstreamConfig azure(std::string api_key = "") {
