@@ -24,16 +24,19 @@ std::optional<std::string_view> findHeader(const Headers& headers, std::string_v
   return std::nullopt;
 }
 
-static std::string_view trim(std::string_view s) {
+std::string_view trimWhitespace(std::string_view s, bool and_line_ends) {
+  auto space = [&](char c) {
+    return c == ' ' || c == '\t' || (and_line_ends && (c == '\r' || c == '\n'));
+  };
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  while (!s.empty() && space(s.back())) s.remove_suffix(1);
   return s;
 }
 
 bool headerHasToken(std::string_view value, std::string_view token) {
   while (!value.empty()) {
     size_t comma = value.find(',');
-    std::string_view item = trim(value.substr(0, comma));
+    std::string_view item = trimWhitespace(value.substr(0, comma));
     if (equalsIgnoreCase(item, token)) return true;
     if (comma == std::string_view::npos) break;
     value.remove_prefix(comma + 1);

@@ -25,4 +25,8 @@ std::optional<std::string_view> findHeader(const Headers& headers, std::string_v
 // Connection: keep-alive, Upgrade.
 bool headerHasToken(std::string_view value, std::string_view token);
 
+// `s` without leading and trailing spaces and tabs (optional whitespace around a header value;
+// `and_line_ends` also drops trailing CR and LF, for a raw header line).
+std::string_view trimWhitespace(std::string_view s, bool and_line_ends = false);
+
 }  // namespace bulwark::http

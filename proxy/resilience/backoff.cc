@@ -14,11 +14,7 @@ namespace {
 // far below where milliseconds would overflow.
 constexpr std::uint64_t kMaxWaitMs = 1'000'000'000'000;
 
-std::string_view trimWhitespace(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
+using http::trimWhitespace;
 
 bool isDigit(char c) {
   return c >= '0' && c <= '9';

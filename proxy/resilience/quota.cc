@@ -14,9 +14,7 @@ namespace {
 std::optional<double> number(const http::Headers& headers, std::string_view name) {
   std::optional<std::string_view> value = http::findHeader(headers, name);
   if (!value) return std::nullopt;
-  std::string_view v = *value;
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  std::string_view v = http::trimWhitespace(*value);
   double out = 0;
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
   if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(out) || out < 0) {
@@ -28,10 +26,7 @@ std::optional<double> number(const http::Headers& headers, std::string_view name
 std::optional<Millis> duration(const http::Headers& headers, std::string_view name) {
   std::optional<std::string_view> value = http::findHeader(headers, name);
   if (!value) return std::nullopt;
-  std::string_view v = *value;
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  return parseGoDuration(v);
+  return parseGoDuration(http::trimWhitespace(*value));
 }
 
 }  // namespace

@@ -9,14 +9,6 @@ namespace bulwark::upstream {
 
 namespace {
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() &&
-         (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
-    s.remove_suffix(1);
-  }
-  return s;
-}
 
 TransferError classifyCurlCode(CURLcode code, bool request_sent) {
   switch (code) {
@@ -293,7 +285,7 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
     }
     return len;
   }
-  std::string_view trimmed = trim(line);
+  std::string_view trimmed = http::trimWhitespace(line, /*and_line_ends=*/true);
   if (trimmed.empty()) {
     if (head.status >= 200) {
       if (http::findHeader(head.headers, "transfer-encoding")) head.content_length.reset();
@@ -325,8 +317,8 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
   }
   size_t colon = trimmed.find(':');
   if (colon == std::string_view::npos) return len;
-  http::Header h{std::string(trim(trimmed.substr(0, colon))),
-                 std::string(trim(trimmed.substr(colon + 1)))};
+  http::Header h{std::string(http::trimWhitespace(trimmed.substr(0, colon))),
+                 std::string(http::trimWhitespace(trimmed.substr(colon + 1)))};
   if (http::equalsIgnoreCase(h.name, "content-length")) {
     std::uint64_t n = 0;
     auto [ptr, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), n);
