@@ -625,10 +625,11 @@ upstream::AttemptObserver::Flow Exchange::onData(Try& t, const char* data, std::
   using Flow = upstream::AttemptObserver::Flow;
   if (!t.first_byte_seen) {
     t.first_byte_seen = true;
-    std::chrono::duration<double> ttfb = context_.clock.now() - t.started;
-    context_.metrics.timeToFirstByte(t.upstream->name, ttfb.count());
-    t.lease.health()->ttfb().record(
-        facts_.model, std::chrono::duration_cast<resilience::Millis>(context_.clock.now() - t.started));
+    resilience::SteadyTime::duration ttfb = context_.clock.now() - t.started;
+    context_.metrics.timeToFirstByte(t.upstream->name,
+                                     std::chrono::duration<double>(ttfb).count());
+    t.lease.health()->ttfb().record(facts_.model,
+                                    std::chrono::duration_cast<resilience::Millis>(ttfb));
   }
   // A race's loser, or any late bytes once the response is over: not the client's.
   if (phase_ == Phase::kFinished || (phase_ == Phase::kCommitted && &t != committed_)) {

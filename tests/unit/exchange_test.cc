@@ -49,10 +49,11 @@ class FakeTransfer final : public upstream::Transfer {
 
   // The upstream answers with `status` and `body`, whole. May destroy this transfer.
   void answer(int status, const std::string& body = "{}",
-              const std::string& type = "application/json") {
+              const std::string& type = "application/json", http::Headers extra = {}) {
     upstream::ResponseHead head;
     head.status = status;
     head.headers = {{"content-type", type}};
+    for (http::Header& h : extra) head.headers.push_back(std::move(h));
     head.content_length = body.size();
     observer.onRequestStart();
     observer.onHead(head);
@@ -159,6 +160,19 @@ class ExchangeTest : public ::testing::Test {
   void leave() { exchanges_.pop_back(); }
   // Runs what is due on the loop (a zero-length backoff wait).
   void turnLoop() { event_base_loop(base_, EVLOOP_NONBLOCK); }
+
+  // The rate limit of gpt-4o on "main", as a response's headers would report it: 1000 tokens
+  // a minute, `tokens_left` of them left (refilling at 1/60 token per ms).
+  resilience::Quota& quotaReports(int tokens_left) {
+    resilience::Quota& quota = registry_.find("main")->quotaFor("gpt-4o");
+    long long reset_ms = (1000 - tokens_left) * 60;
+    quota.observe(resilience::parseRateLimitHeaders(
+                      {{"x-ratelimit-limit-tokens", "1000"},
+                       {"x-ratelimit-remaining-tokens", std::to_string(tokens_left)},
+                       {"x-ratelimit-reset-tokens", std::to_string(reset_ms) + "ms"}}),
+                  clock_.now());
+    return quota;
+  }
 
   resilience::CircuitBreaker& breaker() { return registry_.find("main")->breakerFor(""); }
   int inflight() { return registry_.find("main")->inflight(); }
@@ -411,6 +425,81 @@ TEST_F(ExchangeTest, AHedgeThatWinsAloneAfterTheFirstFailedIsCountedWon) {
   EXPECT_EQ(attempts("200"), 1);
   EXPECT_EQ(metric("bulwark_hedges_total", {{"upstream", "main"}, {"result", "won"}}), 1);
   EXPECT_EQ(metric("bulwark_hedges_total", {{"upstream", "main"}, {"result", "cancelled"}}), 0);
+}
+
+// ---- quota-aware admission ----
+
+constexpr char kCosts100[] = R"({"model":"gpt-4o","max_tokens":100})";  // 100 tokens
+
+TEST_F(ExchangeTest, AReservationIsHeldInFlightAndSettledByTheHead) {
+  resilience::Quota& quota = quotaReports(1000);
+  Exchange& ex = request(kCosts100);
+  ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting);
+  EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 100);
+  attempts_.current()->answer(200, "{}", "application/json",
+                              {{"x-ratelimit-limit-tokens", "1000"},
+                               {"x-ratelimit-remaining-tokens", "900"}});
+  resilience::Quota::View v = quota.view(clock_.now());
+  EXPECT_EQ(v.tokens.reserved, 0);
+  EXPECT_EQ(v.tokens.remaining, 900);  // the headers counted it: not twice
+  EXPECT_EQ(metric("bulwark_ratelimit_remaining",
+                   {{"upstream", "main"}, {"model", "gpt-4o"}, {"kind", "tokens"}}),
+            900);
+}
+
+// (Here one counted failure opens the breaker: each case is a test of its own.)
+TEST_F(ExchangeTest, ARequestThatNeverReachedTheUpstreamGivesItsReservationBack) {
+  resilience::Quota& quota = quotaReports(1000);
+  request(kCosts100);
+  ASSERT_EQ(quota.view(clock_.now()).tokens.reserved, 100);
+  attempts_.current()->observer.onDone(TransferError::kConnect, "refused");
+  resilience::Quota::View v = quota.view(clock_.now());
+  EXPECT_EQ(v.tokens.reserved, 0);
+  EXPECT_EQ(v.tokens.remaining, 1000);
+}
+
+TEST_F(ExchangeTest, ARequestThatWentOutWithoutAnAnswerIsCharged) {
+  resilience::Quota& quota = quotaReports(1000);
+  request(kCosts100);
+  attempts_.current()->observer.onRequestStart();
+  attempts_.current()->observer.onDone(TransferError::kFirstByteTimeout, "slow");
+  resilience::Quota::View v = quota.view(clock_.now());
+  EXPECT_EQ(v.tokens.reserved, 0);
+  EXPECT_EQ(v.tokens.remaining, 900);  // the upstream counted it
+}
+
+TEST_F(ExchangeTest, ARequestThatDoesNotFitWaitsAndIsAdmittedOnceTheRefillMakesRoom) {
+  resilience::Quota& quota = quotaReports(0);
+  Exchange& ex = request(kCosts100);
+  ASSERT_EQ(ex.phase(), Exchange::Phase::kQueued);
+  EXPECT_TRUE(attempts_.urls.empty());
+  EXPECT_EQ(quota.queued(), 1u);
+  EXPECT_EQ(metric("bulwark_admission_queue_depth", {{"upstream", "main"}}), 1);
+  EXPECT_EQ(inflight(), 0);  // no in-flight slot (or probe) is held while queued
+  // 100 tokens and the 2 % headroom (20) take 7.2 s of refill.
+  clock_.advance(std::chrono::milliseconds(7300));
+  event_base_loop(base_, EVLOOP_ONCE);  // the queue timer (at most 100 ms of real time)
+  ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting);
+  EXPECT_EQ(attempts_.urls.size(), 1u);
+  EXPECT_EQ(quota.queued(), 0u);
+  EXPECT_EQ(metric("bulwark_admission_queue_depth", {{"upstream", "main"}}), 0);
+  EXPECT_GE(metric("bulwark_admission_wait_seconds_sum", {{"upstream", "main"}}), 7.3);
+}
+
+TEST_F(ExchangeTest, LeavingOrShutdownWhileQueuedFreesThePlaceAndSendsNothing) {
+  resilience::Quota& quota = quotaReports(0);
+  request(kCosts100);
+  Exchange& second = request(kCosts100);
+  ASSERT_EQ(quota.queued(), 2u);
+  second.terminate();
+  EXPECT_EQ(sink().status, 503);
+  EXPECT_EQ(quota.queued(), 1u);
+  exchanges_.front().reset();  // the first one's client leaves
+  EXPECT_EQ(quota.queued(), 0u);
+  EXPECT_EQ(requests("499"), 1);
+  EXPECT_EQ(metric("bulwark_admission_queue_depth", {{"upstream", "main"}}), 0);
+  EXPECT_TRUE(attempts_.urls.empty());
+  EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
 }
 
 TEST_F(ExchangeTest, ShutdownEndsEachPhaseOnce) {
