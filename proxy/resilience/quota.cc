@@ -55,12 +55,13 @@ void Quota::Bucket::refill(SteadyTime now) {
 }
 
 void Quota::Bucket::observe(std::optional<double> new_limit, std::optional<double> new_remaining,
-                            std::optional<Millis> reset, SteadyTime now) {
+                            std::optional<Millis> reset, SteadyTime now, SteadyTime seen_as_of) {
   refill(now);
   if (new_limit && *new_limit > 0) limit = *new_limit;
   if (!new_remaining) return;
+  if (seen_as_of < as_of) return;  // stale: a newer view is held already
+  as_of = seen_as_of;
   remaining = limit > 0 ? std::min(*new_remaining, limit) : *new_remaining;
-  updated = now;
   // The server refills (limit - remaining) within `reset`: that is its speed. Without a
   // usable reset, a per-minute limit refills over a minute.
   if (limit > 0 && reset && reset->count() > 0 && remaining < limit) {
@@ -68,6 +69,9 @@ void Quota::Bucket::observe(std::optional<double> new_limit, std::optional<doubl
   } else if (limit > 0 && rate_per_ms == 0) {
     rate_per_ms = limit / 60000.0;
   }
+  // What it refilled between the server's count and now.
+  updated = std::min(seen_as_of, now);
+  refill(now);
 }
 
 std::optional<Millis> Quota::Bucket::waitFor(double amount, double keep) const {
@@ -93,10 +97,12 @@ Quota::BucketView Quota::Bucket::view(SteadyTime now) const {
   return v;
 }
 
-void Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
+void Quota::observe(const RateLimitHeaders& h, SteadyTime now) { observe(h, now, now); }
+
+void Quota::observe(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of) {
   std::lock_guard lock(mutex_);
-  requests_.observe(h.limit_requests, h.remaining_requests, h.reset_requests, now);
-  tokens_.observe(h.limit_tokens, h.remaining_tokens, h.reset_tokens, now);
+  requests_.observe(h.limit_requests, h.remaining_requests, h.reset_requests, now, as_of);
+  tokens_.observe(h.limit_tokens, h.remaining_tokens, h.reset_tokens, now, as_of);
 }
 
 Quota::Admission Quota::tryReserve(const QuotaCost& cost, double headroom, SteadyTime now,

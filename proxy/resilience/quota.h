@@ -55,8 +55,13 @@ class Quota {
   // The wait a queued request is told when only those ahead of it hold it back.
   static constexpr Millis kQueueRecheck{10};
 
-  // A response's headers: the buckets take what the server says it has left.
+  // A response's headers: the buckets take what the server says it has left. `as_of` is when
+  // the server counted it: when its request was sent, which can be long before the answer
+  // (a generation takes seconds), so answers arrive out of order. An older view than the one
+  // held is stale (requests it does not count may have been settled by newer ones) and only
+  // its limit is taken; a newer one is refilled from `as_of` to `now`.
   void observe(const RateLimitHeaders& headers, SteadyTime now);
+  void observe(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of);
   // Reserves `cost` if it fits, keeping `headroom` (a share of each limit) free, and nothing
   // queued is ahead of it: a newcomer (ticket 0) is behind every queued request, a queued one
   // behind those with smaller tickets (an admitted ticket leaves the queue). Without a wait
@@ -96,7 +101,8 @@ class Quota {
     SteadyTime updated{};
     void refill(SteadyTime now);
     void observe(std::optional<double> limit, std::optional<double> remaining,
-                 std::optional<Millis> reset, SteadyTime now);
+                 std::optional<Millis> reset, SteadyTime now, SteadyTime as_of);
+    SteadyTime as_of{};  // when the server counted the view `remaining` came from
     // How long until `amount` fits under the limit less `keep`; 0 when it fits now.
     std::optional<Millis> waitFor(double amount, double keep) const;
     BucketView view(SteadyTime now) const;

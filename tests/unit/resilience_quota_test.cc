@@ -149,6 +149,27 @@ TEST(QuotaTest, ARequestThatLeavesTheQueueNoLongerHoldsOthersBack) {
   EXPECT_TRUE(quota.tryReserve({1, 100}, 0, clock.now()).admitted);
 }
 
+TEST(QuotaTest, AnswersArrivingOutOfOrderNeverRaiseTheViewWithAStaleCount) {
+  fakes::FakeClock clock;
+  Quota quota;
+  const SteadyTime start = clock.now();
+  // Request A went out at start, B 100 ms later; B's answer (which counts A and B) comes
+  // first, then A's, whose headers were taken before B was counted.
+  ASSERT_TRUE(quota.tryReserve({1, 3000}, 0, clock.now()).admitted);  // A
+  clock.advance(milliseconds(100));
+  ASSERT_TRUE(quota.tryReserve({1, 3000}, 0, clock.now()).admitted);  // B
+  clock.advance(milliseconds(200));
+  quota.observe(parseRateLimitHeaders(openAiHeaders(118, 14000, "18s")), clock.now(),
+                start + milliseconds(100));
+  quota.settle({1, 3000});  // B
+  clock.advance(milliseconds(100));
+  quota.observe(parseRateLimitHeaders(openAiHeaders(119, 17000, "9s")), clock.now(), start);
+  quota.settle({1, 3000});  // A
+  // 14000 as of 100 ms, refilled at 1/3 token per ms for 300 ms since: A's stale 17000 is not
+  // taken.
+  EXPECT_NEAR(quota.view(clock.now()).tokens.remaining, 14100, 0.01);
+}
+
 TEST(QuotaTest, ChargeCountsWhatReachedTheUpstreamWithoutHeaders) {
   fakes::FakeClock clock;
   Quota quota;
