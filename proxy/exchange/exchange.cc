@@ -362,7 +362,8 @@ void Exchange::observeRateLimit(Try& t) {
   if (t.quota == nullptr) return;
   resilience::RateLimitHeaders limits = resilience::parseRateLimitHeaders(t.head.headers);
   if (limits.any()) {
-    t.quota->observe(limits, context_.clock.now());
+    // The upstream counted the request, and took this view of its quota, when it arrived.
+    t.quota->observe(limits, context_.clock.now(), t.sent ? t.sent_at : t.started);
     context_.metrics.rateLimit(t.upstream->name, facts_.model, "requests", limits.limit_requests,
                                limits.remaining_requests);
     context_.metrics.rateLimit(t.upstream->name, facts_.model, "tokens", limits.limit_tokens,
@@ -443,7 +444,9 @@ void Exchange::failBody() {
   }
 }
 
-void Exchange::onRequestStart() {
+void Exchange::onRequestStart(Try& t) {
+  t.sent = true;
+  t.sent_at = context_.clock.now();
   // The upstream is connected and the request about to go: a client waiting for
   // "100 Continue" may send its body now.
   if (streamed_) sink_.sendContinue();

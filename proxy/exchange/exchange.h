@@ -83,10 +83,7 @@ class Exchange final : public server::ActiveRequest {
     void onDone(upstream::TransferError error, const std::string& detail) override {
       exchange.onDone(*this, error, detail);  // may destroy this try: nothing after it
     }
-    void onRequestStart() override {
-      sent = true;
-      exchange.onRequestStart();
-    }
+    void onRequestStart() override { exchange.onRequestStart(*this); }
     BodyRead readBody(char* out, std::size_t max) override { return exchange.readBody(out, max); }
     void onBodySent(std::uint64_t bytes) override { exchange.onBodySent(*this, bytes); }
     bool isEventStream() const;
@@ -114,6 +111,7 @@ class Exchange final : public server::ActiveRequest {
     resilience::Quota* quota = nullptr;
     bool reserved = false;
     bool sent = false;  // connected, and the request went out
+    resilience::SteadyTime sent_at;  // when it went out: when the upstream counts it
   };
 
   // How an attempt ended, for endAttempt().
@@ -140,7 +138,7 @@ class Exchange final : public server::ActiveRequest {
   void onHead(Try& t, const upstream::ResponseHead& head);
   upstream::AttemptObserver::Flow onData(Try& t, const char* data, std::size_t len);
   void onDone(Try& t, upstream::TransferError error, const std::string& detail);
-  void onRequestStart();
+  void onRequestStart(Try& t);
   upstream::AttemptObserver::BodyRead readBody(char* out, std::size_t max);
   void onBodySent(Try& t, std::uint64_t bytes);
 
