@@ -173,6 +173,21 @@ struct AdmissionConfig {
   bool operator==(const AdmissionConfig&) const = default;
 };
 
+// Fleet mode: the sidecars of a fleet share breaker and rate-limit state through one Redis.
+// Absent: a single process, local state only.
+struct ClusterConfig {
+  std::string redis;                 // as written: redis://[[user]:password@]host[:port][/db]
+  std::string host;                  // parsed from `redis`
+  std::uint16_t port = 6379;
+  std::string user;                  // empty: the default user (AUTH <password>)
+  std::string password;              // empty: no AUTH
+  int db = 0;
+  std::string key_prefix = "bulwark:default:";
+  Duration timeout = 50ms;           // the longest a request waits on Redis
+  Duration sync_interval = 1s;       // how often shared state is refreshed from Redis
+  bool operator==(const ClusterConfig&) const = default;
+};
+
 // One entry of `routes:`, with its settings resolved: the top level's, overridden by the
 // route's own. The default route (no entry matched) is the top level itself.
 struct RouteConfig {
@@ -195,6 +210,7 @@ struct Config {
   LogConfig log;
   MetricsConfig metrics;
   AdmissionConfig admission;
+  std::optional<ClusterConfig> cluster;
   std::vector<RouteConfig> routes;  // in order: the first that matches applies
   RouteConfig default_route;        // name "default": the top-level settings, every upstream
   // Lets a SIGHUP reload tell what changed, and tests compare whole configs.

@@ -489,11 +489,69 @@ void readAdmission(MappingReader admission, AdmissionConfig& out) {
   admission.finish();
 }
 
+// ---- cluster ----
+
+// Splits redis://[[user]:password@]host[:port][/db] into `out`; what is wrong with it, if
+// anything. Never quotes the URL: it may carry a password.
+std::optional<std::string> readRedisUrl(std::string_view url, ClusterConfig& out) {
+  if (url.starts_with("rediss://")) {
+    return "rediss:// (TLS) needs hiredis 1.0 or later, and Debian 12 ships 0.14: use redis:// "
+           "to a TLS tunnel on loopback (stunnel, or your Redis provider's proxy)";
+  }
+  if (!url.starts_with("redis://")) return "must start with redis://";
+  std::string_view rest = url.substr(8);
+  const bool has_control = std::any_of(url.begin(), url.end(), [](char c) {
+    return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f;
+  });
+  if (has_control) return "must not contain spaces or control characters";
+  std::string_view authority = rest.substr(0, rest.find('/'));
+  std::string_view path = rest.substr(authority.size());
+  if (std::size_t at = authority.rfind('@'); at != std::string_view::npos) {
+    std::string_view credentials = authority.substr(0, at);
+    authority = authority.substr(at + 1);
+    std::size_t colon = credentials.find(':');
+    if (colon == std::string_view::npos) return "credentials must be user:password@ or :password@";
+    out.user = std::string(credentials.substr(0, colon));
+    out.password = std::string(credentials.substr(colon + 1));
+  }
+  if (!isAuthority(authority)) return "must have a valid host and optional port";
+  const std::size_t colon = authority.rfind(':');
+  const std::size_t bracket = authority.rfind(']');
+  const bool has_port =
+      colon != std::string_view::npos && (bracket == std::string_view::npos || colon > bracket);
+  std::string_view host = has_port ? authority.substr(0, colon) : authority;
+  if (host.starts_with('[') && host.ends_with(']')) host = host.substr(1, host.size() - 2);
+  out.host = std::string(host);
+  if (has_port) out.port = parseListenAddress(authority).value_or(ListenAddress{}).port;
+  if (!path.empty() && path != "/") {
+    std::optional<int> db = parseInteger(path.substr(1));
+    if (!db || *db < 0 || *db > 15) return "the database after / must be a number from 0 to 15";
+    out.db = static_cast<int>(*db);
+  }
+  return std::nullopt;
+}
+
+void readCluster(MappingReader cluster, std::optional<ClusterConfig>& out) {
+  ClusterConfig config;
+  if (cluster.require("redis")) {
+    cluster.readString("redis", config.redis);
+    std::optional<std::string> problem = readRedisUrl(config.redis, config);
+    if (problem) cluster.check("redis", false, *problem);
+  }
+  cluster.readString("key_prefix", config.key_prefix);
+  cluster.check("key_prefix", !config.key_prefix.empty() && !hasLineBreak(config.key_prefix),
+                "must be non-empty, on one line");
+  readPositiveDuration(cluster, "timeout", config.timeout);
+  readPositiveDuration(cluster, "sync_interval", config.sync_interval);
+  cluster.finish();
+  out = std::move(config);
+}
+
 // ---- routes ----
 
 // Top-level sections a route cannot override: they belong to the process or the upstream.
-constexpr std::array<std::string_view, 5> kNotPerRoute{"server", "circuit_breaker", "log",
-                                                       "metrics", "routes"};
+constexpr std::array<std::string_view, 6> kNotPerRoute{"server", "circuit_breaker", "log",
+                                                       "metrics", "routes", "cluster"};
 
 void readRouteMatch(MappingReader match, RouteMatch& out) {
   match.readString("path", out.path);
@@ -628,6 +686,9 @@ Config readConfig(LoadContext& context, const YAML::Node& document) {
   readLog(root.section("log"), config.log);
   readMetrics(root.section("metrics"), config.metrics);
   readAdmission(root.section("admission"), config.admission);
+  if (const YAML::Node* cluster = root.find("cluster"); cluster != nullptr && !cluster->IsNull()) {
+    readCluster(root.section("cluster"), config.cluster);
+  }
   readRoutes(root, config);  // after timeouts and retry: a route starts from them
   root.finish();
   return config;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Renders the shipped proxy.yaml into the README's configuration reference table, and its
-commented routes example into the README's Routes section.
+commented routes example into the README's Routes section. An optional section shipped
+commented out (between "# optional:start" and "# optional:end") is in the table too.
 
 Both are generated from the file itself, so the README cannot drift from it:
   scripts/config_reference.py --write   # refresh README.md
@@ -17,6 +18,14 @@ EXAMPLE_START = "<!-- routes-example:start -->"
 EXAMPLE_END = "<!-- routes-example:end -->"
 YAML_EXAMPLE_START = "# routes-example:start"
 YAML_EXAMPLE_END = "# routes-example:end"
+OPTIONAL = re.compile(r"^# optional:start\n(.*?)^# optional:end\n", re.S | re.M)
+
+
+def uncomment_optional(yaml_text: str) -> str:
+    """The shipped file with its commented-out optional sections as live YAML."""
+    return OPTIONAL.sub(
+        lambda m: "".join(line[2:] if line.startswith("# ") else line.lstrip("#")
+                          for line in m.group(1).splitlines(keepends=True)), yaml_text)
 LINE = re.compile(r'^(?P<indent>\s*)(?P<dash>- )?(?P<key>"[^"]+"|[A-Za-z0-9_]+):\s*(?P<value>.*?)\s*(#\s*(?P<comment>.*))?$')
 
 
@@ -78,7 +87,7 @@ def main() -> int:
               file=sys.stderr)
         return 1
     yaml_text = (ROOT / "proxy.yaml").read_text()
-    updated = replace_between(text, START, END, table(yaml_text))
+    updated = replace_between(text, START, END, table(uncomment_optional(yaml_text)))
     updated = replace_between(updated, EXAMPLE_START, EXAMPLE_END,
                               "```yaml\n" + routes_example(yaml_text) + "\n```")
     if mode == "--write":

@@ -170,6 +170,26 @@ TEST(ShippedConfigTest, ItsRoutesExampleLoadsAndRoutesAsTheReadmeSays) {
   EXPECT_EQ(config.upstreams[1].models.at("gpt-4o"), "my-gpt4o");
 }
 
+TEST(ShippedConfigTest, ItsCommentedClusterSectionLoadsWhenUncommented) {
+  std::istringstream text(readShippedConfig());
+  std::string uncommented;
+  bool optional = false;
+  for (std::string line; std::getline(text, line);) {
+    if (line == "# optional:start" || line == "# optional:end") {
+      optional = line == "# optional:start";
+      continue;
+    }
+    uncommented += (optional && line.rfind("# ", 0) == 0 ? line.substr(2) : line) + "\n";
+  }
+  const Config config =
+      loadValid(uncommented, {{"BULWARK_REDIS_URL", "redis://:pw@redis.bulwark.svc:6379/1"}});
+  ASSERT_TRUE(config.cluster.has_value());
+  EXPECT_EQ(config.cluster->host, "redis.bulwark.svc");
+  EXPECT_EQ(config.cluster->db, 1);
+  EXPECT_EQ(config.cluster->key_prefix, "bulwark:default:");
+  EXPECT_EQ(config.cluster->timeout, milliseconds(50));
+}
+
 TEST(ShippedConfigTest, LoadsCleanlyAndEqualsTheDefaults) {
   const std::string text = readShippedConfig();
   ASSERT_FALSE(text.empty()) << "cannot read " << shippedConfigPath();
@@ -999,6 +1019,59 @@ routes:
   EXPECT_DOUBLE_EQ(config.routes[0].admission.headroom, 0.1);  // from the top level
   EXPECT_FALSE(config.routes[1].admission.enabled);
   EXPECT_EQ(config.routes[1].admission.max_wait, seconds(5));
+}
+
+TEST(ClusterConfigTest, AbsentMeansOneProcessAndAUrlIsSplitUp) {
+  EXPECT_FALSE(loadValid("").cluster.has_value());
+  EXPECT_FALSE(loadValid("cluster:\n").cluster.has_value());
+  const Config config = loadValid(
+      "cluster:\n  redis: ${REDIS_URL}\n  timeout: 20ms\n",
+      {{"REDIS_URL", "redis://bulwark:s3cret@redis.internal:6380/2"}});
+  ASSERT_TRUE(config.cluster.has_value());
+  const ClusterConfig& c = *config.cluster;
+  EXPECT_EQ(c.host, "redis.internal");
+  EXPECT_EQ(c.port, 6380);
+  EXPECT_EQ(c.user, "bulwark");
+  EXPECT_EQ(c.password, "s3cret");
+  EXPECT_EQ(c.db, 2);
+  EXPECT_EQ(c.key_prefix, "bulwark:default:");
+  EXPECT_EQ(c.timeout, milliseconds(20));
+  EXPECT_EQ(c.sync_interval, seconds(1));
+  const ClusterConfig plain = *loadValid("cluster: {redis: \"redis://[::1]\"}\n").cluster;
+  EXPECT_EQ(plain.host, "::1");
+  EXPECT_EQ(plain.port, 6379);
+  EXPECT_EQ(plain.password, "");
+}
+
+TEST(ClusterConfigTest, MistakesAreErrorsThatNeverQuoteThePassword) {
+  struct Case {
+    std::string yaml;
+    std::string path;
+    std::string message;
+  };
+  const std::vector<Case> cases{
+      {"cluster: {redis: \"rediss://:pw@h:6380\"}\n", "cluster.redis", "Debian 12 ships 0.14"},
+      {"cluster: {redis: \"http://:pw@h\"}\n", "cluster.redis", "must start with redis://"},
+      {"cluster: {redis: \"redis://:pw@h/99\"}\n", "cluster.redis", "from 0 to 15"},
+      {"cluster: {redis: \"redis://:pw@h:99999\"}\n", "cluster.redis", "valid host"},
+      {"cluster: {key_prefix: x}\n", "cluster.redis", "required"},
+      {"cluster: {redis: \"redis://h\", timeout: 0s}\n", "cluster.timeout", "greater than 0"},
+      {"routes:\n  - name: a\n    cluster: {redis: \"redis://h\"}\n", "routes[0].cluster",
+       "cannot be set per route"},
+  };
+  for (const Case& c : cases) {
+    LoadResult result = load(c.yaml);
+    ASSERT_FALSE(result.ok()) << c.yaml;
+    bool found = false;
+    for (const ConfigError& e : result.errors) {
+      EXPECT_EQ(e.message.find("pw"), std::string::npos) << e.message;
+      if (e.path == c.path) {
+        found = true;
+        EXPECT_THAT(e.message, HasSubstr(c.message)) << c.yaml;
+      }
+    }
+    EXPECT_TRUE(found) << c.yaml << describe(result);
+  }
 }
 
 TEST(RouteConfigTest, TheFirstMatchingRouteApplies) {
