@@ -82,7 +82,10 @@ CircuitBreaker::Admission CircuitBreaker::admit() {
         transition = transitionLocked(BreakerState::kHalfOpen, now);
         [[fallthrough]];
       case BreakerState::kHalfOpen:
-        if (probes_in_flight_ < config_.half_open_max_probes) {
+        if (now < probe_elsewhere_until_) {
+          // Another sidecar of the fleet probes; its verdict applies here too.
+          admission.retry_after = kProbeBusyRetryAfter;
+        } else if (probes_in_flight_ < config_.half_open_max_probes) {
           ++probes_in_flight_;
           admission.admitted = true;
           admission.probe = true;
@@ -96,8 +99,15 @@ CircuitBreaker::Admission CircuitBreaker::admit() {
   return admission;
 }
 
+void CircuitBreaker::setOutcomeListener(OutcomeListener listener) {
+  std::lock_guard lock(mutex_);
+  outcome_listener_ = std::move(listener);
+}
+
 void CircuitBreaker::record(bool counted_failure, bool probe) {
   std::optional<std::pair<BreakerState, BreakerState>> transition;
+  OutcomeListener outcome_listener;
+  bool busy = false;
   {
     std::lock_guard lock(mutex_);
     const SteadyTime now = clock_.now();
@@ -119,7 +129,7 @@ void CircuitBreaker::record(bool counted_failure, bool probe) {
         windowTotalsLocked(now, &total, &failures);
         // With min_requests outcomes in the window the failure share is worth a decision on
         // its own; below it, traffic is too light for a share and a streak decides.
-        const bool busy = total > 0 && total >= config_.min_requests;
+        busy = total > 0 && total >= config_.min_requests;
         // failures / total rather than threshold * total: 7 / 10 rounds to the same double
         // as a configured 0.7, while 0.7 * 10 rounds above 7.
         const bool rate_tripped =
@@ -154,6 +164,46 @@ void CircuitBreaker::record(bool counted_failure, bool probe) {
         // Attempts admitted before the trip, or a probe outlived by a failed sibling.
         break;
     }
+    outcome_listener = outcome_listener_;
+  }
+  notify(transition);
+  if (outcome_listener) outcome_listener(counted_failure, busy);
+}
+
+bool CircuitBreaker::applyFleetStreak(int failures, Millis span, bool busy) {
+  std::optional<std::pair<BreakerState, BreakerState>> transition;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_.load(std::memory_order_relaxed) != BreakerState::kClosed) return false;
+    if (failures < config_.failure_threshold || (busy && span < kBusyStreakSpan)) return false;
+    transition = transitionLocked(BreakerState::kOpen, clock_.now());
+  }
+  notify(transition);
+  return transition.has_value();
+}
+
+void CircuitBreaker::applyFleetOpen(SteadyTime until, bool probe_elsewhere, Millis grace) {
+  std::optional<std::pair<BreakerState, BreakerState>> transition;
+  {
+    std::lock_guard lock(mutex_);
+    const SteadyTime now = clock_.now();
+    if (until <= now) return;
+    if (state_.load(std::memory_order_relaxed) != BreakerState::kOpen) {
+      transition = transitionLocked(BreakerState::kOpen, now);
+      open_until_ = until;
+    } else {
+      open_until_ = std::max(open_until_, until);
+    }
+    probe_elsewhere_until_ = probe_elsewhere ? open_until_ + grace : SteadyTime{};
+  }
+  notify(transition);
+}
+
+void CircuitBreaker::applyFleetClose() {
+  std::optional<std::pair<BreakerState, BreakerState>> transition;
+  {
+    std::lock_guard lock(mutex_);
+    transition = transitionLocked(BreakerState::kClosed, clock_.now());
   }
   notify(transition);
 }
@@ -171,6 +221,7 @@ CircuitBreaker::Snapshot CircuitBreaker::snapshot() const {
   snapshot.consecutive_failures = consecutive_failures_;
   snapshot.last_failure = last_failure_;
   snapshot.current_recovery_timeout = current_recovery_;
+  snapshot.open_until = open_until_;
   return snapshot;
 }
 
@@ -186,9 +237,11 @@ std::optional<std::pair<BreakerState, BreakerState>> CircuitBreaker::transitionL
       }
       open_until_ = now + current_recovery_;
       last_failure_ = clock_.wallNow();
+      probe_elsewhere_until_ = SteadyTime{};  // its own trip: it probes for itself
       break;
     case BreakerState::kClosed:
       consecutive_failures_ = 0;
+      probe_elsewhere_until_ = SteadyTime{};
       current_recovery_ = config_.recovery_timeout;
       std::fill(window_.begin(), window_.end(), Bucket{});
       break;

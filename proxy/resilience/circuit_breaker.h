@@ -10,6 +10,9 @@
 //   HALF_OPEN admits at most half_open_max_probes concurrent probes: a probe that succeeds
 //   closes it; failure_threshold counted probe failures (with no success between them, as any
 //   success closes it) reopen it. One unlucky probe on a noisy upstream only costs a retry.
+// In a fleet (sidecars sharing state through Redis) the fleet's counts feed it too: the
+// fleet-wide streak trips it by the same rules, and another sidecar's trip or probe result
+// opens or closes it (apply* below; the fleet layer calls them, the breaker never does I/O).
 // Thread-safe: shared by every worker. admit() on a CLOSED breaker takes no lock; outcome
 // recording takes this breaker's own mutex (never a global one).
 #pragma once
@@ -65,11 +68,30 @@ class CircuitBreaker {
   // An admitted attempt ended without an outcome (the client left): frees its probe slot.
   void release(bool probe);
 
+  // Every outcome record() takes, after it is applied: `busy` when the window holds
+  // min_requests outcomes or more. Called outside the lock, on the recording thread.
+  using OutcomeListener = std::function<void(bool counted_failure, bool busy)>;
+  void setOutcomeListener(OutcomeListener listener);
+
+  // The fleet-wide streak: `failures` consecutive counted failures across the fleet, the
+  // first `span` ago. Trips a CLOSED breaker by the local streak rule (when `busy`, the streak
+  // must also have lasted kBusyStreakSpan). Returns whether it opened.
+  bool applyFleetStreak(int failures, Millis span, bool busy);
+  // Another sidecar opened its breaker until `until`: this one opens until then too (a
+  // breaker already OPEN takes the later time), so the fleet moves to HALF_OPEN together.
+  // With `probe_elsewhere`, that sidecar sends the probe: this one admits none of its own
+  // until `until` + `grace` (its verdict comes as applyFleetClose() or another open; if it
+  // never comes, this breaker probes for itself after the grace).
+  void applyFleetOpen(SteadyTime until, bool probe_elsewhere = false, Millis grace = Millis(0));
+  // Another sidecar's probe succeeded: an OPEN or HALF_OPEN breaker closes.
+  void applyFleetClose();
+
   struct Snapshot {
     BreakerState state = BreakerState::kClosed;
     int consecutive_failures = 0;
     std::optional<WallTime> last_failure;  // the last counted failure, if any
     Millis current_recovery_timeout{0};
+    SteadyTime open_until{};  // while OPEN: when it lets a probe through
   };
   Snapshot snapshot() const;
   BreakerState state() const { return state_.load(std::memory_order_acquire); }
@@ -100,8 +122,10 @@ class CircuitBreaker {
   SteadyTime open_until_{};
   Millis current_recovery_;
   int probes_in_flight_ = 0;
+  SteadyTime probe_elsewhere_until_{};  // another sidecar probes for the fleet until then
   std::vector<Bucket> window_;
   TransitionListener listener_;
+  OutcomeListener outcome_listener_;
 };
 
 }  // namespace bulwark::resilience

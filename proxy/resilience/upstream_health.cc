@@ -102,10 +102,15 @@ CircuitBreaker& UpstreamHealth::breakerFor(std::string_view model) {
 
 CircuitBreaker& UpstreamHealth::makeBreakerLocked(const std::string& model) {
   auto breaker = std::make_unique<CircuitBreaker>(breaker_config_, clock_);
-  breaker->setTransitionListener(forwardTransitions(listener_, name_, model));
+  listenLocked(*breaker, model);
   CircuitBreaker& result = *breaker;
   model_breakers_.emplace(model, std::move(breaker));
   return result;
+}
+
+Millis UpstreamHealth::breakerWindow() const {
+  std::shared_lock lock(mutex_);
+  return breaker_config_.window;
 }
 
 Quota& UpstreamHealth::quotaFor(std::string_view model) {
@@ -152,13 +157,32 @@ CircuitBreaker::Snapshot UpstreamHealth::summary() const {
   return summary;
 }
 
+void UpstreamHealth::listenLocked(CircuitBreaker& breaker, const std::string& model) {
+  breaker.setTransitionListener(forwardTransitions(listener_, name_, model));
+  CircuitBreaker::OutcomeListener outcomes;
+  if (outcome_listener_) {
+    outcomes = [listener = outcome_listener_, upstream = name_, model](bool failure, bool busy) {
+      listener(upstream, model, failure, busy);
+    };
+  }
+  breaker.setOutcomeListener(std::move(outcomes));
+}
+
+void UpstreamHealth::listenAllLocked() {
+  listenLocked(*own_breaker_, "");
+  for (auto& [model, breaker] : model_breakers_) listenLocked(*breaker, model);
+}
+
 void UpstreamHealth::setTransitionListener(TransitionListener listener) {
   std::unique_lock lock(mutex_);
   listener_ = std::move(listener);
-  own_breaker_->setTransitionListener(forwardTransitions(listener_, name_, ""));
-  for (auto& [model, breaker] : model_breakers_) {
-    breaker->setTransitionListener(forwardTransitions(listener_, name_, model));
-  }
+  listenAllLocked();
+}
+
+void UpstreamHealth::setOutcomeListener(OutcomeListener listener) {
+  std::unique_lock lock(mutex_);
+  outcome_listener_ = std::move(listener);
+  listenAllLocked();
 }
 
 UpstreamRegistry::UpstreamRegistry(const config::Config& config, const Clock& clock)
@@ -182,6 +206,7 @@ void UpstreamRegistry::reload(const config::Config& config) {
     }
     all_.push_back(std::make_unique<UpstreamHealth>(upstream.name, config, clock_));
     if (listener_) all_.back()->setTransitionListener(listener_);
+    if (outcome_listener_) all_.back()->setOutcomeListener(outcome_listener_);
     current.push_back(all_.back().get());
   }
   current_ = std::move(current);
@@ -204,6 +229,12 @@ void UpstreamRegistry::setTransitionListener(UpstreamHealth::TransitionListener 
   std::unique_lock lock(mutex_);
   listener_ = std::move(listener);
   for (const auto& health : all_) health->setTransitionListener(listener_);
+}
+
+void UpstreamRegistry::setOutcomeListener(UpstreamHealth::OutcomeListener listener) {
+  std::unique_lock lock(mutex_);
+  outcome_listener_ = std::move(listener);
+  for (const auto& health : all_) health->setOutcomeListener(outcome_listener_);
 }
 
 }  // namespace bulwark::resilience

@@ -36,6 +36,8 @@ class UpstreamHealth {
   // further ones share one breaker.
   CircuitBreaker& breakerFor(std::string_view model);
   RetryBudget& budget() { return budget_; }
+  // The breakers' failure-rate window (a fleet-wide streak is kept this long).
+  Millis breakerWindow() const;
   // Recent time to first byte by model (hedging's p95).
   LatencyTracker& ttfb() { return ttfb_; }
   // The rate-limit quota of `model` on this upstream (OpenAI limits each model on its own).
@@ -58,11 +60,19 @@ class UpstreamHealth {
   using TransitionListener = std::function<void(
       const std::string& upstream, const std::string& model, BreakerState from, BreakerState to)>;
   void setTransitionListener(TransitionListener listener);
+  // Every outcome a breaker records (see CircuitBreaker::OutcomeListener), with the model it
+  // belongs to: the fleet shares the streaks.
+  using OutcomeListener = std::function<void(const std::string& upstream, const std::string& model,
+                                             bool counted_failure, bool busy)>;
+  void setOutcomeListener(OutcomeListener listener);
 
   static constexpr std::size_t kMaxModelBreakers = 256;
 
  private:
   CircuitBreaker& makeBreakerLocked(const std::string& model);
+  // Gives `breaker` (of `model`, "" for the upstream's own) this upstream's listeners.
+  void listenLocked(CircuitBreaker& breaker, const std::string& model);
+  void listenAllLocked();
 
   std::string name_;
   const Clock& clock_;
@@ -78,6 +88,7 @@ class UpstreamHealth {
   std::atomic<int> max_inflight_;
   std::atomic<int> inflight_{0};
   TransitionListener listener_;
+  OutcomeListener outcome_listener_;
 };
 
 // All upstreams, in config order, looked up by name. Reload keeps the state of upstreams
@@ -97,6 +108,7 @@ class UpstreamRegistry {
   std::vector<UpstreamHealth*> current() const;
 
   void setTransitionListener(UpstreamHealth::TransitionListener listener);
+  void setOutcomeListener(UpstreamHealth::OutcomeListener listener);
 
  private:
   const Clock& clock_;
@@ -104,6 +116,7 @@ class UpstreamRegistry {
   std::vector<std::unique_ptr<UpstreamHealth>> all_;
   std::vector<UpstreamHealth*> current_;
   UpstreamHealth::TransitionListener listener_;
+  UpstreamHealth::OutcomeListener outcome_listener_;
 };
 
 }  // namespace bulwark::resilience

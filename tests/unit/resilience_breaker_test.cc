@@ -522,6 +522,59 @@ TEST_F(BreakerTest, OneFailedProbeLeavesItHalfOpenForTheNextProbe) {
             (std::vector<Transition>{{kClosed, kOpen}, {kOpen, kHalfOpen}, {kHalfOpen, kClosed}}));
 }
 
+// ---- fleet mode: the fleet's counts and decisions, applied ----
+
+TEST_F(BreakerTest, TheFleetsStreakTripsItByTheLocalRules) {
+  std::vector<std::pair<bool, bool>> outcomes;
+  breaker_->setOutcomeListener([&](bool failure, bool busy) { outcomes.emplace_back(failure, busy); });
+  fail();
+  succeed();
+  EXPECT_EQ(outcomes, (std::vector<std::pair<bool, bool>>{{true, false}, {false, false}}));
+  EXPECT_FALSE(breaker_->applyFleetStreak(2, milliseconds(10), false));  // below the threshold
+  // Busy traffic: a streak across the fleet must have lasted kBusyStreakSpan too.
+  EXPECT_FALSE(breaker_->applyFleetStreak(3, milliseconds(200), true));
+  EXPECT_EQ(breaker_->state(), kClosed);
+  EXPECT_TRUE(breaker_->applyFleetStreak(3, milliseconds(10), false));
+  EXPECT_EQ(breaker_->state(), kOpen);
+  EXPECT_EQ(transitions_, (std::vector<Transition>{{kClosed, kOpen}}));
+  EXPECT_FALSE(breaker_->applyFleetStreak(9, seconds(5), false));  // open already
+}
+
+TEST_F(BreakerTest, AnotherSidecarsOpenHoldsItOpenAndItsProbeDecides) {
+  breaker_->applyFleetOpen(clock_.now() + seconds(4), /*probe_elsewhere=*/true, seconds(10));
+  EXPECT_EQ(breaker_->state(), kOpen);
+  EXPECT_FALSE(breaker_->admit().admitted);
+  clock_.advance(seconds(4));
+  // HALF_OPEN with the fleet, but the other sidecar sends the probe.
+  CircuitBreaker::Admission waiting = breaker_->admit();
+  EXPECT_FALSE(waiting.admitted);
+  EXPECT_EQ(breaker_->state(), kHalfOpen);
+  breaker_->applyFleetClose();  // its probe succeeded
+  EXPECT_EQ(breaker_->state(), kClosed);
+  EXPECT_TRUE(breaker_->admit().admitted);
+  breaker_->record(false, false);
+  EXPECT_EQ(transitions_,
+            (std::vector<Transition>{{kClosed, kOpen}, {kOpen, kHalfOpen}, {kHalfOpen, kClosed}}));
+}
+
+TEST_F(BreakerTest, WithoutTheOtherSidecarsVerdictItProbesAfterTheGrace) {
+  breaker_->applyFleetOpen(clock_.now() + seconds(4), /*probe_elsewhere=*/true, seconds(10));
+  clock_.advance(seconds(14));
+  CircuitBreaker::Admission probe = breaker_->admit();
+  EXPECT_TRUE(probe.admitted);
+  EXPECT_TRUE(probe.probe);
+}
+
+TEST_F(BreakerTest, ALaterOpenFromTheFleetExtendsAnOpenBreaker) {
+  trip();
+  SteadyTime own = breaker_->snapshot().open_until;
+  breaker_->applyFleetOpen(own - seconds(1));  // earlier: kept
+  EXPECT_EQ(breaker_->snapshot().open_until, own);
+  breaker_->applyFleetOpen(own + seconds(3));
+  EXPECT_EQ(breaker_->snapshot().open_until, own + seconds(3));
+  EXPECT_EQ(transitions_, (std::vector<Transition>{{kClosed, kOpen}}));
+}
+
 TEST_F(BreakerTest, ProbeFailuresCountOnlyWithinOneHalfOpenPeriod) {
   trip();
   probe();
