@@ -1,6 +1,8 @@
 #include "proxy/app.h"
 
+#include <netdb.h>
 #include <sched.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <csignal>
@@ -49,6 +51,7 @@ App::App(std::string config_path, config::Config config)
                                           resilience::BreakerState from,
                                           resilience::BreakerState to) {
     metrics_.breakerTransition(upstream, resilience::breakerStateName(to));
+    if (fleet_) fleet_->onTransition(upstream, model, from, to);
     observe::LogLevel level = to == resilience::BreakerState::kOpen ? observe::LogLevel::kError
                                                                     : observe::LogLevel::kInfo;
     if (!observe::Logger::get().enabled(level)) return;
@@ -63,6 +66,7 @@ App::App(std::string config_path, config::Config config)
 App::~App() {
   for (auto& w : workers_) w->stop();
   workers_.clear();
+  fleet_.reset();
   admin_.reset();
   signal_events_.clear();
   shutdown_poll_.reset();
@@ -90,7 +94,12 @@ int App::run() {
       base_.get(), ready_,
       admin::AdminServer::Sources{
           [this] { return metricsText(); },
-          [this] { return observe::healthDetailedJson(upstreams_, clock_.wallNow(), clock_.now()); },
+          [this] {
+            std::optional<observe::ClusterHealth> cluster;
+            if (fleet_) cluster = observe::ClusterHealth{fleet_->address(), fleet_->up()};
+            return observe::healthDetailedJson(upstreams_, clock_.wallNow(), clock_.now(),
+                                               cluster ? &*cluster : nullptr);
+          },
           [this](std::string_view path, std::string_view model) {
             return admin::routeExplanationJson(*config_store_.current(), path, model);
           }});
@@ -100,9 +109,10 @@ int App::run() {
     return 1;
   }
 
+  startFleet(*cfg);
   for (int i = 0; i < workers; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, sockets.fds[i], config_store_, upstreams_,
-                                                metrics_, open_connections_));
+                                                metrics_, open_connections_, fleet_.get()));
   }
   for (auto& w : workers_) w->start();
 
@@ -208,11 +218,43 @@ void App::reload() {
         "reload: server.listen, server.admin_listen and server.workers change only "
         "on restart; still running with the old ones");
   }
+  if (!(result.config->cluster == config_store_.current()->cluster)) {
+    observe::logWarn("reload: cluster changes only on restart; still running with the old one");
+  }
   observe::Logger::get().configure(result.config->log.level, result.config->log.format);
   upstreams_.reload(*result.config);  // before the swap: new requests find every upstream
   for (const config::UpstreamConfig& u : result.config->upstreams) metrics_.declareUpstream(u.name);
   config_store_.replace(std::move(*result.config));
   observe::logInfo("configuration reloaded", {{"path", config_path_}});
+}
+
+void App::startFleet(const config::Config& config) {
+  if (!config.cluster) return;
+  const config::ClusterConfig& cluster = *config.cluster;
+  // Resolved once, here, before any loop runs: hiredis would resolve on the loop, blocking it.
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(cluster.host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) {
+    observe::logError("fleet: cluster.redis's host does not resolve; running alone",
+                      {{"host", cluster.host}});
+    return;
+  }
+  char ip[NI_MAXHOST];
+  int named = getnameinfo(found->ai_addr, found->ai_addrlen, ip, sizeof ip, nullptr, 0,
+                          NI_NUMERICHOST);
+  freeaddrinfo(found);
+  if (named != 0) return;
+  fleet_ = std::make_unique<fleet::Fleet>(cluster, ip, upstreams_, clock_, metrics_);
+  upstreams_.setOutcomeListener([this](const std::string& upstream, const std::string& model,
+                                       bool counted_failure, bool busy) {
+    fleet_->onOutcome(upstream, model, counted_failure, busy);
+  });
+  fleet_->start(base_.get());
+  observe::logInfo("fleet mode", {{"redis", fleet_->address()},
+                                  {"key_prefix", cluster.key_prefix},
+                                  {"timeout_ms", static_cast<long long>(cluster.timeout.count())}});
 }
 
 }  // namespace bulwark

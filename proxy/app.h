@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "proxy/admin/admin_server.h"
 #include "proxy/config_store.h"
+#include "proxy/fleet/fleet.h"
 #include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
 #include "proxy/resilience/upstream_health.h"
@@ -36,6 +37,8 @@ class App {
   void beginShutdown(const char* signal_name);
   void reload();
   std::string metricsText();
+  // Fleet mode, when the config has a cluster: section whose Redis host resolves.
+  void startFleet(const config::Config& config);
 
   std::string config_path_;
   ConfigStore config_store_;
@@ -53,6 +56,7 @@ class App {
   config::ListenAddress running_listen_;
   config::ListenAddress running_admin_listen_;
   int running_workers_setting_ = 0;
+  std::unique_ptr<fleet::Fleet> fleet_;  // fleet mode (cluster:), else none
   std::unique_ptr<admin::AdminServer> admin_;
   std::vector<std::unique_ptr<Worker>> workers_;
   bool shutting_down_ = false;

@@ -21,9 +21,10 @@ server::ConnectionLimits limitsFrom(const config::Config& cfg) {
 
 Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
                resilience::UpstreamRegistry& upstreams, observe::Metrics& metrics,
-               std::atomic<int>& open_connections)
+               std::atomic<int>& open_connections, fleet::Fleet* fleet)
     : index_(index),
       config_store_(config_store),
+      fleet_(fleet),
       base_(event_base_new()),
       random_(std::random_device{}() ^ (static_cast<std::uint64_t>(index) << 32)) {
   drain_event_.reset(event_new(base_.get(), -1, 0, &Worker::onDrain, this));
@@ -63,7 +64,9 @@ void Worker::start() {
 }
 
 void Worker::run() {
+  if (fleet_ != nullptr) fleet_->attachWorker(base_.get(), index_);
   event_base_dispatch(base_.get());
+  if (fleet_ != nullptr) fleet_->detachWorker();
   connections_left_ = server_->connectionCount();
   finished_.store(true);
 }

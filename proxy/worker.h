@@ -10,6 +10,7 @@
 #include "proxy/config_store.h"
 #include "proxy/exchange/exchange.h"
 #include "proxy/exchange/exchange_context.h"
+#include "proxy/fleet/fleet.h"
 #include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
 #include "proxy/resilience/upstream_health.h"
@@ -23,7 +24,7 @@ class Worker {
  public:
   Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
          resilience::UpstreamRegistry& upstreams, observe::Metrics& metrics,
-         std::atomic<int>& open_connections);
+         std::atomic<int>& open_connections, fleet::Fleet* fleet = nullptr);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -51,6 +52,7 @@ class Worker {
 
   int index_;
   ConfigStore& config_store_;
+  fleet::Fleet* fleet_;
   support::EventBasePtr base_;
   support::EventPtr drain_event_;
   support::EventPtr stop_event_;

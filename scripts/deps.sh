@@ -6,18 +6,20 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates curl
   libevent-dev libcurl4-openssl-dev libhttp-parser-dev rapidjson-dev
-  prometheus-cpp-dev libyaml-cpp-dev
+  prometheus-cpp-dev libyaml-cpp-dev libhiredis-dev
   libgtest-dev libgmock-dev
   python3 python3-h2 python3-brotli
   prometheus
   clang libclang-rt-14-dev openssl
   nginx wrk gnuplot-nox
+  redis-server
 )
 # python3-h2, python3-brotli: the fake upstream's production transport (h2, br).
 # clang + libclang-rt-14-dev: the libFuzzer build; openssl: test certificates for the TLS
 # fault tests; nginx, wrk, gnuplot-nox: the benchmark suite (nginx is the yardstick).
 # prometheus ships promtool and the server the metrics tests scrape Bulwark with (the
-# package's service is not needed: tests start their own server on loopback).
+# package's service is not needed: tests start their own server on loopback). libhiredis-dev:
+# fleet mode's Redis client; redis-server: the fleet tests start their own on loopback.
 # Node.js runs the end-to-end tests through the official openai npm package.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)

@@ -51,7 +51,8 @@ void writeQuotas(rapidjson::Writer<rapidjson::StringBuffer>& w,
 }  // namespace
 
 std::string healthDetailedJson(const resilience::UpstreamRegistry& upstreams,
-                               resilience::WallTime now, resilience::SteadyTime steady_now) {
+                               resilience::WallTime now, resilience::SteadyTime steady_now,
+                               const ClusterHealth* cluster) {
   std::vector<resilience::UpstreamHealth*> current = upstreams.current();
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
@@ -70,6 +71,15 @@ std::string healthDetailedJson(const resilience::UpstreamRegistry& upstreams,
   w.Key("timestamp");
   std::string ts = isoTimestamp(now);
   w.String(ts.c_str());
+  if (cluster != nullptr) {
+    w.Key("cluster");
+    w.StartObject();
+    w.Key("redis");
+    w.String(cluster->redis.c_str(), static_cast<rapidjson::SizeType>(cluster->redis.size()));
+    w.Key("up");
+    w.Bool(cluster->up);
+    w.EndObject();
+  }
   w.Key("services");
   w.StartObject();
   for (std::size_t i = 0; i < current.size(); ++i) {

@@ -14,7 +14,14 @@
 
 namespace bulwark::observe {
 
+// Fleet mode's part: "cluster":{"redis":"host:port/db","up":true} (absent without a fleet).
+struct ClusterHealth {
+  std::string redis;  // never with its password
+  bool up = false;
+};
+
 std::string healthDetailedJson(const resilience::UpstreamRegistry& upstreams,
-                               resilience::WallTime now, resilience::SteadyTime steady_now);
+                               resilience::WallTime now, resilience::SteadyTime steady_now,
+                               const ClusterHealth* cluster = nullptr);
 
 }  // namespace bulwark::observe

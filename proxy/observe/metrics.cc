@@ -121,6 +121,16 @@ struct Metrics::Impl {
                                  .Help("Requests refused admission, by reason (queue_full, "
                                        "wait_exceeded)")
                                  .Register(*registry)),
+        cluster_up(BuildGauge()
+                       .Name("bulwark_cluster_up")
+                       .Help("Fleet mode: 1 while the link to the fleet's Redis is up, 0 while each "
+                             "sidecar decides alone")
+                       .Register(*registry)),
+        cluster_errors(BuildCounter()
+                           .Name("bulwark_cluster_errors_total")
+                           .Help("Fleet mode: Redis commands that got no answer in time (or an "
+                                 "error), by command")
+                           .Register(*registry)),
         build_info(BuildGauge()
                        .Name("bulwark_build_info")
                        .Help("Always 1; the version label says which build runs")
@@ -184,6 +194,8 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Gauge>& admission_queue_depth;
   prometheus::Family<prometheus::Histogram>& admission_wait;
   prometheus::Family<prometheus::Counter>& admission_rejections;
+  prometheus::Family<prometheus::Gauge>& cluster_up;
+  prometheus::Family<prometheus::Counter>& cluster_errors;
   prometheus::Family<prometheus::Gauge>& build_info;
   std::mutex models_mutex;
   std::set<std::string, std::less<>> models;
@@ -342,6 +354,19 @@ void Metrics::admissionRejection(std::string_view upstream, std::string_view rea
                [&] {
                  return prometheus::Labels{{"upstream", std::string(upstream)},
                                            {"reason", std::string(reason)}};
+               })
+      .Increment();
+}
+
+void Metrics::clusterUp(bool up) {
+  impl_->cluster_up.Add({}).Set(up ? 1 : 0);
+}
+
+void Metrics::clusterError(std::string_view op) {
+  impl_
+      ->metric(impl_->cluster_errors, 'c', {op},
+               [&] {
+                 return prometheus::Labels{{"op", std::string(op)}};
                })
       .Increment();
 }

@@ -54,6 +54,10 @@ class Metrics {
   void admissionWait(std::string_view upstream, double seconds);
   // A request was refused admission: "queue_full" or "wait_exceeded".
   void admissionRejection(std::string_view upstream, std::string_view reason);
+  // Fleet mode: whether the link to the fleet's Redis is up (the series exists only in fleet
+  // mode), and a command that got no answer (`op`: eval, del, set, publish, get, connect, ...).
+  void clusterUp(bool up);
+  void clusterError(std::string_view op);
   // Makes the families of an upstream visible (at zero) before its first request.
   void declareUpstream(std::string_view upstream);
 

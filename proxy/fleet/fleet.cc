@@ -1,0 +1,271 @@
+#include "proxy/fleet/fleet.h"
+
+#include <hiredis/hiredis.h>
+
+#include <charconv>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "proxy/observe/logger.h"
+
+namespace bulwark::fleet {
+
+namespace {
+
+// The fleet-wide streak of one breaker, in one round trip: count the failure, note when the
+// streak began (the first failure's wall-clock ms), keep both for the breaker's window, tell
+// the fleet a streak is running (so its next success resets it), and answer {count, began}.
+// KEYS: fails, began. ARGV: now ms, ttl ms, channel, "upstream\tmodel".
+constexpr char kStreakScript[] = R"lua(
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local began = redis.call('GET', KEYS[2]) or ARGV[1]
+redis.call('PUBLISH', ARGV[3], 'fail\t' .. ARGV[4])
+return {n, began}
+)lua";
+
+// The worker's own connection, and whether this thread is applying what the fleet said (its
+// transitions are the fleet's, not to be published again).
+thread_local std::unique_ptr<RedisLink> t_link;
+thread_local bool t_applying = false;
+
+long long wallMs(const resilience::Clock& clock) {
+  return std::chrono::duration_cast<resilience::Millis>(clock.wallNow().time_since_epoch())
+      .count();
+}
+
+std::optional<long long> number(const redisReply* reply) {
+  if (reply == nullptr) return std::nullopt;
+  if (reply->type == REDIS_REPLY_INTEGER) return reply->integer;
+  if (reply->type != REDIS_REPLY_STRING) return std::nullopt;
+  long long out = 0;
+  auto [end, ec] = std::from_chars(reply->str, reply->str + reply->len, out);
+  if (ec != std::errc() || end != reply->str + reply->len) return std::nullopt;
+  return out;
+}
+
+std::vector<std::string_view> split(std::string_view text, char separator) {
+  std::vector<std::string_view> out;
+  for (std::size_t at = 0;;) {
+    std::size_t next = text.find(separator, at);
+    out.push_back(text.substr(at, next - at));
+    if (next == std::string_view::npos) return out;
+    at = next + 1;
+  }
+}
+
+// Applies what the fleet said with t_applying set.
+template <typename F>
+void applying(F&& apply) {
+  t_applying = true;
+  apply();
+  t_applying = false;
+}
+
+}  // namespace
+
+Fleet::Fleet(const config::ClusterConfig& config, std::string ip,
+             resilience::UpstreamRegistry& upstreams, const resilience::Clock& clock,
+             observe::Metrics& metrics)
+    : config_(config),
+      ip_(std::move(ip)),
+      address_(config.host + ":" + std::to_string(config.port) + "/" + std::to_string(config.db)),
+      channel_(config.key_prefix + "events"),
+      upstreams_(upstreams),
+      clock_(clock),
+      metrics_(metrics) {
+  std::random_device random;
+  char id[17];
+  std::snprintf(id, sizeof id, "%08x%08x", random(), random());
+  id_ = id;
+}
+
+Fleet::~Fleet() = default;
+
+RedisLink::Options Fleet::linkOptions(std::string name) const {
+  RedisLink::Options options;
+  options.ip = ip_;
+  options.port = config_.port;
+  options.user = config_.user;
+  options.password = config_.password;
+  options.db = config_.db;
+  options.timeout = config_.timeout;
+  options.name = std::move(name);
+  return options;
+}
+
+void Fleet::start(event_base* main_base) {
+  RedisLink::Hooks errors{nullptr, [this](std::string_view op) { metrics_.clusterError(op); }};
+  RedisLink::Hooks subscriber_hooks = errors;
+  subscriber_hooks.on_state = [this](bool up) {
+    subscriber_up_.store(up, std::memory_order_relaxed);
+    metrics_.clusterUp(up);
+  };
+  subscriber_ = std::make_unique<RedisLink>(main_base, linkOptions("subscriber"), subscriber_hooks);
+  subscriber_->subscribe(channel_, [this](std::string_view message) { onMessage(message); });
+  RedisLink::Hooks syncer_hooks = errors;
+  syncer_hooks.on_state = [this](bool up) {
+    if (up) sync();  // what the fleet decided while this sidecar was away
+  };
+  syncer_ = std::make_unique<RedisLink>(main_base, linkOptions("sync"), syncer_hooks);
+  metrics_.clusterUp(false);
+  subscriber_->start();
+  syncer_->start();
+  sync_timer_.reset(event_new(main_base, -1, EV_PERSIST, &Fleet::onSyncTimer, this));
+  timeval tv = support::toTimeval(config_.sync_interval.count());
+  evtimer_add(sync_timer_.get(), &tv);
+}
+
+void Fleet::attachWorker(event_base* worker_base, int index) {
+  t_link = std::make_unique<RedisLink>(
+      worker_base, linkOptions("worker " + std::to_string(index)),
+      RedisLink::Hooks{nullptr, [this](std::string_view op) { metrics_.clusterError(op); }});
+  t_link->start();
+}
+
+void Fleet::detachWorker() { t_link.reset(); }
+
+std::string Fleet::key(std::string_view what, const std::string& upstream,
+                       const std::string& model) const {
+  std::string out = config_.key_prefix + "breaker:" + upstream;
+  if (!model.empty()) out += ":" + model;
+  out += ":";
+  out += what;
+  return out;
+}
+
+std::atomic<bool>& Fleet::dirty(const std::string& upstream, const std::string& model) {
+  std::lock_guard lock(dirty_mutex_);
+  std::unique_ptr<std::atomic<bool>>& flag = dirty_[upstream + "\t" + model];
+  if (!flag) flag = std::make_unique<std::atomic<bool>>(false);
+  return *flag;
+}
+
+void Fleet::onOutcome(const std::string& upstream, const std::string& model, bool counted_failure,
+                      bool busy) {
+  RedisLink* link = t_link.get();
+  if (link == nullptr || !link->up()) return;  // alone: the local breaker decides
+  if (!counted_failure) {
+    if (dirty(upstream, model).exchange(false)) {
+      link->command({"DEL", key("fails", upstream, model), key("began", upstream, model)}, "del");
+    }
+    return;
+  }
+  dirty(upstream, model).store(true);
+  resilience::UpstreamHealth* health = upstreams_.find(upstream);
+  if (health == nullptr) return;
+  const long long now_ms = wallMs(clock_);
+  const long long ttl_ms = std::max<long long>(1000, health->breakerWindow().count());
+  link->command({"EVAL", kStreakScript, "2", key("fails", upstream, model),
+                 key("began", upstream, model), std::to_string(now_ms), std::to_string(ttl_ms),
+                 channel_, upstream + "\t" + model},
+                "eval", [this, upstream, model, busy, now_ms](const redisReply* reply) {
+                  if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY ||
+                      reply->elements != 2) {
+                    return;
+                  }
+                  std::optional<long long> count = number(reply->element[0]);
+                  std::optional<long long> began = number(reply->element[1]);
+                  if (!count || !began) return;
+                  resilience::UpstreamHealth* h = upstreams_.find(upstream);
+                  if (h == nullptr) return;
+                  h->breakerFor(model).applyFleetStreak(
+                      static_cast<int>(*count), resilience::Millis(std::max(0LL, now_ms - *began)),
+                      busy);
+                });
+}
+
+void Fleet::onTransition(const std::string& upstream, const std::string& model,
+                         resilience::BreakerState from, resilience::BreakerState to) {
+  if (t_applying) return;  // the fleet's own decision, arriving here
+  RedisLink* link = t_link.get();
+  if (link == nullptr || !link->up()) return;
+  resilience::UpstreamHealth* health = upstreams_.find(upstream);
+  if (health == nullptr) return;
+  if (to == resilience::BreakerState::kOpen) {
+    resilience::CircuitBreaker::Snapshot snap = health->breakerFor(model).snapshot();
+    long long left = std::chrono::ceil<resilience::Millis>(snap.open_until - clock_.now()).count();
+    if (left <= 0) return;
+    {
+      std::lock_guard lock(own_mutex_);
+      own_open_[upstream + "\t" + model] = true;  // this sidecar will probe
+    }
+    std::string reopen = std::to_string(wallMs(clock_) + left);
+    link->command({"SET", key("open", upstream, model), reopen + "\t" + id_, "PX",
+                   std::to_string(left)},
+                  "set");
+    link->command(
+        {"PUBLISH", channel_, "open\t" + upstream + "\t" + model + "\t" + reopen + "\t" + id_},
+        "publish");
+  } else if (to == resilience::BreakerState::kClosed &&
+             from == resilience::BreakerState::kHalfOpen) {
+    link->command({"DEL", key("open", upstream, model)}, "del");
+    link->command({"PUBLISH", channel_, "close\t" + upstream + "\t" + model}, "publish");
+  }
+}
+
+void Fleet::applyOpen(const std::string& upstream, const std::string& model, long long reopen_ms,
+                      std::string_view sender) {
+  if (sender == id_) return;  // its own, coming back
+  resilience::UpstreamHealth* health = upstreams_.find(upstream);
+  if (health == nullptr) return;
+  {
+    std::lock_guard lock(own_mutex_);
+    bool& own = own_open_[upstream + "\t" + model];
+    // Two sidecars opened it at once: the smaller id probes, the other defers.
+    if (own && id_ < sender) return;
+    own = false;
+  }
+  resilience::CircuitBreaker& breaker = health->breakerFor(model);
+  resilience::SteadyTime until = clock_.now() + resilience::Millis(reopen_ms - wallMs(clock_));
+  resilience::Millis grace = breaker.snapshot().current_recovery_timeout;
+  applying([&] { breaker.applyFleetOpen(until, /*probe_elsewhere=*/true, grace); });
+}
+
+void Fleet::onMessage(std::string_view message) {
+  std::vector<std::string_view> parts = split(message, '\t');
+  if (parts.size() < 3) return;
+  std::string upstream(parts[1]);
+  std::string model(parts[2]);
+  resilience::UpstreamHealth* health = upstreams_.find(upstream);
+  if (health == nullptr) return;  // not an upstream of this sidecar
+  if (parts[0] == "fail") {
+    dirty(upstream, model).store(true);
+  } else if (parts[0] == "open" && parts.size() == 5) {
+    long long reopen = 0;
+    auto [end, ec] = std::from_chars(parts[3].data(), parts[3].data() + parts[3].size(), reopen);
+    if (ec == std::errc()) applyOpen(upstream, model, reopen, parts[4]);
+  } else if (parts[0] == "close") {
+    {
+      std::lock_guard lock(own_mutex_);
+      own_open_.erase(upstream + "\t" + model);
+    }
+    applying([&] { health->breakerFor(model).applyFleetClose(); });
+  }
+}
+
+void Fleet::sync() {
+  if (!syncer_ || !syncer_->up()) return;
+  for (resilience::UpstreamHealth* health : upstreams_.current()) {
+    std::string upstream = health->name();
+    syncer_->command({"GET", key("open", upstream, "")}, "get",
+                     [this, upstream](const redisReply* reply) {
+                       if (reply == nullptr || reply->type != REDIS_REPLY_STRING) return;
+                       std::vector<std::string_view> value =
+                           split(std::string_view(reply->str, reply->len), '\t');
+                       long long reopen = 0;
+                       if (value.size() != 2) return;
+                       auto [end, ec] = std::from_chars(
+                           value[0].data(), value[0].data() + value[0].size(), reopen);
+                       if (ec == std::errc()) applyOpen(upstream, "", reopen, value[1]);
+                     });
+  }
+}
+
+void Fleet::onSyncTimer(evutil_socket_t, short, void* arg) {
+  static_cast<Fleet*>(arg)->sync();
+}
+
+}  // namespace bulwark::fleet

@@ -1,0 +1,95 @@
+// Fleet mode: the sidecars of a fleet share their circuit breakers through one Redis.
+//
+//  - A counted failure increments the fleet-wide streak of its breaker (a key with the
+//    breaker's window as TTL, and the streak's start); the reply trips the local breaker by
+//    the same rules as a local streak, so the fleet opens after failure_threshold failures in
+//    total. A success resets the streak, when some sidecar may have counted one.
+//  - A breaker that opens publishes its reopen time (a key, and a message on the fleet's
+//    channel): every sidecar opens until then, and they move to HALF_OPEN together. The
+//    sidecar that opened it sends the one probe (of two that open at once, the one with the
+//    smaller id); the others wait for its verdict, published as a close or a new open, and
+//    probe for themselves only if it never comes within one more recovery period.
+//  - A sidecar that starts, or reconnects, reads the open breakers every sync_interval.
+//
+// Redis is never on a request's path: every command is sent after the fact, from the worker
+// loop that saw the outcome (each worker has its own connection), and its answer, if it
+// comes within cluster.timeout, only adds to what the local breaker knows. Redis down, slow
+// or flapping: each sidecar decides alone, as without a fleet. Retry budgets stay local.
+//
+// Thread-safety: onOutcome() and onTransition() run on worker threads (each on its own
+// link); the subscriber and the sync run on the main loop. Breakers are thread-safe.
+#pragma once
+
+#include <event2/event.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "config/config.h"
+#include "proxy/fleet/redis_link.h"
+#include "proxy/observe/metrics.h"
+#include "proxy/resilience/upstream_health.h"
+
+namespace bulwark::fleet {
+
+class Fleet {
+ public:
+  // `ip`: the Redis host, resolved before any loop runs.
+  Fleet(const config::ClusterConfig& config, std::string ip, resilience::UpstreamRegistry& upstreams,
+        const resilience::Clock& clock, observe::Metrics& metrics);
+  ~Fleet();
+  Fleet(const Fleet&) = delete;
+  Fleet& operator=(const Fleet&) = delete;
+
+  // The subscriber and the periodic sync, on the main loop.
+  void start(event_base* main_base);
+  // A worker's own connection, on its loop; call from the worker's thread before it serves.
+  void attachWorker(event_base* worker_base, int index);
+  void detachWorker();
+
+  // From the registry's listeners (worker threads).
+  void onOutcome(const std::string& upstream, const std::string& model, bool counted_failure,
+                 bool busy);
+  void onTransition(const std::string& upstream, const std::string& model,
+                    resilience::BreakerState from, resilience::BreakerState to);
+
+  bool up() const { return subscriber_up_.load(std::memory_order_relaxed); }
+  const std::string& address() const { return address_; }  // host:port/db, no password
+
+ private:
+  std::string key(std::string_view what, const std::string& upstream,
+                  const std::string& model) const;
+  void onMessage(std::string_view message);
+  // Another sidecar (`sender`) opened (upstream, model) until `reopen_ms` (wall clock).
+  void applyOpen(const std::string& upstream, const std::string& model, long long reopen_ms,
+                 std::string_view sender);
+  void sync();
+  static void onSyncTimer(evutil_socket_t, short, void* arg);
+  RedisLink::Options linkOptions(std::string name) const;
+  // The streak of (upstream, model) may be above zero somewhere in the fleet: the next
+  // success resets it.
+  std::atomic<bool>& dirty(const std::string& upstream, const std::string& model);
+
+  config::ClusterConfig config_;
+  std::string ip_;
+  std::string address_;
+  std::string channel_;
+  resilience::UpstreamRegistry& upstreams_;
+  const resilience::Clock& clock_;
+  observe::Metrics& metrics_;
+  std::unique_ptr<RedisLink> subscriber_;
+  std::unique_ptr<RedisLink> syncer_;
+  support::EventPtr sync_timer_;
+  std::atomic<bool> subscriber_up_{false};
+  std::string id_;  // this sidecar's, in what it publishes
+  std::mutex own_mutex_;
+  std::map<std::string, bool> own_open_;  // "upstream\tmodel": this sidecar published the open
+  std::mutex dirty_mutex_;
+  std::map<std::string, std::unique_ptr<std::atomic<bool>>> dirty_;
+};
+
+}  // namespace bulwark::fleet

@@ -1,0 +1,223 @@
+"""Fleet mode: three real Bulwark processes share their circuit breakers through a real Redis
+(Debian's redis-server, started here on loopback), in front of one fake upstream."""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+from harness import (Bulwark, FakeUpstream, closed_port, http_request, scrape)
+
+CHAT_PATH = "/v1/chat/completions"
+CHAT = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+TRANSITION = "circuit breaker transition"
+THRESHOLD = 5
+
+
+class RedisServer:
+    """redis-server on a free loopback port, no persistence; stop() kills it."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or closed_port()
+        self.dir = tempfile.mkdtemp(prefix="bulwark-redis-")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.cli("PING") == "PONG":
+                    return self
+            except (OSError, subprocess.CalledProcessError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                              text=True, check=True, timeout=5).stdout.strip()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+
+def when(entry: dict) -> float:
+    return datetime.datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
+
+
+@unittest.skipUnless(shutil.which("redis-server") and shutil.which("redis-cli"),
+                     "redis-server not installed (Debian package redis-server; scripts/deps.sh)")
+class FleetTest(unittest.TestCase):
+
+    def setUp(self):
+        self.redis = RedisServer().start()
+        self.addCleanup(self.redis.stop)
+        self.fake = FakeUpstream().start()
+        self.addCleanup(self.fake.stop)
+        self.prefix = f"bulwark:test-{uuid.uuid4().hex[:8]}:"
+
+    def fleet(self, count: int = 3, cluster: bool = True, redis_url: str | None = None,
+              recovery: str = "30s") -> list:
+        config = {
+            # One attempt per request, so every upstream attempt is a request's own.
+            "retry": {"max_attempts": 1},
+            "circuit_breaker": {"failure_threshold": THRESHOLD, "recovery_timeout": recovery},
+        }
+        if cluster:
+            config["cluster"] = {"redis": redis_url or self.redis.url, "key_prefix": self.prefix}
+        sidecars = []
+        for i in range(count):
+            # Each sidecar names itself to the upstream, so the fake tells their attempts apart.
+            upstream = {"name": "fake0", "fake": self.fake, "headers": {"x-sidecar": str(i)}}
+            sidecar = Bulwark([upstream], config).start()
+            self.addCleanup(sidecar.stop)
+            sidecars.append(sidecar)
+        return sidecars
+
+    def wait_up(self, sidecar: Bulwark, up: bool = True, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            doc = http_request(sidecar.admin_port, "GET", "/health/detailed").json()
+            if doc.get("cluster", {}).get("up") is up:
+                return
+            time.sleep(0.05)
+        self.fail(f"cluster.up never became {up}")
+
+    def post(self, sidecar: Bulwark):
+        return http_request(sidecar.port, "POST", CHAT_PATH, CHAT,
+                            headers={"Content-Type": "application/json"}, timeout=10)
+
+    def outage_round_robin(self, sidecars: list, requests: int = 30) -> list:
+        self.fake.outage(60)  # every request: 503
+        return [self.post(sidecars[i % len(sidecars)]).status for i in range(requests)]
+
+    def test_an_outage_opens_every_sidecars_breaker_within_200_ms_and_few_attempts(self):
+        sidecars = self.fleet()
+        for sidecar in sidecars:
+            self.wait_up(sidecar)
+        statuses = self.outage_round_robin(sidecars)
+        self.assertIn(503, statuses)
+        # Fleet-wide: the breaker opens after THRESHOLD failures in total, not per sidecar.
+        attempts = len(self.fake.requests)
+        self.assertLessEqual(attempts, THRESHOLD + 3, attempts)
+        opened = [s.wait_for_log(lambda e: e.get("msg") == TRANSITION and e.get("to") == "OPEN")
+                  for s in sidecars]
+        times = sorted(when(e) for e in opened)
+        self.assertLessEqual(times[-1] - times[0], 0.2, times)
+        for sidecar in sidecars:
+            doc = http_request(sidecar.admin_port, "GET", "/health/detailed").json()
+            self.assertEqual(doc["services"]["fake0"]["circuitBreaker"], "OPEN")
+            self.assertEqual(doc["cluster"]["up"], True)
+            self.assertEqual(scrape(sidecar).value("bulwark_cluster_up"), 1)
+        # Every key the fleet wrote expires.
+        keys = [k for k in self.redis.cli("--scan", "--pattern", self.prefix + "*").split() if k]
+        self.assertTrue(keys)
+        for key in keys:
+            self.assertGreater(int(self.redis.cli("PTTL", key)), 0, key)
+
+    def probing_sidecars(self, sidecars: list) -> set:
+        """After the recovery period, with the upstream still down: which sidecars probe."""
+        before = len(self.fake.requests)
+        time.sleep(1.1)  # the recovery period (a timer, not an event, decides it)
+        for i in range(12):
+            self.post(sidecars[i % len(sidecars)])
+        return {dict((k.lower(), v) for k, v in r.headers).get("x-sidecar")
+                for r in self.fake.requests[before:]}
+
+    def test_in_half_open_one_sidecar_probes_for_the_fleet_and_its_verdict_closes_all(self):
+        sidecars = self.fleet(recovery="1s")
+        for sidecar in sidecars:
+            self.wait_up(sidecar)
+        self.outage_round_robin(sidecars, requests=10)
+        probers = self.probing_sidecars(sidecars)
+        self.assertEqual(len(probers), 1, probers)
+        # The upstream is back: the prober's next probe succeeds, and the fleet closes on it.
+        self.fake.outage(0)
+        statuses = []
+        for i in range(12):
+            statuses.append(self.post(sidecars[i % 3]).status)
+            if statuses[-1] == 200:
+                break
+        self.assertEqual(statuses[-1], 200, statuses)
+        closed = [s.wait_for_log(lambda e: e.get("msg") == TRANSITION and e.get("to") == "CLOSED")
+                  for s in sidecars]
+        times = sorted(when(e) for e in closed)
+        self.assertLessEqual(times[-1] - times[0], 0.2, times)
+        for sidecar in sidecars:
+            self.assertEqual(self.post(sidecar).status, 200)
+
+    def test_control_without_the_fleet_every_sidecar_probes(self):
+        sidecars = self.fleet(cluster=False, recovery="1s")
+        self.outage_round_robin(sidecars, requests=15)
+        self.assertEqual(self.probing_sidecars(sidecars), {"0", "1", "2"})
+
+    def test_control_without_the_fleet_each_sidecar_counts_alone(self):
+        sidecars = self.fleet(cluster=False)
+        self.outage_round_robin(sidecars)
+        self.assertEqual(len(self.fake.requests), 3 * THRESHOLD)
+
+    def test_a_sidecar_that_starts_late_learns_the_open_breaker(self):
+        first, second = self.fleet(count=2)
+        for sidecar in (first, second):
+            self.wait_up(sidecar)
+        self.outage_round_robin([first, second], requests=THRESHOLD + 3)
+        late = self.fleet(count=1)[0]
+        late.wait_for_log(lambda e: e.get("msg") == TRANSITION and e.get("to") == "OPEN",
+                          timeout=5)
+        before = len(self.fake.requests)
+        self.assertEqual(self.post(late).status, 503)  # circuit_open, failed fast
+        self.assertEqual(len(self.fake.requests), before)
+
+    def test_without_redis_every_sidecar_decides_alone_and_no_request_fails(self):
+        down = RedisServer()  # never started: its port refuses
+        sidecars = self.fleet(count=2, redis_url=down.url)
+        for sidecar in sidecars:
+            started = time.monotonic()
+            resp = self.post(sidecar)
+            self.assertEqual(resp.status, 200, resp.body[:200])
+            self.assertLess(time.monotonic() - started, 1.0)
+            doc = http_request(sidecar.admin_port, "GET", "/health/detailed").json()
+            self.assertIs(doc["cluster"]["up"], False)
+            self.assertEqual(http_request(sidecar.admin_port, "GET", "/readyz").status, 200)
+            m = scrape(sidecar)
+            self.assertEqual(m.value("bulwark_cluster_up"), 0)
+            self.assertGreater(m.value("bulwark_cluster_errors_total", op="connect"), 0)
+        # Redis comes back: sharing resumes without a restart.
+        down.start()
+        self.addCleanup(down.stop)
+        for sidecar in sidecars:
+            self.wait_up(sidecar, timeout=10)
+
+    def test_redis_killed_mid_run_adds_nothing_to_requests(self):
+        (sidecar,) = self.fleet(count=1)
+        self.wait_up(sidecar)
+        self.redis.stop()
+        for _ in range(5):
+            started = time.monotonic()
+            self.assertEqual(self.post(sidecar).status, 200)
+            self.assertLess(time.monotonic() - started, 1.0)
+        self.wait_up(sidecar, up=False, timeout=5)
+        self.assertEqual(
+            http_request(sidecar.admin_port, "GET", "/health/detailed").json()["services"]
+            ["fake0"]["circuitBreaker"], "CLOSED")
+
+
+if __name__ == "__main__":
+    unittest.main()
