@@ -101,12 +101,14 @@ void Fleet::start(event_base* main_base) {
   RedisLink::Hooks subscriber_hooks = errors;
   subscriber_hooks.on_state = [this](bool up) {
     subscriber_up_.store(up, std::memory_order_relaxed);
-    metrics_.clusterUp(up);
+    metrics_.clusterUp(this->up());
   };
   subscriber_ = std::make_unique<RedisLink>(main_base, linkOptions("subscriber"), subscriber_hooks);
   subscriber_->subscribe(channel_, [this](std::string_view message) { onMessage(message); });
   RedisLink::Hooks syncer_hooks = errors;
   syncer_hooks.on_state = [this](bool up) {
+    syncer_up_.store(up, std::memory_order_relaxed);
+    metrics_.clusterUp(this->up());
     if (up) sync();  // what the fleet decided while this sidecar was away
   };
   syncer_ = std::make_unique<RedisLink>(main_base, linkOptions("sync"), syncer_hooks);

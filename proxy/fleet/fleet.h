@@ -57,7 +57,12 @@ class Fleet {
   void onTransition(const std::string& upstream, const std::string& model,
                     resilience::BreakerState from, resilience::BreakerState to);
 
-  bool up() const { return subscriber_up_.load(std::memory_order_relaxed); }
+  // The subscriber and the sync link both work (the sync's periodic read finds a Redis that
+  // stopped answering, which a silent subscription cannot).
+  bool up() const {
+    return subscriber_up_.load(std::memory_order_relaxed) &&
+           syncer_up_.load(std::memory_order_relaxed);
+  }
   const std::string& address() const { return address_; }  // host:port/db, no password
 
  private:
@@ -85,6 +90,7 @@ class Fleet {
   std::unique_ptr<RedisLink> syncer_;
   support::EventPtr sync_timer_;
   std::atomic<bool> subscriber_up_{false};
+  std::atomic<bool> syncer_up_{false};
   std::string id_;  // this sidecar's, in what it publishes
   std::mutex own_mutex_;
   std::map<std::string, bool> own_open_;  // "upstream\tmodel": this sidecar published the open

@@ -61,7 +61,10 @@ function preStopSleepSeconds(container) {
 
 // The pod, its Bulwark sidecar, its app containers, and Bulwark's proxy.yaml, for a variant.
 function sidecarSetup(objects) {
-  const deployments = objects.filter((o) => o.kind === 'Deployment');
+  // The example app's Deployment: the one with a bulwark container (fleet-redis adds Redis).
+  const hasBulwark = (o) => [...(o.spec.template.spec.initContainers ?? []),
+    ...o.spec.template.spec.containers].some((c) => c.name === 'bulwark');
+  const deployments = objects.filter((o) => o.kind === 'Deployment' && hasBulwark(o));
   assert.equal(deployments.length, 1, 'one example Deployment per variant');
   const deployment = deployments[0];
   const pod = deployment.spec.template;
@@ -103,7 +106,8 @@ function containerPort(container, port) {
 
 test('the layout has the native base, the classic and operator overlays, and the PodMonitor component', () => {
   const names = kustomizationDirs.map((d) => path.relative(K8S_DIR, d)).sort();
-  for (const expected of ['base', 'components/podmonitor', 'overlays/classic-sidecar', 'overlays/prometheus-operator']) {
+  for (const expected of ['base', 'components/podmonitor', 'overlays/classic-sidecar',
+    'overlays/prometheus-operator', 'overlays/fleet-redis']) {
     assert.ok(names.includes(expected), `deploy/kubernetes/${expected}/kustomization.yaml exists`);
   }
 });

@@ -31,7 +31,7 @@ class RedisServer:
     def start(self) -> "RedisServer":
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "no", "--dir", self.dir, "--enable-debug-command", "local"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -204,6 +204,25 @@ class FleetTest(unittest.TestCase):
         self.addCleanup(down.stop)
         for sidecar in sidecars:
             self.wait_up(sidecar, timeout=10)
+
+    def test_a_redis_that_stops_answering_adds_nothing_to_requests(self):
+        (sidecar,) = self.fleet(count=1)
+        self.wait_up(sidecar)
+        # Redis freezes for 2 s; meanwhile requests fail (each a counted failure: a command to
+        # Redis) and succeed.
+        frozen = subprocess.Popen(["redis-cli", "-p", str(self.redis.port), "DEBUG", "SLEEP", "2"],
+                                  stdout=subprocess.DEVNULL)
+        self.addCleanup(frozen.wait)
+        time.sleep(0.1)  # the freeze has begun (redis-cli sent it)
+        self.fake.script([{"status": 503}] * 3)
+        for _ in range(6):
+            started = time.monotonic()
+            self.post(sidecar)
+            self.assertLess(time.monotonic() - started, 0.5, "a request waited on Redis")
+        # The link's commands got no answer within cluster.timeout: it is down, then back.
+        self.wait_up(sidecar, up=False, timeout=2)
+        self.assertGreater(scrape(sidecar).value("bulwark_cluster_errors_total"), 0)
+        self.wait_up(sidecar, up=True, timeout=10)
 
     def test_redis_killed_mid_run_adds_nothing_to_requests(self):
         (sidecar,) = self.fleet(count=1)
