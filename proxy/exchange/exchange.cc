@@ -73,6 +73,8 @@ bool generatesOutput(std::string_view path) {
 // A queued request checks again at least this often: reservations settle, and the headers
 // of responses move the quota, sooner than a refill estimate foresees.
 constexpr resilience::Millis kQueueRecheckMax{100};
+// A request the fleet found no room for checks again this soon.
+constexpr resilience::Millis kFleetRecheck{20};
 
 }  // namespace
 
@@ -196,8 +198,7 @@ void Exchange::admit(bool retry) {
     resilience::Quota::Admission fit = quota.tryReserve(cost_, route_->admission.headroom, now);
     if (fit.admitted) {
       countRejections(refused);
-      context_.metrics.admissionWait(config_->upstreams[index].name, 0);
-      startAdmitted(std::move(selection), retry, &quota);
+      confirmAndStart(std::move(selection), retry, quota, 0);
       return;
     }
     if (best < 0 || fit.wait < best_wait) {
@@ -212,6 +213,61 @@ void Exchange::admit(bool retry) {
     return;
   }
   enqueue(best, *best_quota, best_wait, retry);
+}
+
+void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilience::Quota& quota,
+                               double waited_seconds) {
+  const std::string upstream = config_->upstreams[selection.index].name;
+  resilience::QuotaArbiter* arbiter = context_.arbiter;
+  resilience::Quota::View view = quota.view(context_.clock.now());
+  if (arbiter == nullptr || !arbiter->active() ||
+      (view.requests.limit <= 0 && view.tokens.limit <= 0)) {
+    context_.metrics.admissionWait(upstream, waited_seconds);
+    startAdmitted(std::move(selection), retry, &quota);
+    return;
+  }
+  // What the local view leaves, less the headroom: every sidecar's reservations together
+  // must fit in it. A bucket without a known limit does not bound it.
+  const double headroom = route_->admission.headroom;
+  auto room = [&](const resilience::Quota::BucketView& b) {
+    return b.limit > 0 ? b.remaining - headroom * b.limit : 1e18;
+  };
+  resilience::QuotaCost space{room(view.requests), room(view.tokens)};
+  int index = selection.index;
+  confirming_ = Confirming{std::move(selection), &quota, retry, waited_seconds};
+  phase_ = Phase::kQueued;
+  std::weak_ptr<int> alive = alive_;
+  resilience::QuotaCost cost = cost_;
+  std::string model = facts_.model;
+  arbiter->confirm(
+      upstream, model, cost, space,
+      [this, alive, arbiter, upstream, model, cost, index](
+          bool fits, resilience::QuotaArbiter::Ticket ticket) {
+        if (alive.expired() || !confirming_) {
+          // The request ended while the fleet answered: nothing goes out on this reservation.
+          if (fits) arbiter->end(upstream, model, cost, ticket);
+          return;
+        }
+        Confirming confirmed = std::move(*confirming_);
+        confirming_.reset();
+        phase_ = confirmed.retry ? Phase::kWaiting : Phase::kAdmitted;
+        if (!fits) {
+          // Other sidecars hold the room the local view saw: wait in the queue, and check
+          // again soon (the lease goes back meanwhile).
+          confirmed.quota->release(cost_);
+          enqueue(index, *confirmed.quota, kFleetRecheck, confirmed.retry);
+          return;
+        }
+        context_.metrics.admissionWait(upstream, confirmed.waited_seconds);
+        startAdmitted(std::move(confirmed.selection), confirmed.retry, confirmed.quota);
+        if (!tries_.empty()) tries_.back()->fleet = ticket;
+      });
+}
+
+void Exchange::endFleetReservation(Try& t) {
+  if (!t.fleet.fleet_reserved || context_.arbiter == nullptr) return;
+  context_.arbiter->end(t.upstream->name, facts_.model, cost_, t.fleet);
+  t.fleet = {};
 }
 
 void Exchange::startAdmitted(UpstreamSelection selection, bool retry, resilience::Quota* quota) {
@@ -276,7 +332,7 @@ void Exchange::armQueueTimer(resilience::Millis wait) {
 
 void Exchange::onQueueTimer(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Exchange*>(arg);
-  if (self->phase_ != Phase::kQueued) return;
+  if (self->phase_ != Phase::kQueued || self->queued_.quota == nullptr) return;
   QueuePlace& place = self->queued_;
   resilience::SteadyTime now = self->context_.clock.now();
   resilience::Quota::Admission fit =
@@ -309,8 +365,7 @@ void Exchange::onQueueTimer(evutil_socket_t, short, void* arg) {
     self->refuse(selection, retry);
     return;
   }
-  self->context_.metrics.admissionWait(self->config_->upstreams[index].name, waited.count());
-  self->startAdmitted(std::move(selection), retry, quota);
+  self->confirmAndStart(std::move(selection), retry, *quota, waited.count());
 }
 
 void Exchange::leaveQueue() {
@@ -363,7 +418,12 @@ void Exchange::observeRateLimit(Try& t) {
   resilience::RateLimitHeaders limits = resilience::parseRateLimitHeaders(t.head.headers);
   if (limits.any()) {
     // The upstream counted the request, and took this view of its quota, when it arrived.
-    t.quota->observe(limits, context_.clock.now(), t.sent ? t.sent_at : t.started);
+    resilience::SteadyTime as_of = t.sent ? t.sent_at : t.started;
+    t.quota->observe(limits, context_.clock.now(), as_of);
+    if (context_.arbiter != nullptr && context_.arbiter->active()) {
+      context_.arbiter->observed(t.upstream->name, facts_.model, limits,
+                                 context_.clock.wallNow() - (context_.clock.now() - as_of));
+    }
     context_.metrics.rateLimit(t.upstream->name, facts_.model, "requests", limits.limit_requests,
                                limits.remaining_requests);
     context_.metrics.rateLimit(t.upstream->name, facts_.model, "tokens", limits.limit_tokens,
@@ -377,16 +437,18 @@ void Exchange::observeRateLimit(Try& t) {
   } else {
     t.quota->charge(cost_);
   }
+  endFleetReservation(t);
 }
 
-void Exchange::dropReservation(Try& t, const resilience::QuotaCost& cost) {
+void Exchange::dropReservation(Try& t) {
   if (!t.reserved) return;
   t.reserved = false;
   if (t.sent) {
-    t.quota->charge(cost);
+    t.quota->charge(cost_);
   } else {
-    t.quota->release(cost);
+    t.quota->release(cost_);
   }
+  endFleetReservation(t);
 }
 
 void Exchange::startStreamed() {
@@ -860,6 +922,10 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
     if (std::optional<resilience::Millis> pause =
             resilience::serverRetryHint(t.head.headers, 0, context_.clock.wallNow())) {
       t.quota->cooldown(inputs.now + *pause);
+      if (context_.arbiter != nullptr && context_.arbiter->active()) {
+        context_.arbiter->cooledDown(t.upstream->name, facts_.model,
+                                     context_.clock.wallNow() + *pause);
+      }
     } else if (resilience::Quota::View quota = t.quota->view(inputs.now);
                quota.requests.limit > 0 || quota.tokens.limit > 0) {
       inputs.server_hint = resilience::Millis(0);
@@ -939,7 +1005,7 @@ void Exchange::endAttempt(Try& t, const AttemptEnd* end) {
   if (found == tries_.end()) return;
   std::unique_ptr<Try> owned = std::move(*found);
   tries_.erase(found);
-  dropReservation(*owned, cost_);
+  dropReservation(*owned);
   owned->transfer.reset();  // cancels a running transfer
   owned->lease.reset();     // an unrecorded outcome gives the breaker admission back
 }
@@ -1068,8 +1134,9 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
     return;
   }
   if (self->phase_ == Phase::kQueued) {
-    bool retry = self->queued_.retry;
-    int index = self->queued_.index;
+    // In the queue, or waiting for the fleet to confirm.
+    bool retry = self->confirming_ ? self->confirming_->retry : self->queued_.retry;
+    int index = self->confirming_ ? self->confirming_->selection.index : self->queued_.index;
     self->leaveQueue();
     self->refuseAdmission(index, "wait_exceeded", resilience::Millis(0), retry);
     return;
@@ -1086,6 +1153,12 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
 
 void Exchange::finish(int status, bool client_left) {
   leaveQueue();
+  if (confirming_) {
+    // It ends while the fleet confirms: the local reservation goes back (the callback ends
+    // the fleet's, when it comes).
+    confirming_->quota->release(cost_);
+    confirming_.reset();
+  }
   phase_ = Phase::kFinished;
   evtimer_del(deadline_timer_.get());
   evtimer_del(wait_timer_.get());

@@ -33,6 +33,7 @@
 #include "proxy/resilience/backoff.h"
 #include "proxy/resilience/classify.h"
 #include "proxy/resilience/quota.h"
+#include "proxy/resilience/quota_arbiter.h"
 #include "proxy/resilience/retry_decision.h"
 #include "proxy/resilience/sse_scanner.h"
 #include "proxy/server/http_request.h"
@@ -110,6 +111,7 @@ class Exchange final : public server::ActiveRequest {
     // request names a model; `reserved`: this attempt holds its cost there until the head.
     resilience::Quota* quota = nullptr;
     bool reserved = false;
+    resilience::QuotaArbiter::Ticket fleet;  // its reservation with the fleet, if any
     bool sent = false;  // connected, and the request went out
     resilience::SteadyTime sent_at;  // when it went out: when the upstream counts it
   };
@@ -158,8 +160,14 @@ class Exchange final : public server::ActiveRequest {
   // limit and, with admission on, the rate limit. A request that does not fit any upstream
   // of the chain now queues at the one with the shortest wait.
   void admit(bool retry);
+  // The local view admitted the attempt (its cost reserved in `quota`): in fleet mode the
+  // fleet confirms it first (a short wait, bounded by cluster.timeout), then it starts.
+  void confirmAndStart(UpstreamSelection selection, bool retry, resilience::Quota& quota,
+                       double waited_seconds);
   // An upstream admitted the attempt (its cost reserved in `quota`, if admission applies).
   void startAdmitted(UpstreamSelection selection, bool retry, resilience::Quota* quota);
+  // The try's reservation with the fleet ends, if it has one.
+  void endFleetReservation(Try& t);
   // Nothing admitted an attempt: the first gets Bulwark's 503, a retry gives up.
   void refuse(const UpstreamSelection& selection, bool retry);
   // Waits in the queue of `index` for room, or refuses when it cannot come in time.
@@ -174,7 +182,7 @@ class Exchange final : public server::ActiveRequest {
   // settles the try's reservation.
   void observeRateLimit(Try& t);
   // A try that held a reservation ends without a head: counted if the request went out.
-  static void dropReservation(Try& t, const resilience::QuotaCost& cost);
+  void dropReservation(Try& t);
   // The (order of) candidate upstreams for the next attempt: the route's chain; for a retry,
   // the ones after the upstream that failed, then that one.
   std::vector<int> candidates(bool retry) const;
@@ -274,6 +282,15 @@ class Exchange final : public server::ActiveRequest {
     resilience::SteadyTime until;  // max_wait, or the deadline if that comes first
   };
   QueuePlace queued_;
+  // Admitted by the local view, waiting for the fleet's confirmation.
+  struct Confirming {
+    UpstreamSelection selection;
+    resilience::Quota* quota;
+    bool retry;
+    double waited_seconds;
+  };
+  std::optional<Confirming> confirming_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // for callbacks that may outlive it
   int hedges_ = 0;                   // hedge attempts started
   int winner_ = 0;                   // the attempt whose answer the client got
 

@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/quota_arbiter.h"
 #include "proxy/resilience/upstream_health.h"
 #include "proxy/upstream/attempt.h"
 
@@ -23,6 +24,8 @@ struct ExchangeContext {
   // The live configuration; an exchange keeps the snapshot it started with.
   std::shared_ptr<const config::Config> (*current_config)(void* arg);
   void* current_config_arg;
+  // Fleet mode: confirms admissions against every sidecar's reservations (none: alone).
+  resilience::QuotaArbiter* arbiter = nullptr;
 
   std::shared_ptr<const config::Config> config() const {
     return current_config(current_config_arg);

@@ -26,6 +26,46 @@ redis.call('PUBLISH', ARGV[3], 'fail\t' .. ARGV[4])
 return {n, began}
 )lua";
 
+// Reserves ARGV cost in this sidecar's fields of the hash KEYS[1] if every live sidecar's
+// reservations together stay within the room; answers 1 (reserved) or 0 (nothing held).
+// A sidecar is live while its key (ARGV[7] .. id) exists; a dead one's fields are dropped.
+// ARGV: id, cost tokens, cost requests, room tokens, room requests, ttl ms, alive prefix.
+constexpr char kReserveScript[] = R"lua(
+redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':t', ARGV[2])
+redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':r', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local fields = redis.call('HGETALL', KEYS[1])
+local tokens, requests = 0, 0
+for i = 1, #fields, 2 do
+  local field = fields[i]
+  local sidecar = string.sub(field, 1, -3)
+  if sidecar == ARGV[1] or redis.call('EXISTS', ARGV[7] .. sidecar) == 1 then
+    if string.sub(field, -1) == 't' then
+      tokens = tokens + tonumber(fields[i + 1])
+    else
+      requests = requests + tonumber(fields[i + 1])
+    end
+  else
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+if tokens > tonumber(ARGV[4]) or requests > tonumber(ARGV[5]) then
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':t', -tonumber(ARGV[2]))
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':r', -tonumber(ARGV[3]))
+  return 0
+end
+return 1
+)lua";
+
+// How long the reservation hashes and a sidecar's liveness outlast their last refresh.
+constexpr long long kReservationTtlMs = 120000;
+
+std::string decimal(double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3f", value);
+  return buf;
+}
+
 // The worker's own connection, and whether this thread is applying what the fleet said (its
 // transitions are the fleet's, not to be published again).
 thread_local std::unique_ptr<RedisLink> t_link;
@@ -145,6 +185,104 @@ std::atomic<bool>& Fleet::dirty(const std::string& upstream, const std::string& 
   return *flag;
 }
 
+bool Fleet::active() const { return t_link != nullptr && t_link->up(); }
+
+void Fleet::confirm(const std::string& upstream, const std::string& model,
+                    const resilience::QuotaCost& cost, const resilience::QuotaCost& room,
+                    std::function<void(bool fits, Ticket ticket)> done) {
+  RedisLink* link = t_link.get();
+  if (link == nullptr || !link->up()) {
+    done(true, Ticket{});
+    return;
+  }
+  std::string slot = upstream + "\t" + model;
+  link->command(
+      {"EVAL", kReserveScript, "1", key("reserved", upstream, model), id_, decimal(cost.tokens),
+       decimal(cost.requests), decimal(room.tokens), decimal(room.requests),
+       std::to_string(kReservationTtlMs), config_.key_prefix + "alive:"},
+      "reserve", [this, slot, cost, done = std::move(done)](const redisReply* reply) {
+        if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) {
+          done(true, Ticket{});  // no answer in time: the local view decides
+          return;
+        }
+        if (reply->integer != 1) {
+          done(false, Ticket{});
+          return;
+        }
+        {
+          std::lock_guard lock(reserved_mutex_);
+          resilience::QuotaCost& mine = reserved_[slot];
+          mine.requests += cost.requests;
+          mine.tokens += cost.tokens;
+        }
+        done(true, Ticket{true});
+      });
+}
+
+void Fleet::end(const std::string& upstream, const std::string& model,
+                const resilience::QuotaCost& cost, Ticket ticket) {
+  if (!ticket.fleet_reserved) return;
+  {
+    std::lock_guard lock(reserved_mutex_);
+    resilience::QuotaCost& mine = reserved_[upstream + "\t" + model];
+    mine.requests = std::max(0.0, mine.requests - cost.requests);
+    mine.tokens = std::max(0.0, mine.tokens - cost.tokens);
+  }
+  RedisLink* link = t_link.get();
+  if (link == nullptr || !link->up()) return;  // the next sync rewrites the fields
+  std::string hash = key("reserved", upstream, model);
+  link->command({"HINCRBYFLOAT", hash, id_ + ":t", decimal(-cost.tokens)}, "unreserve");
+  link->command({"HINCRBYFLOAT", hash, id_ + ":r", decimal(-cost.requests)}, "unreserve");
+}
+
+namespace {
+
+std::string field(const std::optional<double>& value) {
+  return value ? decimal(*value) : std::string();
+}
+std::string field(const std::optional<resilience::Millis>& value) {
+  return value ? std::to_string(value->count()) : std::string();
+}
+std::optional<double> numberField(std::string_view text) {
+  double out = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return out;
+}
+std::optional<resilience::Millis> millisField(std::string_view text) {
+  std::optional<double> ms = numberField(text);
+  if (!ms) return std::nullopt;
+  return resilience::Millis(static_cast<long long>(*ms));
+}
+
+}  // namespace
+
+void Fleet::observed(const std::string& upstream, const std::string& model,
+                     const resilience::RateLimitHeaders& h, resilience::WallTime as_of) {
+  RedisLink* link = t_link.get();
+  if (link == nullptr || !link->up()) return;
+  long long as_of_ms =
+      std::chrono::duration_cast<resilience::Millis>(as_of.time_since_epoch()).count();
+  link->command({"PUBLISH", channel_,
+                 "quota\t" + upstream + "\t" + model + "\t" + field(h.limit_requests) + "\t" +
+                     field(h.remaining_requests) + "\t" + field(h.reset_requests) + "\t" +
+                     field(h.limit_tokens) + "\t" + field(h.remaining_tokens) + "\t" +
+                     field(h.reset_tokens) + "\t" + std::to_string(as_of_ms) + "\t" + id_},
+                "publish");
+}
+
+void Fleet::cooledDown(const std::string& upstream, const std::string& model,
+                       resilience::WallTime until) {
+  RedisLink* link = t_link.get();
+  if (link == nullptr || !link->up()) return;
+  long long until_ms =
+      std::chrono::duration_cast<resilience::Millis>(until.time_since_epoch()).count();
+  link->command({"PUBLISH", channel_,
+                 "cooldown\t" + upstream + "\t" + model + "\t" + std::to_string(until_ms) +
+                     "\t" + id_},
+                "publish");
+}
+
 void Fleet::onOutcome(const std::string& upstream, const std::string& model, bool counted_failure,
                       bool busy) {
   RedisLink* link = t_link.get();
@@ -235,6 +373,27 @@ void Fleet::onMessage(std::string_view message) {
   if (health == nullptr) return;  // not an upstream of this sidecar
   if (parts[0] == "fail") {
     dirty(upstream, model).store(true);
+  } else if (parts[0] == "quota" && parts.size() == 11) {
+    if (parts[10] == id_) return;  // its own view, already taken
+    resilience::RateLimitHeaders h;
+    h.limit_requests = numberField(parts[3]);
+    h.remaining_requests = numberField(parts[4]);
+    h.reset_requests = millisField(parts[5]);
+    h.limit_tokens = numberField(parts[6]);
+    h.remaining_tokens = numberField(parts[7]);
+    h.reset_tokens = millisField(parts[8]);
+    std::optional<double> as_of_ms = numberField(parts[9]);
+    if (!as_of_ms) return;
+    resilience::SteadyTime now = clock_.now();
+    resilience::SteadyTime as_of =
+        now - resilience::Millis(wallMs(clock_) - static_cast<long long>(*as_of_ms));
+    health->quotaFor(model).observe(h, now, std::min(as_of, now));
+  } else if (parts[0] == "cooldown" && parts.size() == 5) {
+    if (parts[4] == id_) return;
+    std::optional<double> until_ms = numberField(parts[3]);
+    if (!until_ms) return;
+    health->quotaFor(model).cooldown(
+        clock_.now() + resilience::Millis(static_cast<long long>(*until_ms) - wallMs(clock_)));
   } else if (parts[0] == "open" && parts.size() == 5) {
     long long reopen = 0;
     auto [end, ec] = std::from_chars(parts[3].data(), parts[3].data() + parts[3].size(), reopen);
@@ -250,6 +409,23 @@ void Fleet::onMessage(std::string_view message) {
 
 void Fleet::sync() {
   if (!syncer_ || !syncer_->up()) return;
+  // This sidecar is alive, and holds exactly what it has in flight.
+  syncer_->command({"SET", config_.key_prefix + "alive:" + id_, "1", "PX",
+                    std::to_string(std::max<long long>(3000, 3 * config_.sync_interval.count()))},
+                   "set");
+  std::map<std::string, resilience::QuotaCost> mine;
+  {
+    std::lock_guard lock(reserved_mutex_);
+    mine = reserved_;
+  }
+  for (const auto& [slot, cost] : mine) {
+    std::vector<std::string_view> parts = split(slot, '\t');
+    std::string hash = key("reserved", std::string(parts[0]), std::string(parts[1]));
+    syncer_->command({"HSET", hash, id_ + ":t", decimal(cost.tokens), id_ + ":r",
+                      decimal(cost.requests)},
+                     "hset");
+    syncer_->command({"PEXPIRE", hash, std::to_string(kReservationTtlMs)}, "pexpire");
+  }
   for (resilience::UpstreamHealth* health : upstreams_.current()) {
     std::string upstream = health->name();
     syncer_->command({"GET", key("open", upstream, "")}, "get",

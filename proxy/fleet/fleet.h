@@ -10,6 +10,14 @@
 //    smaller id); the others wait for its verdict, published as a close or a new open, and
 //    probe for themselves only if it never comes within one more recovery period.
 //  - A sidecar that starts, or reconnects, reads the open breakers every sync_interval.
+//  - Rate limits: every response's x-ratelimit-* view and every 429 pause is published, and
+//    each sidecar's quota takes them as its own (the freshest view wins). What a sidecar's
+//    local quota admits is confirmed against every sidecar's
+//    in-flight reservations (a hash per (upstream, model), a field per sidecar), atomically,
+//    so that sidecars waking for the same refill do not all take it. The request waits for
+//    that answer at most cluster.timeout; without one, the local view decides. Each sidecar
+//    rewrites its own fields every sync_interval, and a sidecar that stopped refreshing its
+//    liveness key no longer counts, so a lost command or a crash leaks nothing for long.
 //
 // Redis is never on a request's path: every command is sent after the fact, from the worker
 // loop that saw the outcome (each worker has its own connection), and its answer, if it
@@ -32,16 +40,17 @@
 #include "config/config.h"
 #include "proxy/fleet/redis_link.h"
 #include "proxy/observe/metrics.h"
+#include "proxy/resilience/quota_arbiter.h"
 #include "proxy/resilience/upstream_health.h"
 
 namespace bulwark::fleet {
 
-class Fleet {
+class Fleet final : public resilience::QuotaArbiter {
  public:
   // `ip`: the Redis host, resolved before any loop runs.
   Fleet(const config::ClusterConfig& config, std::string ip, resilience::UpstreamRegistry& upstreams,
         const resilience::Clock& clock, observe::Metrics& metrics);
-  ~Fleet();
+  ~Fleet() override;
   Fleet(const Fleet&) = delete;
   Fleet& operator=(const Fleet&) = delete;
 
@@ -59,6 +68,18 @@ class Fleet {
 
   // The subscriber and the sync link both work (the sync's periodic read finds a Redis that
   // stopped answering, which a silent subscription cannot).
+  // resilience::QuotaArbiter, on worker threads (each with its own link).
+  bool active() const override;
+  void confirm(const std::string& upstream, const std::string& model,
+               const resilience::QuotaCost& cost, const resilience::QuotaCost& room,
+               std::function<void(bool fits, Ticket ticket)> done) override;
+  void end(const std::string& upstream, const std::string& model, const resilience::QuotaCost& cost,
+           Ticket ticket) override;
+  void observed(const std::string& upstream, const std::string& model,
+                const resilience::RateLimitHeaders& headers, resilience::WallTime as_of) override;
+  void cooledDown(const std::string& upstream, const std::string& model,
+                  resilience::WallTime until) override;
+
   bool up() const {
     return subscriber_up_.load(std::memory_order_relaxed) &&
            syncer_up_.load(std::memory_order_relaxed);
@@ -94,6 +115,10 @@ class Fleet {
   std::string id_;  // this sidecar's, in what it publishes
   std::mutex own_mutex_;
   std::map<std::string, bool> own_open_;  // "upstream\tmodel": this sidecar published the open
+  // This sidecar's fleet reservations in flight, by "upstream\tmodel": rewritten to Redis
+  // every sync_interval, so a lost end() does not hold room forever.
+  std::mutex reserved_mutex_;
+  std::map<std::string, resilience::QuotaCost> reserved_;
   std::mutex dirty_mutex_;
   std::map<std::string, std::unique_ptr<std::atomic<bool>>> dirty_;
 };

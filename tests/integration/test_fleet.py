@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -12,7 +14,11 @@ import time
 import unittest
 import uuid
 
+from pathlib import Path
+
 from harness import (Bulwark, FakeUpstream, closed_port, http_request, scrape)
+
+E2E = Path(__file__).resolve().parent.parent / "e2e"
 
 CHAT_PATH = "/v1/chat/completions"
 CHAT = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
@@ -236,6 +242,65 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(
             http_request(sidecar.admin_port, "GET", "/health/detailed").json()["services"]
             ["fake0"]["circuitBreaker"], "CLOSED")
+
+
+@unittest.skipUnless(shutil.which("redis-server") and shutil.which("redis-cli"),
+                     "redis-server not installed (Debian package redis-server; scripts/deps.sh)")
+class FleetQuotaTest(unittest.TestCase):
+    """The quota-admission scenario across three sidecars sharing one limiter."""
+
+    WINDOW = 3  # seconds per limiter minute: 20,000 tokens per 3 s
+
+    def run_fleet(self, cluster: bool) -> tuple:
+        if not (E2E / "node_modules" / "openai").exists():
+            self.skipTest("tests/e2e/node_modules missing (npm ci in tests/e2e)")
+        redis = RedisServer().start()
+        self.addCleanup(redis.stop)
+        fake = FakeUpstream(rate_limits={"gpt-4o-mini": {"rpm": 120, "tpm": 20000,
+                                                         "window": self.WINDOW}}).start()
+        self.addCleanup(fake.stop)
+        config = {"admission": {"max_wait": "10s"}}
+        if cluster:
+            config["cluster"] = {"redis": redis.url,
+                                 "key_prefix": f"bulwark:test-{uuid.uuid4().hex[:8]}:"}
+        sidecars = []
+        for _ in range(3):
+            sidecar = Bulwark([fake], config).start()
+            self.addCleanup(sidecar.stop)
+            sidecars.append(sidecar)
+        started = time.monotonic()
+        drivers = [subprocess.Popen(
+            ["node", str(E2E / "ratelimit_load.mjs")],
+            env=dict(os.environ, BASE_URL=s.openai_base_url, CLIENTS="6", REQUESTS="30",
+                     SEED=str(i + 1), DEADLINE_MS="10000"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i, s in enumerate(sidecars)]
+        summaries = []
+        for driver in drivers:
+            out, err = driver.communicate(timeout=120)
+            self.assertEqual(driver.returncode, 0, err[-2000:])
+            summaries.append(json.loads(out.strip().splitlines()[-1]))
+        elapsed = time.monotonic() - started
+        limiter = fake.limiters["gpt-4o-mini"]
+        capacity = 20000 * (1 + elapsed / self.WINDOW)
+        return summaries, limiter, limiter.tokens_charged / capacity
+
+    def test_three_sidecars_keep_429s_rare_and_use_the_limit(self):
+        summaries, limiter, used = self.run_fleet(cluster=True)
+        attempts = limiter.accepted + limiter.rejected
+        print(f"fleet: 429s {limiter.rejected}/{attempts}, capacity used {used:.3f}, "
+              f"ok {sum(s['ok'] for s in summaries)}/90", flush=True)
+        self.assertEqual(sum(s["ok"] for s in summaries), 90, summaries)
+        self.assertLessEqual(limiter.rejected, 0.02 * attempts, (limiter.rejected, attempts))
+        self.assertGreaterEqual(used, 0.9)
+
+    def test_control_three_sidecars_alone_collide(self):
+        """Without the fleet each sidecar sees only its own answers and reservations: the three
+        take the same refill, and many of their attempts draw 429s."""
+        _, limiter, _ = self.run_fleet(cluster=False)
+        attempts = limiter.accepted + limiter.rejected
+        print(f"alone: 429s {limiter.rejected}/{attempts}", flush=True)
+        self.assertGreater(limiter.rejected, 0.1 * attempts)
 
 
 if __name__ == "__main__":
