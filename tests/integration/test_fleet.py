@@ -174,6 +174,38 @@ class FleetTest(unittest.TestCase):
         self.outage_round_robin(sidecars, requests=15)
         self.assertEqual(self.probing_sidecars(sidecars), {"0", "1", "2"})
 
+    def test_twenty_percent_random_503s_at_fleet_volume_never_trip(self):
+        import random
+        import threading
+        rng = random.Random(7)
+        self.fake.responder = lambda request: {"status": 503} if rng.random() < 0.2 else None
+        config = {"retry": {"max_attempts": 1},  # the shipped breaker defaults
+                  "cluster": {"redis": self.redis.url, "key_prefix": self.prefix}}
+        sidecars = [Bulwark([self.fake], config).start() for _ in range(3)]
+        for sidecar in sidecars:
+            self.addCleanup(sidecar.stop)
+            self.wait_up(sidecar)
+        statuses: list = []
+
+        def load(sidecar: Bulwark) -> None:
+            for _ in range(250):
+                statuses.append(self.post(sidecar).status)
+
+        threads = [threading.Thread(target=load, args=(s,)) for s in sidecars]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertGreater(statuses.count(503), 100)  # the noise was there
+        for sidecar in sidecars:
+            self.assertFalse([e for e in sidecar.logs if e.get("msg") == TRANSITION],
+                             "a breaker tripped on random failures")
+        # The fleet counted them: one script run per failure.
+        stats = self.redis.cli("INFO", "commandstats")
+        evals = next(int(line.split("calls=")[1].split(",")[0]) for line in stats.splitlines()
+                     if line.startswith("cmdstat_eval:"))
+        self.assertGreater(evals, 100)
+
     def test_control_without_the_fleet_each_sidecar_counts_alone(self):
         sidecars = self.fleet(cluster=False)
         self.outage_round_robin(sidecars)
