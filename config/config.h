@@ -153,9 +153,9 @@ struct RouteMatch {
 // first byte of its upstream and model) gets a twin on the next upstream of the chain; the
 // first to reach the commit point wins and the others are cancelled.
 struct HedgeConfig {
-  bool p95 = false;           // after: p95
-  Duration after{0};          // after: <duration>
-  int max = 1;                // hedges per request, at most
+  bool p95 = false;   // after: p95
+  Duration after{0};  // after: <duration>
+  int max = 1;        // hedges per request, at most
   bool operator==(const HedgeConfig&) const = default;
 };
 
@@ -164,27 +164,27 @@ struct HedgeConfig {
 // in a bounded FIFO per (upstream, model) until it does, instead of drawing a 429.
 struct AdmissionConfig {
   bool enabled = true;
-  int max_queue = 1000;           // waiting requests per (upstream, model)
-  Duration max_wait = 30s;        // the longest a request waits for room
-  double headroom = 0.02;         // the share of each limit kept free
-  double bytes_per_token = 4;     // prompt text bytes per estimated token
+  int max_queue = 1000;              // waiting requests per (upstream, model)
+  Duration max_wait = 30s;           // the longest a request waits for room
+  double headroom = 0.02;            // the share of each limit kept free
+  double bytes_per_token = 4;        // prompt text bytes per estimated token
   int default_output_tokens = 1000;  // the output cap of a request that sets none
-  int image_tokens = 800;         // an image part's flat estimate
+  int image_tokens = 800;            // an image part's flat estimate
   bool operator==(const AdmissionConfig&) const = default;
 };
 
 // Fleet mode: the sidecars of a fleet share breaker and rate-limit state through one Redis.
 // Absent: a single process, local state only.
 struct ClusterConfig {
-  std::string redis;                 // as written: redis://[[user]:password@]host[:port][/db]
-  std::string host;                  // parsed from `redis`
+  std::string redis;  // as written: redis://[[user]:password@]host[:port][/db]
+  std::string host;   // parsed from `redis`
   std::uint16_t port = 6379;
-  std::string user;                  // empty: the default user (AUTH <password>)
-  std::string password;              // empty: no AUTH
+  std::string user;      // empty: the default user (AUTH <password>)
+  std::string password;  // empty: no AUTH
   int db = 0;
   std::string key_prefix = "bulwark:default:";
-  Duration timeout = 50ms;           // the longest a request waits on Redis
-  Duration sync_interval = 1s;       // how often shared state is refreshed from Redis
+  Duration timeout = 50ms;      // the longest a request waits on Redis
+  Duration sync_interval = 1s;  // how often shared state is refreshed from Redis
   bool operator==(const ClusterConfig&) const = default;
 };
 

@@ -164,7 +164,7 @@ bool isAuthority(std::string_view authority) {
 
 // What is wrong with a base_url, if anything. Never quotes the URL: it may carry a secret.
 std::optional<std::string> proxyUrlProblem(std::string_view url) {
-  static constexpr std::string_view kSchemes[] = {"http://", "https://", "socks4://",
+  static constexpr std::string_view kSchemes[] = {"http://",    "https://",  "socks4://",
                                                   "socks4a://", "socks5://", "socks5h://"};
   std::string_view rest;
   for (std::string_view scheme : kSchemes) {
@@ -550,8 +550,8 @@ void readCluster(MappingReader cluster, std::optional<ClusterConfig>& out) {
 // ---- routes ----
 
 // Top-level sections a route cannot override: they belong to the process or the upstream.
-constexpr std::array<std::string_view, 6> kNotPerRoute{"server", "circuit_breaker", "log",
-                                                       "metrics", "routes", "cluster"};
+constexpr std::array<std::string_view, 6> kNotPerRoute{"server",  "circuit_breaker", "log",
+                                                       "metrics", "routes",          "cluster"};
 
 void readRouteMatch(MappingReader match, RouteMatch& out) {
   match.readString("path", out.path);
@@ -567,9 +567,9 @@ void readRouteUpstreams(MappingReader& route, const std::vector<UpstreamConfig>&
   const YAML::Node* list = route.find("upstreams");
   if (list == nullptr) return;
   if (!list->IsSequence() || list->size() == 0) {
-    route.fail("upstreams", "expected a non-empty list of upstream names, got " +
-                                (list->IsSequence() ? std::string("an empty list")
-                                                    : describeNode(*list)));
+    route.fail("upstreams",
+               "expected a non-empty list of upstream names, got " +
+                   (list->IsSequence() ? std::string("an empty list") : describeNode(*list)));
     return;
   }
   std::string known;
@@ -628,9 +628,9 @@ RouteConfig readRoute(MappingReader route, const Config& config,
                 "must be non-empty, not \"default\", and use only letters, digits, '.', '_' "
                 "and '-'");
     if (auto same = names.find(out.name); same != names.end()) {
-      route.check("name", false,
-                  "duplicate route name, already used by routes[" +
-                      std::to_string(same->second) + "]");
+      route.check(
+          "name", false,
+          "duplicate route name, already used by routes[" + std::to_string(same->second) + "]");
     }
   }
   readRouteMatch(route.section("match"), out.match);
@@ -640,8 +640,9 @@ RouteConfig readRoute(MappingReader route, const Config& config,
   readAdmission(route.section("admission"), out.admission);
   for (std::string_view key : kNotPerRoute) {
     if (route.find(key) != nullptr) {
-      route.fail(key, "cannot be set per route; a route overrides timeouts, retry, upstreams, hedge and "
-                  "admission");
+      route.fail(key,
+                 "cannot be set per route; a route overrides timeouts, retry, upstreams, hedge and "
+                 "admission");
     }
   }
   if (route.find("hedge") != nullptr) out.hedge = readHedge(route.section("hedge"));
@@ -655,7 +656,8 @@ void readRoutes(MappingReader& root, Config& config) {
   config.default_route.retry = config.retry;
   config.default_route.admission = config.admission;
   config.default_route.upstreams.clear();
-  for (std::size_t i = 0; i < config.upstreams.size(); ++i) config.default_route.upstreams.push_back(i);
+  for (std::size_t i = 0; i < config.upstreams.size(); ++i)
+    config.default_route.upstreams.push_back(i);
   const YAML::Node* list = root.find("routes");
   if (list == nullptr || list->IsNull()) return;
   if (!list->IsSequence()) {

@@ -242,15 +242,14 @@ void App::startFleet(const config::Config& config) {
     return;
   }
   char ip[NI_MAXHOST];
-  int named = getnameinfo(found->ai_addr, found->ai_addrlen, ip, sizeof ip, nullptr, 0,
-                          NI_NUMERICHOST);
+  int named =
+      getnameinfo(found->ai_addr, found->ai_addrlen, ip, sizeof ip, nullptr, 0, NI_NUMERICHOST);
   freeaddrinfo(found);
   if (named != 0) return;
   fleet_ = std::make_unique<fleet::Fleet>(cluster, ip, upstreams_, clock_, metrics_);
-  upstreams_.setOutcomeListener([this](const std::string& upstream, const std::string& model,
-                                       bool counted_failure, bool busy) {
-    fleet_->onOutcome(upstream, model, counted_failure, busy);
-  });
+  upstreams_.setOutcomeListener(
+      [this](const std::string& upstream, const std::string& model, bool counted_failure,
+             bool busy) { fleet_->onOutcome(upstream, model, counted_failure, busy); });
   fleet_->start(base_.get());
   observe::logInfo("fleet mode", {{"redis", fleet_->address()},
                                   {"key_prefix", cluster.key_prefix},

@@ -239,29 +239,30 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
   std::weak_ptr<int> alive = alive_;
   resilience::QuotaCost cost = cost_;
   std::string model = facts_.model;
-  arbiter->confirm(
-      upstream, model, cost, space,
-      [this, alive, arbiter, upstream, model, cost, index](
-          bool fits, resilience::QuotaArbiter::Ticket ticket) {
-        if (alive.expired() || !confirming_) {
-          // The request ended while the fleet answered: nothing goes out on this reservation.
-          if (fits) arbiter->end(upstream, model, cost, ticket);
-          return;
-        }
-        Confirming confirmed = std::move(*confirming_);
-        confirming_.reset();
-        phase_ = confirmed.retry ? Phase::kWaiting : Phase::kAdmitted;
-        if (!fits) {
-          // Other sidecars hold the room the local view saw: wait in the queue, and check
-          // again soon (the lease goes back meanwhile).
-          confirmed.quota->release(cost_);
-          enqueue(index, *confirmed.quota, kFleetRecheck, confirmed.retry);
-          return;
-        }
-        context_.metrics.admissionWait(upstream, confirmed.waited_seconds);
-        startAdmitted(std::move(confirmed.selection), confirmed.retry, confirmed.quota);
-        if (!tries_.empty()) tries_.back()->fleet = ticket;
-      });
+  arbiter->confirm(upstream, model, cost, space,
+                   [this, alive, arbiter, upstream, model, cost, index](
+                       bool fits, resilience::QuotaArbiter::Ticket ticket) {
+                     if (alive.expired() || !confirming_) {
+                       // The request ended while the fleet answered: nothing goes out on this
+                       // reservation.
+                       if (fits) arbiter->end(upstream, model, cost, ticket);
+                       return;
+                     }
+                     Confirming confirmed = std::move(*confirming_);
+                     confirming_.reset();
+                     phase_ = confirmed.retry ? Phase::kWaiting : Phase::kAdmitted;
+                     if (!fits) {
+                       // Other sidecars hold the room the local view saw: wait in the queue, and
+                       // check again soon (the lease goes back meanwhile).
+                       confirmed.quota->release(cost_);
+                       enqueue(index, *confirmed.quota, kFleetRecheck, confirmed.retry);
+                       return;
+                     }
+                     context_.metrics.admissionWait(upstream, confirmed.waited_seconds);
+                     startAdmitted(std::move(confirmed.selection), confirmed.retry,
+                                   confirmed.quota);
+                     if (!tries_.empty()) tries_.back()->fleet = ticket;
+                   });
 }
 
 void Exchange::endFleetReservation(Try& t) {
@@ -288,12 +289,12 @@ void Exchange::refuse(const UpstreamSelection& selection, bool retry) {
     return;
   }
   // The breaker opened (or the upstreams filled up) during the wait: stop retrying.
-  observe::logWarn("retry abandoned",
-                   {{"request_id", request_id_},
-                    {"upstream", upstream_->name},
-                    {"attempt", attempts_},
-                    {"not_retried_because", selection.breaker_rejected ? "circuit_open"
-                                                                       : "overloaded"}});
+  observe::logWarn(
+      "retry abandoned",
+      {{"request_id", request_id_},
+       {"upstream", upstream_->name},
+       {"attempt", attempts_},
+       {"not_retried_because", selection.breaker_rejected ? "circuit_open" : "overloaded"}});
   giveUp(last_outcome_);
 }
 
@@ -403,14 +404,12 @@ void Exchange::refuseAdmission(int index, std::string_view reason, resilience::M
                 std::to_string(route_->admission.max_queue) + "); retry after " +
                 std::to_string(ms) + "ms"
           : "the rate limit of " + where + " has no room for this request within " +
-                "admission.max_wait or its deadline; it would fit in " + std::to_string(ms) +
-                "ms";
-  respondWithError(429,
-                   reason == "queue_full" ? "rate_limit_queue_full" : "rate_limit_wait_exceeded",
-                   message,
-                   http::Headers{{"retry-after-ms", std::to_string(ms)},
-                                 {"Retry-After", std::to_string((ms + 999) / 1000)},
-                                 {"x-should-retry", "true"}});
+                "admission.max_wait or its deadline; it would fit in " + std::to_string(ms) + "ms";
+  respondWithError(
+      429, reason == "queue_full" ? "rate_limit_queue_full" : "rate_limit_wait_exceeded", message,
+      http::Headers{{"retry-after-ms", std::to_string(ms)},
+                    {"Retry-After", std::to_string((ms + 999) / 1000)},
+                    {"x-should-retry", "true"}});
 }
 
 void Exchange::observeRateLimit(Try& t) {
@@ -538,9 +537,9 @@ std::vector<int> Exchange::candidates(bool retry) const {
     for (std::size_t index : chain) order.push_back(static_cast<int>(index));
   } else if (route_->retry.failover) {
     // The next upstreams after the one that failed, then (last) the failed one again.
-    int at = static_cast<int>(std::find(chain.begin(), chain.end(),
-                                        static_cast<std::size_t>(upstream_index_)) -
-                              chain.begin());
+    int at = static_cast<int>(
+        std::find(chain.begin(), chain.end(), static_cast<std::size_t>(upstream_index_)) -
+        chain.begin());
     for (int i = 1; i <= n; ++i) order.push_back(static_cast<int>(chain[(at + i) % n]));
   } else {
     order.push_back(upstream_index_);
@@ -636,8 +635,8 @@ void Exchange::onHedgeTimer(evutil_socket_t, short, void* arg) {
   if (self->admission_) {
     // A hedge never waits for room in the rate limit: it is only worth it at once.
     quota = &selection.lease.health()->quotaFor(self->facts_.model);
-    if (!quota->tryReserve(self->cost_, self->route_->admission.headroom,
-                           self->context_.clock.now())
+    if (!quota
+             ->tryReserve(self->cost_, self->route_->admission.headroom, self->context_.clock.now())
              .admitted) {
       return;
     }
@@ -679,8 +678,8 @@ void Exchange::onHead(Try& t, const upstream::ResponseHead& head) {
     t.hold = Hold::kErrorBody;
   } else if (t.isEventStream()) {
     t.hold = Hold::kFirstEvent;
-    t.event_scan = resilience::CommitPointScanner(resilience::streamKindForPath(request_.path),
-                                                  kMaxHeldBytes);
+    t.event_scan =
+        resilience::CommitPointScanner(resilience::streamKindForPath(request_.path), kMaxHeldBytes);
   } else {
     t.hold = Hold::kNone;
   }
@@ -691,8 +690,7 @@ upstream::AttemptObserver::Flow Exchange::onData(Try& t, const char* data, std::
   if (!t.first_byte_seen) {
     t.first_byte_seen = true;
     resilience::SteadyTime::duration ttfb = context_.clock.now() - t.started;
-    context_.metrics.timeToFirstByte(t.upstream->name,
-                                     std::chrono::duration<double>(ttfb).count());
+    context_.metrics.timeToFirstByte(t.upstream->name, std::chrono::duration<double>(ttfb).count());
     t.lease.health()->ttfb().record(facts_.model,
                                     std::chrono::duration_cast<resilience::Millis>(ttfb));
   }
@@ -896,8 +894,9 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
     }
     t.hedge_result = "lost";
     std::string outcome_name = outcome.name();
-    AttemptEnd racing{outcome_name, verdict.breaker_counted, /*failed=*/true, verdict.retryable,
-                      "hedged", detail};
+    AttemptEnd racing{outcome_name,    verdict.breaker_counted,
+                      /*failed=*/true, verdict.retryable,
+                      "hedged",        detail};
     endAttempt(t, &racing);
     return;
   }
@@ -912,8 +911,7 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
         resilience::serverRetryHint(t.head.headers, t.head.status, context_.clock.wallNow());
   }
   inputs.now = context_.clock.now();
-  if (admission_ && t.quota != nullptr && t.has_head && t.head.status == 429 &&
-      verdict.retryable) {
+  if (admission_ && t.quota != nullptr && t.has_head && t.head.status == 429 && verdict.retryable) {
     // A rate-limit 429. An explicit wait (retry-after, retry-after-ms) pauses the whole
     // (upstream, model): every worker's requests, queued or new. Without one, the reset
     // headers say when the bucket is full again, far later than this request fits: the
@@ -942,8 +940,13 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
   std::string outcome_name = outcome.name();
   std::string upstream_name = t.upstream->name;
   std::string why_not = decision.retry ? "" : decision.why_not;
-  AttemptEnd end{outcome_name, verdict.breaker_counted, /*failed=*/true, verdict.retryable,
-                 why_not, detail, decision.retry ? &decision : nullptr};
+  AttemptEnd end{outcome_name,
+                 verdict.breaker_counted,
+                 /*failed=*/true,
+                 verdict.retryable,
+                 why_not,
+                 detail,
+                 decision.retry ? &decision : nullptr};
   endAttempt(t, &end);
   if (!decision.retry) {
     giveUp(outcome);
@@ -988,17 +991,17 @@ void Exchange::endAttempt(Try& t, const AttemptEnd* end) {
            {"delay_ms",
             retry ? LogValue(static_cast<long long>(retry->delay.count())) : LogValue(nullptr)},
            {"delay_source",
-            retry ? (retry->source == resilience::RetryDelay::Source::kServer ? "server"
-                                                                              : "backoff")
-                  : ""},
+            retry
+                ? (retry->source == resilience::RetryDelay::Source::kServer ? "server" : "backoff")
+                : ""},
            {"not_retried_because", end->not_retried_because},
            {"upstream_request_id", upstream_request_id},
            {"detail", end->detail}});
     }
   }
   if (committed_ == &t) committed_ = nullptr;
-  if (t.hedge) context_.metrics.hedge(t.upstream->name, t.hedge_result.empty() ? "cancelled"
-                                                                               : t.hedge_result);
+  if (t.hedge)
+    context_.metrics.hedge(t.upstream->name, t.hedge_result.empty() ? "cancelled" : t.hedge_result);
   // Detached first: the transfer's cancellation may report its body bytes to the try.
   auto found = std::find_if(tries_.begin(), tries_.end(),
                             [&](const std::unique_ptr<Try>& owned) { return owned.get() == &t; });
@@ -1058,7 +1061,8 @@ void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
 void Exchange::respondWithError(int status, std::string_view code, std::string_view message,
                                 long long retry_after_seconds) {
   http::Headers extra;
-  if (retry_after_seconds > 0) extra.push_back({"Retry-After", std::to_string(retry_after_seconds)});
+  if (retry_after_seconds > 0)
+    extra.push_back({"Retry-After", std::to_string(retry_after_seconds)});
   respondWithError(status, code, message, std::move(extra));
 }
 
@@ -1145,8 +1149,9 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
   // The attempts in flight ran out of the request's time: timeouts like any other, for the
   // breaker, the metrics and the logs.
   Outcome timeout = Outcome::timeout();
-  AttemptEnd end{timeout.name(), resilience::policyFor(self->route_->retry, timeout).breaker,
-                 /*failed=*/true, /*retryable=*/false, "deadline", "timeouts.total reached"};
+  AttemptEnd end{timeout.name(),  resilience::policyFor(self->route_->retry, timeout).breaker,
+                 /*failed=*/true, /*retryable=*/false,
+                 "deadline",      "timeouts.total reached"};
   while (!self->tries_.empty()) self->endAttempt(*self->tries_.back(), &end);
   self->giveUp(resilience::Outcome::timeout(), true);
 }
@@ -1168,22 +1173,22 @@ void Exchange::finish(int status, bool client_left) {
   std::string_view upstream_request_id =
       has_response_head_ ? http::findHeader(response_head_.headers, "x-request-id").value_or("")
                          : "";
-  observe::logInfo("request", {{"request_id", request_id_},
-                               {"method", request_.method},
-                               {"path", pathWithoutQuery(request_.path)},
-                               {"status", status},
-                               {"attempts", attempts_},
-                               {"upstream", upstream_->name},
-                               {"duration_ms", millisBetween(started_, context_.clock.now())},
-                               {"bytes", bytes_sent_},
-                               {"request_bytes", request_.body_stream
-                                                     ? request_.body_stream->received()
-                                                     : static_cast<std::uint64_t>(
-                                                           request_.body.size())},
-                               {"upstream_request_id", upstream_request_id},
-                               {"hedges", hedges_},
-                               {"winning_attempt", winner_},
-                               {"client_left", client_left}});
+  observe::logInfo(
+      "request",
+      {{"request_id", request_id_},
+       {"method", request_.method},
+       {"path", pathWithoutQuery(request_.path)},
+       {"status", status},
+       {"attempts", attempts_},
+       {"upstream", upstream_->name},
+       {"duration_ms", millisBetween(started_, context_.clock.now())},
+       {"bytes", bytes_sent_},
+       {"request_bytes", request_.body_stream ? request_.body_stream->received()
+                                              : static_cast<std::uint64_t>(request_.body.size())},
+       {"upstream_request_id", upstream_request_id},
+       {"hedges", hedges_},
+       {"winning_attempt", winner_},
+       {"client_left", client_left}});
 }
 
 std::unique_ptr<server::ActiveRequest> ExchangeHandler::handle(server::HttpRequest request,

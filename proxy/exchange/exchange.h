@@ -7,11 +7,11 @@
 //
 // admitted: the request is in, its body perhaps still arriving (a client that waits for
 // 100 Continue). queued: its estimated cost does not fit the rate limit its upstream last
-// reported; it waits its turn in that (upstream, model)'s queue. attempting: an attempt is in flight and nothing has reached the client, so
-// a failure can still be retried; the head (and an error body, or a stream's first event)
-// is held until the commit point. waiting: a backoff between attempts. committed: the
-// response head went to the client and the body streams through with backpressure; a
-// failure now ends the response honestly. finished: the access line is written.
+// reported; it waits its turn in that (upstream, model)'s queue. attempting: an attempt is in
+// flight and nothing has reached the client, so a failure can still be retried; the head (and an
+// error body, or a stream's first event) is held until the commit point. waiting: a backoff between
+// attempts. committed: the response head went to the client and the body streams through with
+// backpressure; a failure now ends the response honestly. finished: the access line is written.
 //
 // Two functions hold the bookkeeping: endAttempt() is the one place an attempt ends (its
 // metric, its breaker outcome, its failure log, its lease and transfer), and finish() the one
@@ -99,21 +99,21 @@ class Exchange final : public server::ActiveRequest {
     upstream::ResponseHead head;
     bool has_head = false;
     Hold hold = Hold::kNone;
-    std::string held;  // body bytes before the commit point (bounded)
+    std::string held;                           // body bytes before the commit point (bounded)
     resilience::CommitPointScanner event_scan;  // where a held event stream's commit point is
     bool first_event_is_error = false;
     resilience::SteadyTime started;
     bool first_byte_seen = false;
-    bool recorded = false;  // its metric is counted
-    bool hedge = false;     // started by the hedge timer, racing the others
+    bool recorded = false;          // its metric is counted
+    bool hedge = false;             // started by the hedge timer, racing the others
     std::string_view hedge_result;  // set once its race is decided ("won", "lost")
     // The (upstream, model) quota the response's x-ratelimit-* headers update, if the
     // request names a model; `reserved`: this attempt holds its cost there until the head.
     resilience::Quota* quota = nullptr;
     bool reserved = false;
     resilience::QuotaArbiter::Ticket fleet;  // its reservation with the fleet, if any
-    bool sent = false;  // connected, and the request went out
-    resilience::SteadyTime sent_at;  // when it went out: when the upstream counts it
+    bool sent = false;                       // connected, and the request went out
+    resilience::SteadyTime sent_at;          // when it went out: when the upstream counts it
   };
 
   // How an attempt ended, for endAttempt().
@@ -291,8 +291,8 @@ class Exchange final : public server::ActiveRequest {
   };
   std::optional<Confirming> confirming_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // for callbacks that may outlive it
-  int hedges_ = 0;                   // hedge attempts started
-  int winner_ = 0;                   // the attempt whose answer the client got
+  int hedges_ = 0;                                         // hedge attempts started
+  int winner_ = 0;  // the attempt whose answer the client got
 
   std::vector<std::unique_ptr<Try>> tries_;  // the attempts running now
   int attempts_ = 0;                         // attempts started

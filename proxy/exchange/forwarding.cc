@@ -3,9 +3,9 @@
 #include <cctype>
 
 #include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
-#include <rapidjson/reader.h>
 
 namespace bulwark::exchange {
 
@@ -140,10 +140,10 @@ struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder
   bool Key(const char* s, rapidjson::SizeType len, bool) {
     std::string_view key(s, len);
     key_end = stream.Tell();
-    next = depth != 1           ? Next::kOther
-           : key == "model"     ? (seen_model && !last_model_wins ? Next::kOther : Next::kModel)
-           : key == "stream"    ? (seen_stream ? Next::kOther : Next::kStream)
-                                : Next::kOther;
+    next = depth != 1        ? Next::kOther
+           : key == "model"  ? (seen_model && !last_model_wins ? Next::kOther : Next::kModel)
+           : key == "stream" ? (seen_stream ? Next::kOther : Next::kStream)
+                             : Next::kOther;
     return true;
   }
   bool StartObject() {
@@ -202,8 +202,8 @@ RequestFacts readRequestFacts(std::string_view body, resilience::CostCounter* co
   // A body that may name "model" twice is read to its end: the upstream's JSON parser keeps
   // the last one, so routing, breakers and renaming must too.
   std::size_t first = body.find("\"model\"");
-  finder.last_model_wins =
-      first != std::string_view::npos && body.find("\"model\"", first + 1) != std::string_view::npos;
+  finder.last_model_wins = first != std::string_view::npos &&
+                           body.find("\"model\"", first + 1) != std::string_view::npos;
   rapidjson::Reader reader;
   if (cost != nullptr) {
     FactsAndCost both(finder, *cost);

@@ -72,8 +72,7 @@ thread_local std::unique_ptr<RedisLink> t_link;
 thread_local bool t_applying = false;
 
 long long wallMs(const resilience::Clock& clock) {
-  return std::chrono::duration_cast<resilience::Millis>(clock.wallNow().time_since_epoch())
-      .count();
+  return std::chrono::duration_cast<resilience::Millis>(clock.wallNow().time_since_epoch()).count();
 }
 
 std::optional<long long> number(const redisReply* reply) {
@@ -167,11 +166,13 @@ void Fleet::attachWorker(event_base* worker_base, int index) {
   t_link->start();
 }
 
-void Fleet::detachWorker() { t_link.reset(); }
+void Fleet::detachWorker() {
+  t_link.reset();
+}
 
-std::string Fleet::key(std::string_view what, const std::string& upstream,
+std::string Fleet::key(std::string_view family, std::string_view what, const std::string& upstream,
                        const std::string& model) const {
-  std::string out = config_.key_prefix + "breaker:" + upstream;
+  std::string out = config_.key_prefix + std::string(family) + ":" + upstream;
   if (!model.empty()) out += ":" + model;
   out += ":";
   out += what;
@@ -185,7 +186,9 @@ std::atomic<bool>& Fleet::dirty(const std::string& upstream, const std::string& 
   return *flag;
 }
 
-bool Fleet::active() const { return t_link != nullptr && t_link->up(); }
+bool Fleet::active() const {
+  return t_link != nullptr && t_link->up();
+}
 
 void Fleet::confirm(const std::string& upstream, const std::string& model,
                     const resilience::QuotaCost& cost, const resilience::QuotaCost& room,
@@ -197,8 +200,8 @@ void Fleet::confirm(const std::string& upstream, const std::string& model,
   }
   std::string slot = upstream + "\t" + model;
   link->command(
-      {"EVAL", kReserveScript, "1", key("reserved", upstream, model), id_, decimal(cost.tokens),
-       decimal(cost.requests), decimal(room.tokens), decimal(room.requests),
+      {"EVAL", kReserveScript, "1", key("quota", "reserved", upstream, model), id_,
+       decimal(cost.tokens), decimal(cost.requests), decimal(room.tokens), decimal(room.requests),
        std::to_string(kReservationTtlMs), config_.key_prefix + "alive:"},
       "reserve", [this, slot, cost, done = std::move(done)](const redisReply* reply) {
         if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) {
@@ -230,7 +233,7 @@ void Fleet::end(const std::string& upstream, const std::string& model,
   }
   RedisLink* link = t_link.get();
   if (link == nullptr || !link->up()) return;  // the next sync rewrites the fields
-  std::string hash = key("reserved", upstream, model);
+  std::string hash = key("quota", "reserved", upstream, model);
   link->command({"HINCRBYFLOAT", hash, id_ + ":t", decimal(-cost.tokens)}, "unreserve");
   link->command({"HINCRBYFLOAT", hash, id_ + ":r", decimal(-cost.requests)}, "unreserve");
 }
@@ -277,10 +280,10 @@ void Fleet::cooledDown(const std::string& upstream, const std::string& model,
   if (link == nullptr || !link->up()) return;
   long long until_ms =
       std::chrono::duration_cast<resilience::Millis>(until.time_since_epoch()).count();
-  link->command({"PUBLISH", channel_,
-                 "cooldown\t" + upstream + "\t" + model + "\t" + std::to_string(until_ms) +
-                     "\t" + id_},
-                "publish");
+  link->command(
+      {"PUBLISH", channel_,
+       "cooldown\t" + upstream + "\t" + model + "\t" + std::to_string(until_ms) + "\t" + id_},
+      "publish");
 }
 
 void Fleet::onOutcome(const std::string& upstream, const std::string& model, bool counted_failure,
@@ -289,7 +292,9 @@ void Fleet::onOutcome(const std::string& upstream, const std::string& model, boo
   if (link == nullptr || !link->up()) return;  // alone: the local breaker decides
   if (!counted_failure) {
     if (dirty(upstream, model).exchange(false)) {
-      link->command({"DEL", key("fails", upstream, model), key("began", upstream, model)}, "del");
+      link->command({"DEL", key("breaker", "fails", upstream, model),
+                     key("breaker", "began", upstream, model)},
+                    "del");
     }
     return;
   }
@@ -298,23 +303,22 @@ void Fleet::onOutcome(const std::string& upstream, const std::string& model, boo
   if (health == nullptr) return;
   const long long now_ms = wallMs(clock_);
   const long long ttl_ms = std::max<long long>(1000, health->breakerWindow().count());
-  link->command({"EVAL", kStreakScript, "2", key("fails", upstream, model),
-                 key("began", upstream, model), std::to_string(now_ms), std::to_string(ttl_ms),
-                 channel_, upstream + "\t" + model},
-                "eval", [this, upstream, model, busy, now_ms](const redisReply* reply) {
-                  if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY ||
-                      reply->elements != 2) {
-                    return;
-                  }
-                  std::optional<long long> count = number(reply->element[0]);
-                  std::optional<long long> began = number(reply->element[1]);
-                  if (!count || !began) return;
-                  resilience::UpstreamHealth* h = upstreams_.find(upstream);
-                  if (h == nullptr) return;
-                  h->breakerFor(model).applyFleetStreak(
-                      static_cast<int>(*count), resilience::Millis(std::max(0LL, now_ms - *began)),
-                      busy);
-                });
+  link->command(
+      {"EVAL", kStreakScript, "2", key("breaker", "fails", upstream, model),
+       key("breaker", "began", upstream, model), std::to_string(now_ms), std::to_string(ttl_ms),
+       channel_, upstream + "\t" + model},
+      "eval", [this, upstream, model, busy, now_ms](const redisReply* reply) {
+        if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+          return;
+        }
+        std::optional<long long> count = number(reply->element[0]);
+        std::optional<long long> began = number(reply->element[1]);
+        if (!count || !began) return;
+        resilience::UpstreamHealth* h = upstreams_.find(upstream);
+        if (h == nullptr) return;
+        h->breakerFor(model).applyFleetStreak(
+            static_cast<int>(*count), resilience::Millis(std::max(0LL, now_ms - *began)), busy);
+      });
 }
 
 void Fleet::onTransition(const std::string& upstream, const std::string& model,
@@ -333,7 +337,7 @@ void Fleet::onTransition(const std::string& upstream, const std::string& model,
       own_open_[upstream + "\t" + model] = true;  // this sidecar will probe
     }
     std::string reopen = std::to_string(wallMs(clock_) + left);
-    link->command({"SET", key("open", upstream, model), reopen + "\t" + id_, "PX",
+    link->command({"SET", key("breaker", "open", upstream, model), reopen + "\t" + id_, "PX",
                    std::to_string(left)},
                   "set");
     link->command(
@@ -341,7 +345,7 @@ void Fleet::onTransition(const std::string& upstream, const std::string& model,
         "publish");
   } else if (to == resilience::BreakerState::kClosed &&
              from == resilience::BreakerState::kHalfOpen) {
-    link->command({"DEL", key("open", upstream, model)}, "del");
+    link->command({"DEL", key("breaker", "open", upstream, model)}, "del");
     link->command({"PUBLISH", channel_, "close\t" + upstream + "\t" + model}, "publish");
   }
 }
@@ -420,23 +424,23 @@ void Fleet::sync() {
   }
   for (const auto& [slot, cost] : mine) {
     std::vector<std::string_view> parts = split(slot, '\t');
-    std::string hash = key("reserved", std::string(parts[0]), std::string(parts[1]));
-    syncer_->command({"HSET", hash, id_ + ":t", decimal(cost.tokens), id_ + ":r",
-                      decimal(cost.requests)},
-                     "hset");
+    std::string hash = key("quota", "reserved", std::string(parts[0]), std::string(parts[1]));
+    syncer_->command(
+        {"HSET", hash, id_ + ":t", decimal(cost.tokens), id_ + ":r", decimal(cost.requests)},
+        "hset");
     syncer_->command({"PEXPIRE", hash, std::to_string(kReservationTtlMs)}, "pexpire");
   }
   for (resilience::UpstreamHealth* health : upstreams_.current()) {
     std::string upstream = health->name();
-    syncer_->command({"GET", key("open", upstream, "")}, "get",
+    syncer_->command({"GET", key("breaker", "open", upstream, "")}, "get",
                      [this, upstream](const redisReply* reply) {
                        if (reply == nullptr || reply->type != REDIS_REPLY_STRING) return;
                        std::vector<std::string_view> value =
                            split(std::string_view(reply->str, reply->len), '\t');
                        long long reopen = 0;
                        if (value.size() != 2) return;
-                       auto [end, ec] = std::from_chars(
-                           value[0].data(), value[0].data() + value[0].size(), reopen);
+                       auto [end, ec] = std::from_chars(value[0].data(),
+                                                        value[0].data() + value[0].size(), reopen);
                        if (ec == std::errc()) applyOpen(upstream, "", reopen, value[1]);
                      });
   }

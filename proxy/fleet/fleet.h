@@ -48,8 +48,9 @@ namespace bulwark::fleet {
 class Fleet final : public resilience::QuotaArbiter {
  public:
   // `ip`: the Redis host, resolved before any loop runs.
-  Fleet(const config::ClusterConfig& config, std::string ip, resilience::UpstreamRegistry& upstreams,
-        const resilience::Clock& clock, observe::Metrics& metrics);
+  Fleet(const config::ClusterConfig& config, std::string ip,
+        resilience::UpstreamRegistry& upstreams, const resilience::Clock& clock,
+        observe::Metrics& metrics);
   ~Fleet() override;
   Fleet(const Fleet&) = delete;
   Fleet& operator=(const Fleet&) = delete;
@@ -87,7 +88,8 @@ class Fleet final : public resilience::QuotaArbiter {
   const std::string& address() const { return address_; }  // host:port/db, no password
 
  private:
-  std::string key(std::string_view what, const std::string& upstream,
+  // <prefix><family>:<upstream>[:<model>]:<what>, family "breaker" or "quota".
+  std::string key(std::string_view family, std::string_view what, const std::string& upstream,
                   const std::string& model) const;
   void onMessage(std::string_view message);
   // Another sidecar (`sender`) opened (upstream, model) until `reopen_ms` (wall clock).

@@ -42,7 +42,9 @@ RedisLink::~RedisLink() {
   }
 }
 
-void RedisLink::start() { connect(); }
+void RedisLink::start() {
+  connect();
+}
 
 void RedisLink::connect() {
   context_ = redisAsyncConnect(options_.ip.c_str(), options_.port);
@@ -82,19 +84,18 @@ void RedisLink::connect() {
         {next_id_++, "select", clock_.now() + options_.timeout, must_succeed("select")});
   }
   send({"PING"}, next_id_);
-  pending_.push_back({next_id_++, "connect", clock_.now() + options_.timeout,
-                      [this](const redisReply* reply) {
-                        if (isError(reply)) return;
-                        backoff_ = kFirstBackoff;
-                        if (!channel_.empty()) {
-                          std::string subscribe = "SUBSCRIBE";
-                          const char* argv[] = {subscribe.c_str(), channel_.c_str()};
-                          const std::size_t lens[] = {subscribe.size(), channel_.size()};
-                          redisAsyncCommandArgv(context_, &RedisLink::onMessage, nullptr, 2, argv,
-                                                lens);
-                        }
-                        setUp(true);
-                      }});
+  pending_.push_back(
+      {next_id_++, "connect", clock_.now() + options_.timeout, [this](const redisReply* reply) {
+         if (isError(reply)) return;
+         backoff_ = kFirstBackoff;
+         if (!channel_.empty()) {
+           std::string subscribe = "SUBSCRIBE";
+           const char* argv[] = {subscribe.c_str(), channel_.c_str()};
+           const std::size_t lens[] = {subscribe.size(), channel_.size()};
+           redisAsyncCommandArgv(context_, &RedisLink::onMessage, nullptr, 2, argv, lens);
+         }
+         setUp(true);
+       }});
   armTimeoutCheck();
 }
 
@@ -127,8 +128,8 @@ void RedisLink::subscribe(std::string channel, std::function<void(std::string_vi
 }
 
 void RedisLink::finishPending(std::uint64_t id, const redisReply* reply) {
-  auto it = std::find_if(pending_.begin(), pending_.end(),
-                         [&](const Pending& p) { return p.id == id; });
+  auto it =
+      std::find_if(pending_.begin(), pending_.end(), [&](const Pending& p) { return p.id == id; });
   if (it == pending_.end()) return;  // timed out already
   Pending done = std::move(*it);
   pending_.erase(it);
@@ -141,9 +142,9 @@ void RedisLink::finishPending(std::uint64_t id, const redisReply* reply) {
 void RedisLink::armTimeoutCheck() {
   if (pending_.empty()) return;
   if (evtimer_pending(timeout_timer_.get(), nullptr)) return;
-  resilience::Millis left = std::max(
-      resilience::Millis(1),
-      std::chrono::ceil<resilience::Millis>(pending_.front().deadline - clock_.now()));
+  resilience::Millis left =
+      std::max(resilience::Millis(1),
+               std::chrono::ceil<resilience::Millis>(pending_.front().deadline - clock_.now()));
   timeval tv = support::toTimeval(left.count());
   evtimer_add(timeout_timer_.get(), &tv);
 }
@@ -201,9 +202,9 @@ void RedisLink::setUp(bool up) {
   if (up_ == up) return;
   up_ = up;
   if (up) {
-    observe::logInfo("fleet: Redis link up",
-                     {{"link", options_.name},
-                      {"redis", options_.ip + ":" + std::to_string(options_.port)}});
+    observe::logInfo(
+        "fleet: Redis link up",
+        {{"link", options_.name}, {"redis", options_.ip + ":" + std::to_string(options_.port)}});
   }
   if (hooks_.on_state) hooks_.on_state(up);
 }

@@ -121,11 +121,12 @@ struct Metrics::Impl {
                                  .Help("Requests refused admission, by reason (queue_full, "
                                        "wait_exceeded)")
                                  .Register(*registry)),
-        cluster_up(BuildGauge()
-                       .Name("bulwark_cluster_up")
-                       .Help("Fleet mode: 1 while the link to the fleet's Redis is up, 0 while each "
-                             "sidecar decides alone")
-                       .Register(*registry)),
+        cluster_up(
+            BuildGauge()
+                .Name("bulwark_cluster_up")
+                .Help("Fleet mode: 1 while the link to the fleet's Redis is up, 0 while each "
+                      "sidecar decides alone")
+                .Register(*registry)),
         cluster_errors(BuildCounter()
                            .Name("bulwark_cluster_errors_total")
                            .Help("Fleet mode: Redis commands that got no answer in time (or an "

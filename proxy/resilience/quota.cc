@@ -92,12 +92,15 @@ Quota::BucketView Quota::Bucket::view(SteadyTime now) const {
   v.remaining = b.remaining;
   v.reserved = b.reserved;
   if (b.limit > 0 && b.rate_per_ms > 0 && b.remaining < b.limit) {
-    v.until_full = Millis(static_cast<long long>(std::ceil((b.limit - b.remaining) / b.rate_per_ms)));
+    v.until_full =
+        Millis(static_cast<long long>(std::ceil((b.limit - b.remaining) / b.rate_per_ms)));
   }
   return v;
 }
 
-void Quota::observe(const RateLimitHeaders& h, SteadyTime now) { observe(h, now, now); }
+void Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
+  observe(h, now, now);
+}
 
 void Quota::observe(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of) {
   std::lock_guard lock(mutex_);

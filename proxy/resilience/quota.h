@@ -73,8 +73,7 @@ class Quota {
     bool admitted = false;
     Millis wait{0};
   };
-  Admission tryReserve(const QuotaCost& cost, double headroom, SteadyTime now,
-                       Ticket ticket = 0);
+  Admission tryReserve(const QuotaCost& cost, double headroom, SteadyTime now, Ticket ticket = 0);
   // A place in the queue for a request that did not fit; nullopt when `max_queue` are
   // already waiting. Every ticket leaves, admitted by tryReserve() or by leave().
   std::optional<Ticket> enqueue(const QuotaCost& cost, std::size_t max_queue);

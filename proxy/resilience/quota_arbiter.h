@@ -24,8 +24,8 @@ class QuotaArbiter {
   struct Ticket {
     bool fleet_reserved = false;
   };
-  virtual void confirm(const std::string& upstream, const std::string& model,
-                       const QuotaCost& cost, const QuotaCost& room,
+  virtual void confirm(const std::string& upstream, const std::string& model, const QuotaCost& cost,
+                       const QuotaCost& room,
                        std::function<void(bool fits, Ticket ticket)> done) = 0;
   // A confirmed reservation ended: settled, charged or released.
   virtual void end(const std::string& upstream, const std::string& model, const QuotaCost& cost,

@@ -9,7 +9,6 @@ namespace bulwark::upstream {
 
 namespace {
 
-
 TransferError classifyCurlCode(CURLcode code, bool request_sent) {
   switch (code) {
     case CURLE_OK:
@@ -102,9 +101,9 @@ bool Attempt::configure() {
   set(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error_buffer_));
   set(curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https"));
   set(curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L));  // the path goes out exactly as received
-  set(curl_easy_setopt(h, CURLOPT_HTTP_VERSION,
-                       static_cast<long>(request_.multiplex ? CURL_HTTP_VERSION_2TLS
-                                                            : CURL_HTTP_VERSION_1_1)));
+  set(curl_easy_setopt(
+      h, CURLOPT_HTTP_VERSION,
+      static_cast<long>(request_.multiplex ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1)));
   set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
                        static_cast<long>(request_.connect_timeout.count())));
   set(curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L));

@@ -157,8 +157,7 @@ TEST(ShippedConfigTest, ItsRoutesExampleLoadsAndRoutesAsTheReadmeSays) {
   }
   const Config config = loadValid(example);
   ASSERT_EQ(config.routes.size(), 3u);
-  EXPECT_EQ(routeFor(config, "/v1/chat/completions", "o3-mini").timeouts.first_byte,
-            seconds(600));
+  EXPECT_EQ(routeFor(config, "/v1/chat/completions", "o3-mini").timeouts.first_byte, seconds(600));
   EXPECT_EQ(routeFor(config, "/v1/embeddings", "text-embedding-3-small").retry.max_attempts, 5);
   const RouteConfig& chat = routeFor(config, "/v1/chat/completions", "gpt-4o");
   EXPECT_EQ(chat.name, "chat");
@@ -982,8 +981,8 @@ TEST(RouteConfigTest, ARouteOverridesOnlyWhatItNames) {
   const RouteConfig& embeddings = config.routes[1];
   EXPECT_EQ(embeddings.timeouts, config.timeouts);
   EXPECT_EQ(embeddings.retry.max_attempts, 5);
-  EXPECT_TRUE(embeddings.retry.policies.at("400").retry);          // added
-  EXPECT_TRUE(embeddings.retry.policies.at("5xx").breaker);        // kept
+  EXPECT_TRUE(embeddings.retry.policies.at("400").retry);             // added
+  EXPECT_TRUE(embeddings.retry.policies.at("5xx").breaker);           // kept
   EXPECT_EQ(embeddings.upstreams, (std::vector<std::size_t>{0, 1}));  // every upstream
 
   EXPECT_EQ(config.routes[2].upstreams, (std::vector<std::size_t>{1, 0}));
@@ -1024,9 +1023,8 @@ routes:
 TEST(ClusterConfigTest, AbsentMeansOneProcessAndAUrlIsSplitUp) {
   EXPECT_FALSE(loadValid("").cluster.has_value());
   EXPECT_FALSE(loadValid("cluster:\n").cluster.has_value());
-  const Config config = loadValid(
-      "cluster:\n  redis: ${REDIS_URL}\n  timeout: 20ms\n",
-      {{"REDIS_URL", "redis://bulwark:s3cret@redis.internal:6380/2"}});
+  const Config config = loadValid("cluster:\n  redis: ${REDIS_URL}\n  timeout: 20ms\n",
+                                  {{"REDIS_URL", "redis://bulwark:s3cret@redis.internal:6380/2"}});
   ASSERT_TRUE(config.cluster.has_value());
   const ClusterConfig& c = *config.cluster;
   EXPECT_EQ(c.host, "redis.internal");
@@ -1103,7 +1101,8 @@ TEST(RouteConfigTest, MistakesAreErrorsWithTheirLine) {
       {"  - name: a\n    retry: {budget: {ratio: 0.5}}\n", "routes[0].retry.budget", 6,
        "belongs to the upstream"},
       {"  - name: a\n  - name: a\n", "routes[1].name", 6, "duplicate route name"},
-      {"  - name: a\n    match: {path: v1/chat}\n", "routes[0].match.path", 6, "must start with '/'"},
+      {"  - name: a\n    match: {path: v1/chat}\n", "routes[0].match.path", 6,
+       "must start with '/'"},
       {"  - name: a\n    upstreams: []\n", "routes[0].upstreams", 6, "non-empty list"},
       {"  - name: a\n    timeouts: {first_bite: 1s}\n", "routes[0].timeouts.first_bite", 6,
        "unknown key"},

@@ -342,7 +342,7 @@ TEST_F(ExchangeTest, ACancelledProbeFreesItsSlot) {
   request();  // no slot left: fails fast
   EXPECT_EQ(sink().status, 503);
   exchanges_.pop_back();
-  leave();  // the probe's client leaves
+  leave();    // the probe's client leaves
   request();  // the slot is free again
   ASSERT_EQ(attempts_.urls.size(), 2u);
   attempts_.current()->answer(200);
@@ -436,9 +436,9 @@ TEST_F(ExchangeTest, AReservationIsHeldInFlightAndSettledByTheHead) {
   Exchange& ex = request(kCosts100);
   ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting);
   EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 100);
-  attempts_.current()->answer(200, "{}", "application/json",
-                              {{"x-ratelimit-limit-tokens", "1000"},
-                               {"x-ratelimit-remaining-tokens", "900"}});
+  attempts_.current()->answer(
+      200, "{}", "application/json",
+      {{"x-ratelimit-limit-tokens", "1000"}, {"x-ratelimit-remaining-tokens", "900"}});
   resilience::Quota::View v = quota.view(clock_.now());
   EXPECT_EQ(v.tokens.reserved, 0);
   EXPECT_EQ(v.tokens.remaining, 900);  // the headers counted it: not twice

@@ -526,7 +526,8 @@ TEST_F(BreakerTest, OneFailedProbeLeavesItHalfOpenForTheNextProbe) {
 
 TEST_F(BreakerTest, TheFleetsStreakTripsItByTheLocalRules) {
   std::vector<std::pair<bool, bool>> outcomes;
-  breaker_->setOutcomeListener([&](bool failure, bool busy) { outcomes.emplace_back(failure, busy); });
+  breaker_->setOutcomeListener(
+      [&](bool failure, bool busy) { outcomes.emplace_back(failure, busy); });
   fail();
   succeed();
   EXPECT_EQ(outcomes, (std::vector<std::pair<bool, bool>>{{true, false}, {false, false}}));

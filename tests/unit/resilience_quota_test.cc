@@ -16,7 +16,8 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-http::Headers openAiHeaders(int remaining_requests, int remaining_tokens, const char* reset_tokens) {
+http::Headers openAiHeaders(int remaining_requests, int remaining_tokens,
+                            const char* reset_tokens) {
   return {{"x-ratelimit-limit-requests", "120"},
           {"x-ratelimit-limit-tokens", "20000"},
           {"x-ratelimit-remaining-requests", std::to_string(remaining_requests)},
@@ -33,9 +34,9 @@ TEST(RateLimitHeadersTest, ReadsOpenAisHeadersAndSkipsBadOnes) {
   EXPECT_EQ(h.remaining_tokens, 19000);
   EXPECT_EQ(h.reset_requests, milliseconds(500));
   EXPECT_EQ(h.reset_tokens, seconds(3));
-  RateLimitHeaders bad = parseRateLimitHeaders(
-      {{"x-ratelimit-limit-tokens", "lots"}, {"x-ratelimit-remaining-tokens", "-5"},
-       {"x-ratelimit-reset-tokens", "soon"}});
+  RateLimitHeaders bad = parseRateLimitHeaders({{"x-ratelimit-limit-tokens", "lots"},
+                                                {"x-ratelimit-remaining-tokens", "-5"},
+                                                {"x-ratelimit-reset-tokens", "soon"}});
   EXPECT_FALSE(bad.any());
   EXPECT_FALSE(parseRateLimitHeaders({{"content-type", "application/json"}}).any());
 }
