@@ -13,7 +13,7 @@ import time
 import unittest
 from pathlib import Path
 
-from harness import (Bulwark, FakeUpstream, RawConnection, http_request, scrape)
+from harness import (SANITIZED, Bulwark, FakeUpstream, RawConnection, http_request, scrape)
 
 CHAT_PATH = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
@@ -109,7 +109,7 @@ class BurstTest(AdmissionTestCase):
         # 9030 tokens with ~3700 left: about 5.3 s of refill at 1000 tokens/s. The requests
         # really waited, no longer than the refill needed (and some scheduling).
         self.assertGreater(elapsed, 4.0)
-        self.assertLess(elapsed, 9.0)
+        self.assertLess(elapsed, 15.0 if SANITIZED else 9.0)
         m = scrape(bulwark)
         self.assertEqual(m.value("bulwark_admission_queue_depth", upstream="fake0"), 0)
         waited = (m.value("bulwark_admission_wait_seconds_count", upstream="fake0") -
@@ -145,7 +145,7 @@ class QueueTest(AdmissionTestCase):
         fake, bulwark = self.drained({"max_wait": "500ms"})
         started = time.monotonic()
         resp = post(bulwark, chat(900))
-        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertLess(time.monotonic() - started, 2.0 if SANITIZED else 1.0)
         retry_after_ms = self.assert_own_429(resp, "rate_limit_wait_exceeded")
         self.assertGreater(retry_after_ms, 30_000)  # ~48 s of refill
         self.assertLess(retry_after_ms, 60_000)
@@ -204,7 +204,8 @@ class FailoverTest(AdmissionTestCase):
         self.assertEqual(second.status, 200)
         self.assertEqual(second.header("x-bulwark-upstream"), "spare")
         self.assertEqual(second.header("x-bulwark-attempts"), "1")
-        self.assertLess(time.monotonic() - started, 1.0, "it waited instead of failing over")
+        self.assertLess(time.monotonic() - started, 2.0 if SANITIZED else 1.0,
+                        "it waited instead of failing over")
         self.assertEqual(len(limited.requests), 1)
 
 

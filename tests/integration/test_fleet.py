@@ -16,7 +16,7 @@ import uuid
 
 from pathlib import Path
 
-from harness import (Bulwark, FakeUpstream, closed_port, http_request, scrape)
+from harness import (SANITIZED, Bulwark, FakeUpstream, closed_port, http_request, scrape)
 
 E2E = Path(__file__).resolve().parent.parent / "e2e"
 
@@ -24,6 +24,8 @@ CHAT_PATH = "/v1/chat/completions"
 CHAT = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 TRANSITION = "circuit breaker transition"
 THRESHOLD = 5
+# A request's latency with Redis slow or gone: nothing waits on it (sanitizers are slower).
+QUICK = 2.0 if SANITIZED else 0.5
 
 
 class RedisServer:
@@ -230,7 +232,7 @@ class FleetTest(unittest.TestCase):
             started = time.monotonic()
             resp = self.post(sidecar)
             self.assertEqual(resp.status, 200, resp.body[:200])
-            self.assertLess(time.monotonic() - started, 1.0)
+            self.assertLess(time.monotonic() - started, 2 * QUICK)
             doc = http_request(sidecar.admin_port, "GET", "/health/detailed").json()
             self.assertIs(doc["cluster"]["up"], False)
             self.assertEqual(http_request(sidecar.admin_port, "GET", "/readyz").status, 200)
@@ -256,7 +258,7 @@ class FleetTest(unittest.TestCase):
         for _ in range(6):
             started = time.monotonic()
             self.post(sidecar)
-            self.assertLess(time.monotonic() - started, 0.5, "a request waited on Redis")
+            self.assertLess(time.monotonic() - started, QUICK, "a request waited on Redis")
         # The link's commands got no answer within cluster.timeout: it is down, then back.
         self.wait_up(sidecar, up=False, timeout=2)
         self.assertGreater(scrape(sidecar).value("bulwark_cluster_errors_total"), 0)
@@ -269,7 +271,7 @@ class FleetTest(unittest.TestCase):
         for _ in range(5):
             started = time.monotonic()
             self.assertEqual(self.post(sidecar).status, 200)
-            self.assertLess(time.monotonic() - started, 1.0)
+            self.assertLess(time.monotonic() - started, 2 * QUICK)
         self.wait_up(sidecar, up=False, timeout=5)
         self.assertEqual(
             http_request(sidecar.admin_port, "GET", "/health/detailed").json()["services"]

@@ -96,6 +96,41 @@ class FakeSink final : public server::ResponseSink {
   bool aborted = false;
 };
 
+// The fleet, scripted: confirm() calls are kept for the test to answer.
+class FakeArbiter final : public resilience::QuotaArbiter {
+ public:
+  struct Call {
+    resilience::QuotaCost cost;
+    resilience::QuotaCost room;
+    std::function<void(bool, Ticket)> done;
+  };
+  bool active() const override { return true; }
+  void confirm(const std::string&, const std::string&, const resilience::QuotaCost& cost,
+               const resilience::QuotaCost& room,
+               std::function<void(bool, Ticket)> done) override {
+    calls.push_back({cost, room, std::move(done)});
+  }
+  void end(const std::string&, const std::string&, const resilience::QuotaCost& cost,
+           Ticket ticket) override {
+    if (ticket.fleet_reserved) ended_tokens += cost.tokens;
+  }
+  void observed(const std::string&, const std::string&, const resilience::RateLimitHeaders&,
+                resilience::WallTime) override {
+    ++views;
+  }
+  void cooledDown(const std::string&, const std::string&, resilience::WallTime) override {}
+  // Answers the oldest pending confirm().
+  void answer(bool fits) {
+    Call call = std::move(calls.front());
+    calls.erase(calls.begin());
+    call.done(fits, Ticket{fits});
+  }
+
+  std::vector<Call> calls;
+  double ended_tokens = 0;
+  int views = 0;
+};
+
 constexpr char kConfig[] = R"yaml(
 upstreams:
   - name: main
@@ -500,6 +535,46 @@ TEST_F(ExchangeTest, LeavingOrShutdownWhileQueuedFreesThePlaceAndSendsNothing) {
   EXPECT_EQ(metric("bulwark_admission_queue_depth", {{"upstream", "main"}}), 0);
   EXPECT_TRUE(attempts_.urls.empty());
   EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
+}
+
+TEST_F(ExchangeTest, InAFleetTheLocalAdmissionWaitsForTheFleetsConfirmation) {
+  FakeArbiter fleet;
+  context_.arbiter = &fleet;
+  resilience::Quota& quota = quotaReports(1000);
+  Exchange& ex = request(kCosts100);
+  ASSERT_EQ(fleet.calls.size(), 1u);
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kQueued);
+  EXPECT_TRUE(attempts_.urls.empty());  // nothing goes out before the fleet answers
+  EXPECT_EQ(fleet.calls[0].cost.tokens, 100);
+  EXPECT_EQ(fleet.calls[0].room.tokens, 1000 - 20);  // what is left, less the headroom
+  fleet.answer(true);
+  ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting);
+  attempts_.current()->answer(200, "{}", "application/json",
+                              {{"x-ratelimit-limit-tokens", "1000"},
+                               {"x-ratelimit-remaining-tokens", "900"}});
+  EXPECT_EQ(fleet.ended_tokens, 100);  // the fleet's reservation ends with the local one
+  EXPECT_EQ(fleet.views, 1);           // and the view goes to the fleet
+  EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
+}
+
+TEST_F(ExchangeTest, WhenTheFleetHasNoRoomTheRequestWaitsAndItsReservationGoesBack) {
+  FakeArbiter fleet;
+  context_.arbiter = &fleet;
+  resilience::Quota& quota = quotaReports(1000);
+  Exchange& ex = request(kCosts100);
+  fleet.answer(false);  // other sidecars hold the room
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kQueued);
+  EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
+  EXPECT_EQ(quota.queued(), 1u);
+  EXPECT_EQ(inflight(), 0);
+  event_base_loop(base_, EVLOOP_ONCE);  // the recheck: asks the fleet again
+  ASSERT_EQ(fleet.calls.size(), 1u);
+  // The client leaves while the fleet answers: its late yes is ended at once.
+  leave();
+  EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
+  fleet.answer(true);
+  EXPECT_EQ(fleet.ended_tokens, 100);
+  EXPECT_TRUE(attempts_.urls.empty());
 }
 
 TEST_F(ExchangeTest, ShutdownEndsEachPhaseOnce) {
