@@ -208,6 +208,24 @@ class FleetTest(unittest.TestCase):
                      if line.startswith("cmdstat_eval:"))
         self.assertGreater(evals, 100)
 
+    def test_a_429_pause_reaches_every_sidecar(self):
+        sidecars = self.fleet(count=3)
+        for sidecar in sidecars:
+            self.wait_up(sidecar)
+        body429 = {"error": {"message": "Rate limit reached for gpt-4o-mini (fake).",
+                             "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+        # One attempt per request here: the 429 goes back to the client, the pause stays.
+        self.fake.script([{"status": 429, "body": body429,
+                           "headers": [("retry-after-ms", "1500")]}])
+        self.assertEqual(self.post(sidecars[0]).status, 429)
+        paused_at = self.fake.requests[0].head_sent_at
+        # The others heard of it: their requests wait out the pause before going upstream.
+        for sidecar in sidecars[1:]:
+            self.assertEqual(self.post(sidecar).status, 200)
+        arrivals = [r.arrived_at for r in self.fake.requests[1:]]
+        self.assertEqual(len(arrivals), 2)
+        self.assertGreater(min(arrivals) - paused_at, 1.4, "a sidecar sent during the pause")
+
     def test_control_without_the_fleet_each_sidecar_counts_alone(self):
         sidecars = self.fleet(cluster=False)
         self.outage_round_robin(sidecars)
@@ -288,7 +306,7 @@ class FleetQuotaTest(unittest.TestCase):
     def run_fleet(self, cluster: bool) -> tuple:
         if not (E2E / "node_modules" / "openai").exists():
             self.skipTest("tests/e2e/node_modules missing (npm ci in tests/e2e)")
-        redis = RedisServer().start()
+        redis = self.redis = RedisServer().start()
         self.addCleanup(redis.stop)
         fake = FakeUpstream(rate_limits={"gpt-4o-mini": {"rpm": 120, "tpm": 20000,
                                                          "window": self.WINDOW}}).start()
@@ -327,6 +345,11 @@ class FleetQuotaTest(unittest.TestCase):
         self.assertEqual(sum(s["ok"] for s in summaries), 90, summaries)
         self.assertLessEqual(limiter.rejected, 0.02 * attempts, (limiter.rejected, attempts))
         self.assertGreaterEqual(used, 0.9)
+        # Everything the fleet wrote expires.
+        keys = [k for k in self.redis.cli("--scan").split() if k]
+        self.assertTrue(keys)
+        for key in keys:
+            self.assertGreater(int(self.redis.cli("PTTL", key)), 0, key)
 
     def test_control_three_sidecars_alone_collide(self):
         """Without the fleet each sidecar sees only its own answers and reservations: the three
