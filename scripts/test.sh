@@ -26,13 +26,15 @@ if [ "${QUICK:-0}" != "1" ]; then
     bash scripts/build.sh
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
     ./build-tsan/tests/bulwark_resilience_tests --gtest_brief=1
-  # Workers share the breakers, budgets, latency histograms, metrics, logger and config;
+  # Workers share the breakers, budgets, quotas, latency histograms, metrics, logger, config
+  # and, in fleet mode, the fleet's state (each with its own Redis link);
   # these files drive all of it, on the production transport. A race makes bulwark abort, which fails the test.
   (cd tests/integration &&
     BULWARK_BIN="$PWD/../../build-tsan/bulwark" BULWARK_TEST_WORKERS=2 BULWARK_SANITIZED=1 \
     BULWARK_TEST_TRANSPORT=h2 PYTHONPATH="$PWD/..:/usr/lib/python3/dist-packages" \
     TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-    python3 -m unittest test_passthrough test_retries test_breaker test_transport test_routes)
+    python3 -m unittest test_passthrough test_retries test_breaker test_transport test_routes \
+      test_admission test_fleet)
 
   echo "== AddressSanitizer + UndefinedBehaviorSanitizer: the test suite"
   BUILD_DIR=build-asan SANITIZE=address,undefined bash scripts/build.sh

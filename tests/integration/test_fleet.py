@@ -343,7 +343,10 @@ class FleetQuotaTest(unittest.TestCase):
         print(f"fleet: 429s {limiter.rejected}/{attempts}, capacity used {used:.3f}, "
               f"ok {sum(s['ok'] for s in summaries)}/90", flush=True)
         self.assertEqual(sum(s["ok"] for s in summaries), 90, summaries)
-        self.assertLessEqual(limiter.rejected, 0.02 * attempts, (limiter.rejected, attempts))
+        # (Under ThreadSanitizer everything runs several times slower and the sidecars' views
+        # lag further behind the limiter: a looser bound there, still far below alone's.)
+        share = 0.05 if SANITIZED else 0.02
+        self.assertLessEqual(limiter.rejected, share * attempts, (limiter.rejected, attempts))
         self.assertGreaterEqual(used, 0.9)
         # Everything the fleet wrote expires.
         keys = [k for k in self.redis.cli("--scan").split() if k]
