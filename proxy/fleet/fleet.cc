@@ -57,6 +57,15 @@ end
 return 1
 )lua";
 
+// Keeps the latest message of a kind per (upstream, model) in a hash, for sidecars that start
+// later, and publishes it. KEYS: the hash. ARGV: field, message, ttl ms, channel.
+constexpr char kKeepAndPublishScript[] = R"lua(
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[2])
+return 1
+)lua";
+
 // How long the reservation hashes and a sidecar's liveness outlast their last refresh.
 constexpr long long kReservationTtlMs = 120000;
 
@@ -266,12 +275,21 @@ void Fleet::observed(const std::string& upstream, const std::string& model,
   if (link == nullptr || !link->up()) return;
   long long as_of_ms =
       std::chrono::duration_cast<resilience::Millis>(as_of.time_since_epoch()).count();
-  link->command({"PUBLISH", channel_,
-                 "quota\t" + upstream + "\t" + model + "\t" + field(h.limit_requests) + "\t" +
-                     field(h.remaining_requests) + "\t" + field(h.reset_requests) + "\t" +
-                     field(h.limit_tokens) + "\t" + field(h.remaining_tokens) + "\t" +
-                     field(h.reset_tokens) + "\t" + std::to_string(as_of_ms) + "\t" + id_},
-                "publish");
+  publishKept(upstream + "\t" + model,
+              "quota\t" + upstream + "\t" + model + "\t" + field(h.limit_requests) + "\t" +
+                  field(h.remaining_requests) + "\t" + field(h.reset_requests) + "\t" +
+                  field(h.limit_tokens) + "\t" + field(h.remaining_tokens) + "\t" +
+                  field(h.reset_tokens) + "\t" + std::to_string(as_of_ms) + "\t" + id_,
+              "views", kReservationTtlMs);
+}
+
+void Fleet::publishKept(const std::string& field, const std::string& message, std::string_view hash,
+                        long long ttl_ms) {
+  if (ttl_ms <= 0) return;
+  t_link->command(
+      {"EVAL", kKeepAndPublishScript, "1", config_.key_prefix + "quota:" + std::string(hash), field,
+       message, std::to_string(ttl_ms), channel_},
+      "publish");
 }
 
 void Fleet::cooledDown(const std::string& upstream, const std::string& model,
@@ -280,10 +298,9 @@ void Fleet::cooledDown(const std::string& upstream, const std::string& model,
   if (link == nullptr || !link->up()) return;
   long long until_ms =
       std::chrono::duration_cast<resilience::Millis>(until.time_since_epoch()).count();
-  link->command(
-      {"PUBLISH", channel_,
-       "cooldown\t" + upstream + "\t" + model + "\t" + std::to_string(until_ms) + "\t" + id_},
-      "publish");
+  publishKept(upstream + "\t" + model,
+              "cooldown\t" + upstream + "\t" + model + "\t" + std::to_string(until_ms) + "\t" + id_,
+              "cooldowns", until_ms - wallMs(clock_));
 }
 
 void Fleet::onOutcome(const std::string& upstream, const std::string& model, bool counted_failure,
@@ -413,6 +430,20 @@ void Fleet::onMessage(std::string_view message) {
 
 void Fleet::sync() {
   if (!syncer_ || !syncer_->up()) return;
+  // The latest rate-limit views and 429 pauses: a sidecar knows them before it sends anything
+  // (older views than its own are ignored, by send time).
+  for (std::string_view hash : {"views", "cooldowns"}) {
+    syncer_->command({"HVALS", config_.key_prefix + "quota:" + std::string(hash)}, "hvals",
+                     [this](const redisReply* reply) {
+                       if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY) return;
+                       for (std::size_t i = 0; i < reply->elements; ++i) {
+                         const redisReply* value = reply->element[i];
+                         if (value->type == REDIS_REPLY_STRING) {
+                           onMessage(std::string_view(value->str, value->len));
+                         }
+                       }
+                     });
+  }
   // This sidecar is alive, and holds exactly what it has in flight.
   syncer_->command({"SET", config_.key_prefix + "alive:" + id_, "1", "PX",
                     std::to_string(std::max<long long>(3000, 3 * config_.sync_interval.count()))},

@@ -92,6 +92,10 @@ class Fleet final : public resilience::QuotaArbiter {
   std::string key(std::string_view family, std::string_view what, const std::string& upstream,
                   const std::string& model) const;
   void onMessage(std::string_view message);
+  // Publishes `message` on this worker's link, and keeps it as `field` of the hash
+  // quota:<hash> for `ttl_ms`, for sidecars that start later.
+  void publishKept(const std::string& field, const std::string& message, std::string_view hash,
+                   long long ttl_ms);
   // Another sidecar (`sender`) opened (upstream, model) until `reopen_ms` (wall clock).
   void applyOpen(const std::string& upstream, const std::string& model, long long reopen_ms,
                  std::string_view sender);

@@ -208,6 +208,30 @@ class FleetTest(unittest.TestCase):
                      if line.startswith("cmdstat_eval:"))
         self.assertGreater(evals, 100)
 
+    def test_a_sidecar_that_has_sent_nothing_knows_the_rate_limit(self):
+        limited = FakeUpstream(rate_limits={"gpt-4o-mini": {"rpm": 100, "tpm": 5000}}).start()
+        self.addCleanup(limited.stop)
+        config = {"cluster": {"redis": self.redis.url, "key_prefix": self.prefix}}
+        first = Bulwark([limited], config).start()
+        self.addCleanup(first.stop)
+        self.wait_up(first)
+        self.assertEqual(self.post(first).status, 200)
+        late = Bulwark([limited], config).start()
+        self.addCleanup(late.stop)
+
+        def known() -> dict | None:
+            doc = http_request(late.admin_port, "GET", "/health/detailed").json()
+            return doc["services"]["fake0"]["quotas"].get("gpt-4o-mini")
+
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (known() or {}).get("tokens", {}).get("limit"):
+            time.sleep(0.05)
+        quota = known()
+        self.assertIsNotNone(quota, "the late sidecar never learned the limit")
+        self.assertEqual(quota["tokens"]["limit"], 5000)
+        self.assertLess(quota["tokens"]["remaining"], 5000)
+        self.assertEqual(len(limited.requests), 1)  # it sent nothing itself
+
     def test_a_429_pause_reaches_every_sidecar(self):
         sidecars = self.fleet(count=3)
         for sidecar in sidecars:
