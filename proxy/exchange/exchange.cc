@@ -415,10 +415,11 @@ void Exchange::refuseAdmission(int index, std::string_view reason, resilience::M
 void Exchange::observeRateLimit(Try& t) {
   if (t.quota == nullptr) return;
   resilience::RateLimitHeaders limits = resilience::parseRateLimitHeaders(t.head.headers);
+  bool fresh = false;  // this answer's view is now the quota's
   if (limits.any()) {
     // The upstream counted the request, and took this view of its quota, when it arrived.
     resilience::SteadyTime as_of = t.sent ? t.sent_at : t.started;
-    t.quota->observe(limits, context_.clock.now(), as_of);
+    fresh = t.quota->observe(limits, context_.clock.now(), as_of);
     if (context_.arbiter != nullptr && context_.arbiter->active()) {
       context_.arbiter->observed(t.upstream->name, facts_.model, limits,
                                  context_.clock.wallNow() - (context_.clock.now() - as_of));
@@ -430,8 +431,8 @@ void Exchange::observeRateLimit(Try& t) {
   }
   if (!t.reserved) return;
   t.reserved = false;
-  // Headers that say what is left already count this request; without them, it counts.
-  if (limits.any()) {
+  // A view taken from this answer counts its request; an older view, or none, may not.
+  if (fresh) {
     t.quota->settle(cost_);
   } else {
     t.quota->charge(cost_);

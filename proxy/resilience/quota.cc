@@ -54,12 +54,12 @@ void Quota::Bucket::refill(SteadyTime now) {
   updated = now;
 }
 
-void Quota::Bucket::observe(std::optional<double> new_limit, std::optional<double> new_remaining,
+bool Quota::Bucket::observe(std::optional<double> new_limit, std::optional<double> new_remaining,
                             std::optional<Millis> reset, SteadyTime now, SteadyTime seen_as_of) {
   refill(now);
   if (new_limit && *new_limit > 0) limit = *new_limit;
-  if (!new_remaining) return;
-  if (seen_as_of < as_of) return;  // stale: a newer view is held already
+  if (!new_remaining) return true;
+  if (seen_as_of < as_of) return false;  // stale: a newer view is held already
   as_of = seen_as_of;
   remaining = limit > 0 ? std::min(*new_remaining, limit) : *new_remaining;
   // The server refills (limit - remaining) within `reset`: that is its speed. Without a
@@ -69,9 +69,12 @@ void Quota::Bucket::observe(std::optional<double> new_limit, std::optional<doubl
   } else if (limit > 0 && rate_per_ms == 0) {
     rate_per_ms = limit / 60000.0;
   }
-  // What it refilled between the server's count and now.
-  updated = std::min(seen_as_of, now);
-  refill(now);
+  // No refill is credited for the time since: the upstream counted the request somewhere
+  // between when it was sent and now, and its view already holds the refill up to then.
+  // (`now` may be a little behind `updated`, read by another worker before it took the lock:
+  // the refill clock never goes back, or that stretch would be credited twice.)
+  updated = std::max(updated, now);
+  return true;
 }
 
 std::optional<Millis> Quota::Bucket::waitFor(double amount, double keep) const {
@@ -98,14 +101,16 @@ Quota::BucketView Quota::Bucket::view(SteadyTime now) const {
   return v;
 }
 
-void Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
-  observe(h, now, now);
+bool Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
+  return observe(h, now, now);
 }
 
-void Quota::observe(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of) {
+bool Quota::observe(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of) {
   std::lock_guard lock(mutex_);
-  requests_.observe(h.limit_requests, h.remaining_requests, h.reset_requests, now, as_of);
-  tokens_.observe(h.limit_tokens, h.remaining_tokens, h.reset_tokens, now, as_of);
+  bool requests = requests_.observe(h.limit_requests, h.remaining_requests, h.reset_requests, now,
+                                    as_of);
+  bool tokens = tokens_.observe(h.limit_tokens, h.remaining_tokens, h.reset_tokens, now, as_of);
+  return requests && tokens;
 }
 
 Quota::Admission Quota::tryReserve(const QuotaCost& cost, double headroom, SteadyTime now,

@@ -59,9 +59,12 @@ class Quota {
   // the server counted it: when its request was sent, which can be long before the answer
   // (a generation takes seconds), so answers arrive out of order. An older view than the one
   // held is stale (requests it does not count may have been settled by newer ones) and only
-  // its limit is taken; a newer one is refilled from `as_of` to `now`.
-  void observe(const RateLimitHeaders& headers, SteadyTime now);
-  void observe(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of);
+  // its limit is taken; a newer one replaces the view as of `now`. Returns whether the
+  // view was taken (every `remaining` it has): only then does it count its own request, so
+  // settle() that one; otherwise charge() it (requests sent close together can reach the
+  // upstream in another order, and the view held may not count this one).
+  bool observe(const RateLimitHeaders& headers, SteadyTime now);
+  bool observe(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of);
   // Reserves `cost` if it fits, keeping `headroom` (a share of each limit) free, and nothing
   // queued is ahead of it: a newcomer (ticket 0) is behind every queued request, a queued one
   // behind those with smaller tickets (an admitted ticket leaves the queue). Without a wait
@@ -99,7 +102,8 @@ class Quota {
     double rate_per_ms = 0;  // refill speed implied by the last headers
     SteadyTime updated{};
     void refill(SteadyTime now);
-    void observe(std::optional<double> limit, std::optional<double> remaining,
+    // Whether `remaining` (if any) was taken.
+    bool observe(std::optional<double> limit, std::optional<double> remaining,
                  std::optional<Millis> reset, SteadyTime now, SteadyTime as_of);
     SteadyTime as_of{};  // when the server counted the view `remaining` came from
     // How long until `amount` fits under the limit less `keep`; 0 when it fits now.

@@ -243,7 +243,19 @@ class FleetTest(unittest.TestCase):
                            "headers": [("retry-after-ms", "1500")]}])
         self.assertEqual(self.post(sidecars[0]).status, 429)
         paused_at = self.fake.requests[0].head_sent_at
-        # The others heard of it: their requests wait out the pause before going upstream.
+
+        def paused(sidecar: Bulwark) -> bool:
+            quotas = http_request(sidecar.admin_port, "GET",
+                                  "/health/detailed").json()["services"]["fake0"]["quotas"]
+            return quotas.get("gpt-4o-mini", {}).get("cooldown_ms", 0) > 0
+
+        # The pause reaches the others over pub/sub within moments (before it, a request could
+        # still go): then their requests wait it out before going upstream.
+        for sidecar in sidecars[1:]:
+            deadline = time.monotonic() + 1
+            while not paused(sidecar) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.assertTrue(paused(sidecar), "the pause never reached a sidecar")
         for sidecar in sidecars[1:]:
             self.assertEqual(self.post(sidecar).status, 200)
         arrivals = [r.arrived_at for r in self.fake.requests[1:]]
@@ -369,7 +381,7 @@ class FleetQuotaTest(unittest.TestCase):
         self.assertEqual(sum(s["ok"] for s in summaries), 90, summaries)
         # (Under ThreadSanitizer everything runs several times slower and the sidecars' views
         # lag further behind the limiter: a looser bound there, still far below alone's.)
-        share = 0.05 if SANITIZED else 0.02
+        share = 0.08 if SANITIZED else 0.02
         self.assertLessEqual(limiter.rejected, share * attempts, (limiter.rejected, attempts))
         self.assertGreaterEqual(used, 0.9)
         # Everything the fleet wrote expires.

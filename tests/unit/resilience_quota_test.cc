@@ -160,15 +160,34 @@ TEST(QuotaTest, AnswersArrivingOutOfOrderNeverRaiseTheViewWithAStaleCount) {
   clock.advance(milliseconds(100));
   ASSERT_TRUE(quota.tryReserve({1, 3000}, 0, clock.now()).admitted);  // B
   clock.advance(milliseconds(200));
-  quota.observe(parseRateLimitHeaders(openAiHeaders(118, 14000, "18s")), clock.now(),
-                start + milliseconds(100));
+  EXPECT_TRUE(quota.observe(parseRateLimitHeaders(openAiHeaders(118, 14000, "18s")), clock.now(),
+                            start + milliseconds(100)));
   quota.settle({1, 3000});  // B
   clock.advance(milliseconds(100));
-  quota.observe(parseRateLimitHeaders(openAiHeaders(119, 17000, "9s")), clock.now(), start);
-  quota.settle({1, 3000});  // A
-  // 14000 as of 100 ms, refilled at 1/3 token per ms for 300 ms since: A's stale 17000 is not
-  // taken.
-  EXPECT_NEAR(quota.view(clock.now()).tokens.remaining, 14100, 0.01);
+  EXPECT_FALSE(
+      quota.observe(parseRateLimitHeaders(openAiHeaders(119, 17000, "9s")), clock.now(), start));
+  // A's stale 17000 is not taken: B's 14000, refilled at 1/3 token per ms for the 100 ms
+  // since it arrived. And A's own cost is charged against that view, which may not count it
+  // (A and B could have reached the upstream in either order).
+  EXPECT_NEAR(quota.view(clock.now()).tokens.remaining, 14033.33, 0.01);
+  quota.charge({1, 3000});  // A
+  EXPECT_NEAR(quota.view(clock.now()).tokens.remaining, 11033.33, 0.01);
+  EXPECT_EQ(quota.view(clock.now()).tokens.reserved, 0);
+}
+
+TEST(QuotaTest, AWorkersLateClockReadingNeverCreditsARefillTwice) {
+  fakes::FakeClock clock;
+  Quota quota;
+  const SteadyTime start = clock.now();
+  quota.observe(parseRateLimitHeaders(openAiHeaders(100, 2000, "54s")), start);  // 1/3 per ms
+  clock.advance(milliseconds(300));
+  quota.view(clock.now());
+  ASSERT_TRUE(quota.tryReserve({1, 1}, 0, clock.now()).admitted);  // refilled to now
+  quota.release({1, 1});
+  // Another worker read the clock 150 ms ago, before it took the lock, for a newer view.
+  EXPECT_TRUE(quota.observe(parseRateLimitHeaders(openAiHeaders(100, 1000, "57s")),
+                            start + milliseconds(150), start + milliseconds(100)));
+  EXPECT_NEAR(quota.view(clock.now()).tokens.remaining, 1000, 0.01);
 }
 
 TEST(QuotaTest, ChargeCountsWhatReachedTheUpstreamWithoutHeaders) {
