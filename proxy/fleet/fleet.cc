@@ -188,11 +188,11 @@ std::string Fleet::key(std::string_view family, std::string_view what, const std
   return out;
 }
 
-std::atomic<bool>& Fleet::dirty(const std::string& upstream, const std::string& model) {
-  std::lock_guard lock(dirty_mutex_);
-  std::unique_ptr<std::atomic<bool>>& flag = dirty_[upstream + "\t" + model];
-  if (!flag) flag = std::make_unique<std::atomic<bool>>(false);
-  return *flag;
+Fleet::Streak& Fleet::streak(const std::string& upstream, const std::string& model) {
+  std::lock_guard lock(streaks_mutex_);
+  std::unique_ptr<Streak>& state = streaks_[upstream + "\t" + model];
+  if (!state) state = std::make_unique<Streak>();
+  return *state;
 }
 
 bool Fleet::active() const {
@@ -307,15 +307,17 @@ void Fleet::onOutcome(const std::string& upstream, const std::string& model, boo
                       bool busy) {
   RedisLink* link = t_link.get();
   if (link == nullptr || !link->up()) return;  // alone: the local breaker decides
+  Streak& state = streak(upstream, model);
   if (!counted_failure) {
-    if (dirty(upstream, model).exchange(false)) {
+    state.last_success_ms.store(wallMs(clock_), std::memory_order_relaxed);
+    if (state.dirty.exchange(false)) {
       link->command({"DEL", key("breaker", "fails", upstream, model),
                      key("breaker", "began", upstream, model)},
                     "del");
     }
     return;
   }
-  dirty(upstream, model).store(true);
+  state.dirty.store(true);
   resilience::UpstreamHealth* health = upstreams_.find(upstream);
   if (health == nullptr) return;
   const long long now_ms = wallMs(clock_);
@@ -333,6 +335,11 @@ void Fleet::onOutcome(const std::string& upstream, const std::string& model, boo
         if (!count || !began) return;
         resilience::UpstreamHealth* h = upstreams_.find(upstream);
         if (h == nullptr) return;
+        // A success here since the streak began: it is no streak, only failures that other
+        // sidecars' resets (announced over pub/sub, a moment late) did not separate.
+        if (streak(upstream, model).last_success_ms.load(std::memory_order_relaxed) >= *began) {
+          return;
+        }
         h->breakerFor(model).applyFleetStreak(
             static_cast<int>(*count), resilience::Millis(std::max(0LL, now_ms - *began)), busy);
       });
@@ -393,7 +400,7 @@ void Fleet::onMessage(std::string_view message) {
   resilience::UpstreamHealth* health = upstreams_.find(upstream);
   if (health == nullptr) return;  // not an upstream of this sidecar
   if (parts[0] == "fail") {
-    dirty(upstream, model).store(true);
+    streak(upstream, model).dirty.store(true);
   } else if (parts[0] == "quota" && parts.size() == 11) {
     if (parts[10] == id_) return;  // its own view, already taken
     resilience::RateLimitHeaders h;

@@ -102,9 +102,13 @@ class Fleet final : public resilience::QuotaArbiter {
   void sync();
   static void onSyncTimer(evutil_socket_t, short, void* arg);
   RedisLink::Options linkOptions(std::string name) const;
-  // The streak of (upstream, model) may be above zero somewhere in the fleet: the next
-  // success resets it.
-  std::atomic<bool>& dirty(const std::string& upstream, const std::string& model);
+  // What this sidecar knows of the fleet-wide streak of (upstream, model): whether it may be
+  // above zero somewhere (the next success resets it), and this sidecar's latest success.
+  struct Streak {
+    std::atomic<bool> dirty{false};
+    std::atomic<long long> last_success_ms{0};  // wall clock
+  };
+  Streak& streak(const std::string& upstream, const std::string& model);
 
   config::ClusterConfig config_;
   std::string ip_;
@@ -125,8 +129,8 @@ class Fleet final : public resilience::QuotaArbiter {
   // every sync_interval, so a lost end() does not hold room forever.
   std::mutex reserved_mutex_;
   std::map<std::string, resilience::QuotaCost> reserved_;
-  std::mutex dirty_mutex_;
-  std::map<std::string, std::unique_ptr<std::atomic<bool>>> dirty_;
+  std::mutex streaks_mutex_;
+  std::map<std::string, std::unique_ptr<Streak>> streaks_;
 };
 
 }  // namespace bulwark::fleet
