@@ -30,7 +30,7 @@ import time
 import unittest
 from typing import Callable
 
-from harness import (TRANSPORT, Bulwark, FakeUpstream, RawConnection, RawResponse, chat_completion,
+from harness import (SANITIZED, TRANSPORT, Bulwark, FakeUpstream, RawConnection, RawResponse, chat_completion,
                      raw_request)
 from harness import (CHAT_BODY, CHAT_PATH, STREAM_BODY, assert_openai_error, closed_port,
                        counter_deltas, rss_kib, scrape, self_signed_cert, sse_body, sse_data,
@@ -44,7 +44,10 @@ CONFIG = {
               "budget": {"ratio": 1.0, "min_per_second": 1000}},
     "circuit_breaker": {"failure_threshold": 1000, "min_requests": 1000},
 }
-SLACK = 1.0  # seconds a cell may take beyond the timeouts it provokes (2-core CI machines)
+# Seconds a cell may take beyond the timeouts it provokes, on 2-core CI machines. Under the
+# sanitizer job a TLS handshake with the test server has been seen to pass the 500 ms connect
+# timeout while the suite runs in parallel; that attempt still fails as a connect_error.
+SLACK = 2.0 if SANITIZED else 1.0
 
 ATTEMPTS = "bulwark_upstream_attempts_total"
 REQUESTS = "bulwark_requests_total"
