@@ -38,6 +38,9 @@ workdir="$(mktemp -d "${TMPDIR:-/tmp}/bulwark-benchclient-XXXXXX")"
 trap 'rm -rf "$workdir"' EXIT
 cc -O2 -Wall -o "$workdir/benchclient" "$here/benchclient.c"
 export BENCH_CLIENT="$workdir/benchclient"
+# The libcurl ceiling: the same libraries Bulwark links (Debian's libcurl and libevent).
+cc -O2 -Wall -o "$workdir/ceiling" "$here/ceiling.c" -lcurl -levent
+export BENCH_CEILING="$workdir/ceiling"
 
 python3 "$here/bench.py"
 
