@@ -1,6 +1,5 @@
 // bulwark: flags, signals, config load, then the App; nothing else.
 #include <curl/curl.h>
-#include <event2/thread.h>
 
 #include <csignal>
 #include <cstdio>
@@ -78,7 +77,9 @@ int main(int argc, char** argv) {
   }
 
   std::signal(SIGPIPE, SIG_IGN);  // a client that vanished is an error code, not a signal
-  evthread_use_pthreads();
+  // No evthread_use_pthreads(): every event_base is used by its own thread only (workers
+  // take requests from other threads through an eventfd), so libevent's locks would be
+  // pure cost on every event and buffer operation.
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     std::fprintf(stderr, "bulwark: libcurl failed to initialise\n");
     return 1;

@@ -1,7 +1,12 @@
 #include "proxy/worker.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <random>
+#include <stdexcept>
 
 #include "proxy/observe/logger.h"
 
@@ -27,9 +32,10 @@ Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
       fleet_(fleet),
       base_(event_base_new()),
       random_(std::random_device{}() ^ (static_cast<std::uint64_t>(index) << 32)) {
-  drain_event_.reset(event_new(base_.get(), -1, 0, &Worker::onDrain, this));
-  stop_event_.reset(event_new(base_.get(), -1, 0, &Worker::onStop, this));
-  cut_event_.reset(event_new(base_.get(), -1, 0, &Worker::onCut, this));
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw std::runtime_error("eventfd failed");
+  wake_event_.reset(event_new(base_.get(), wake_fd_, EV_READ | EV_PERSIST, &Worker::onWake, this));
+  event_add(wake_event_.get(), nullptr);
   drain_poll_.reset(event_new(base_.get(), -1, EV_PERSIST, &Worker::onDrainPoll, this));
   upstream_client_ = std::make_unique<upstream::UpstreamClient>(base_.get());
   context_.reset(new exchange::ExchangeContext{*upstream_client_, base_.get(), clock_, random_,
@@ -50,10 +56,9 @@ Worker::~Worker() {
   context_.reset();
   upstream_client_.reset();
   drain_poll_.reset();
-  stop_event_.reset();
-  cut_event_.reset();
-  drain_event_.reset();
+  wake_event_.reset();
   base_.reset();
+  close(wake_fd_);
 }
 
 std::shared_ptr<const config::Config> Worker::currentConfig(void* arg) {
@@ -73,21 +78,40 @@ void Worker::run() {
 }
 
 void Worker::drain() {
-  event_active(drain_event_.get(), 0, 0);
+  post(kDrain);
 }
 void Worker::stop() {
-  event_active(stop_event_.get(), 0, 0);
+  post(kStop);
 }
 void Worker::cut() {
-  event_active(cut_event_.get(), 0, 0);
+  post(kCut);
 }
 
-void Worker::onCut(evutil_socket_t, short, void* arg) {
+void Worker::post(Request request) {
+  requests_.fetch_or(request, std::memory_order_release);
+  std::uint64_t one = 1;
+  // A full counter (never, in practice) still leaves the fd readable: the request is seen.
+  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof one);
+}
+
+void Worker::onWake(evutil_socket_t fd, short, void* arg) {
   auto* self = static_cast<Worker*>(arg);
-  std::size_t cut = self->server_->terminateAll();
+  std::uint64_t count = 0;
+  [[maybe_unused]] ssize_t n = read(fd, &count, sizeof count);
+  unsigned requests = self->requests_.exchange(0, std::memory_order_acquire);
+  if (requests & kStop) {
+    event_base_loopbreak(self->base_.get());
+    return;
+  }
+  if (requests & kDrain) self->onDrain();
+  if (requests & kCut) self->onCut();
+}
+
+void Worker::onCut() {
+  std::size_t cut = server_->terminateAll();
   if (cut > 0) {
     observe::logWarn("shutdown_grace reached; connections cut",
-                     {{"worker", self->index_}, {"connections", cut}});
+                     {{"worker", index_}, {"connections", cut}});
   }
 }
 
@@ -95,12 +119,11 @@ void Worker::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Worker::onDrain(evutil_socket_t, short, void* arg) {
-  auto* self = static_cast<Worker*>(arg);
-  self->server_->drain();
+void Worker::onDrain() {
+  server_->drain();
   timeval tv = support::toTimeval(20);
-  evtimer_add(self->drain_poll_.get(), &tv);
-  onDrainPoll(-1, 0, arg);
+  evtimer_add(drain_poll_.get(), &tv);
+  onDrainPoll(-1, 0, this);
 }
 
 void Worker::onDrainPoll(evutil_socket_t, short, void* arg) {
@@ -108,8 +131,5 @@ void Worker::onDrainPoll(evutil_socket_t, short, void* arg) {
   if (self->server_->connectionCount() == 0) event_base_loopbreak(self->base_.get());
 }
 
-void Worker::onStop(evutil_socket_t, short, void* arg) {
-  event_base_loopbreak(static_cast<Worker*>(arg)->base_.get());
-}
 
 }  // namespace bulwark

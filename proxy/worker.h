@@ -1,6 +1,8 @@
 // One event-loop thread: its own event_base, its SO_REUSEPORT listener and client
 // connections, its curl multi handle, and the exchanges between them. The public methods
-// are the only ones safe to call from other threads.
+// are the only ones safe to call from other threads: they set a flag and write to the
+// worker's eventfd, which its loop watches. The loops share no libevent object, so libevent
+// runs without its thread locks.
 #pragma once
 
 #include <atomic>
@@ -44,9 +46,11 @@ class Worker {
 
  private:
   static std::shared_ptr<const config::Config> currentConfig(void* arg);
-  static void onDrain(evutil_socket_t, short, void* arg);
-  static void onStop(evutil_socket_t, short, void* arg);
-  static void onCut(evutil_socket_t, short, void* arg);
+  enum Request : unsigned { kDrain = 1, kCut = 2, kStop = 4 };
+  void post(Request request);
+  static void onWake(evutil_socket_t fd, short, void* arg);
+  void onDrain();
+  void onCut();
   static void onDrainPoll(evutil_socket_t, short, void* arg);
   void run();
 
@@ -54,9 +58,9 @@ class Worker {
   ConfigStore& config_store_;
   fleet::Fleet* fleet_;
   support::EventBasePtr base_;
-  support::EventPtr drain_event_;
-  support::EventPtr stop_event_;
-  support::EventPtr cut_event_;
+  std::atomic<unsigned> requests_{0};  // Request bits posted by other threads
+  int wake_fd_ = -1;                   // eventfd: written by post(), read by onWake()
+  support::EventPtr wake_event_;
   support::EventPtr drain_poll_;
   resilience::SystemClock clock_;
   resilience::SeededRandom random_;

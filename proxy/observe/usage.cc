@@ -1,6 +1,11 @@
 #include "proxy/observe/usage.h"
 
-#include <rapidjson/document.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
+
+#include <array>
+#include <cstdint>
+#include <vector>
 
 namespace bulwark::observe {
 
@@ -9,39 +14,147 @@ namespace {
 constexpr std::size_t kMaxJsonBody = 1024 * 1024;
 constexpr std::size_t kMaxEvent = 64 * 1024;
 
-long long tokenCount(const rapidjson::Value& usage, const char* a, const char* b) {
-  for (const char* key : {a, b}) {
-    auto it = usage.FindMember(key);
-    if (it != usage.MemberEnd() && it->value.IsInt64()) return it->value.GetInt64();
-  }
-  return 0;
-}
+// The usage fields of one object: each count is the first of its two names that holds an
+// integer (Chat Completions names first, then the Responses API's), else 0.
+struct UsageFields {
+  bool is_object = false;
+  std::array<std::optional<long long>, 4> counts;  // prompt, input, completion, output
+  std::optional<std::string> model;                // the enclosing object's model
 
-std::optional<TokenUsage> usageOf(const rapidjson::Value& object) {
-  if (!object.IsObject()) return std::nullopt;
-  auto usage = object.FindMember("usage");
-  if (usage == object.MemberEnd() || !usage->value.IsObject()) return std::nullopt;
-  TokenUsage out;
-  out.prompt = tokenCount(usage->value, "prompt_tokens", "input_tokens");
-  out.completion = tokenCount(usage->value, "completion_tokens", "output_tokens");
-  auto model = object.FindMember("model");
-  if (model != object.MemberEnd() && model->value.IsString()) {
-    out.model.assign(model->value.GetString(), model->value.GetStringLength());
+  TokenUsage result() const {
+    TokenUsage out;
+    out.prompt = counts[0] ? *counts[0] : counts[1].value_or(0);
+    out.completion = counts[2] ? *counts[2] : counts[3].value_or(0);
+    if (model) out.model = *model;
+    return out;
   }
-  return out;
-}
+};
+
+// A SAX handler that keeps only what usage needs, without building a document:
+// root.usage, root.model, root.response.usage and root.response.model (Responses API
+// events). The first occurrence of a key counts, as a lookup in a document would.
+class UsageHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, UsageHandler> {
+ public:
+  UsageFields root;
+  UsageFields response;
+  bool root_is_object = false;
+  bool response_is_object = false;
+
+  bool StartObject() { return open(true); }
+  bool EndObject(rapidjson::SizeType) { return close(); }
+  bool StartArray() { return open(false); }
+  bool EndArray(rapidjson::SizeType) { return close(); }
+  bool Key(const char* str, rapidjson::SizeType len, bool) {
+    key_.assign(str, len);
+    return true;
+  }
+  bool String(const char* str, rapidjson::SizeType len, bool) {
+    if (key_ == "model") {
+      if (UsageFields* owner = modelOwner()) {
+        if (!owner->model && !model_seen_[owner == &response]) owner->model.emplace(str, len);
+      }
+    }
+    markSeen();
+    return true;
+  }
+  bool Int(int i) { return number(i); }
+  bool Uint(unsigned u) { return number(u); }
+  bool Int64(std::int64_t i) { return number(i); }
+  bool Uint64(std::uint64_t u) {
+    if (u > static_cast<std::uint64_t>(INT64_MAX)) return Default();
+    return number(static_cast<long long>(u));
+  }
+  bool Default() {
+    markSeen();
+    return true;
+  }
+
+ private:
+  enum class Scope { kOther, kRoot, kRootUsage, kResponse, kResponseUsage };
+
+  Scope scope() const { return scopes_.empty() ? Scope::kOther : scopes_.back(); }
+
+  bool open(bool object) {
+    Scope parent = scopes_.empty() ? Scope::kOther : scope();
+    Scope next = Scope::kOther;
+    if (scopes_.empty()) {
+      next = object ? Scope::kRoot : Scope::kOther;
+      root_is_object = object;
+    } else if (object && parent == Scope::kRoot && key_ == "usage" && !usage_seen_[0]) {
+      next = Scope::kRootUsage;
+      root.is_object = true;
+    } else if (object && parent == Scope::kRoot && key_ == "response" && !response_seen_) {
+      next = Scope::kResponse;
+      response_is_object = true;
+    } else if (object && parent == Scope::kResponse && key_ == "usage" && !usage_seen_[1]) {
+      next = Scope::kResponseUsage;
+      response.is_object = true;
+    }
+    markSeen();
+    scopes_.push_back(next);
+    key_.clear();
+    return true;
+  }
+
+  bool close() {
+    scopes_.pop_back();
+    key_.clear();
+    return true;
+  }
+
+  // A key's first value decides: later duplicates are ignored.
+  void markSeen() {
+    Scope s = scope();
+    if (s == Scope::kRoot) {
+      if (key_ == "usage") usage_seen_[0] = true;
+      if (key_ == "response") response_seen_ = true;
+      if (key_ == "model") model_seen_[0] = true;
+    } else if (s == Scope::kResponse) {
+      if (key_ == "usage") usage_seen_[1] = true;
+      if (key_ == "model") model_seen_[1] = true;
+    }
+  }
+
+  UsageFields* modelOwner() {
+    Scope s = scope();
+    if (s == Scope::kRoot) return &root;
+    if (s == Scope::kResponse) return &response;
+    return nullptr;
+  }
+
+  bool number(long long n) {
+    Scope s = scope();
+    UsageFields* fields = s == Scope::kRootUsage       ? &root
+                          : s == Scope::kResponseUsage ? &response
+                                                       : nullptr;
+    if (fields != nullptr) {
+      static constexpr std::array<std::string_view, 4> kNames = {
+          "prompt_tokens", "input_tokens", "completion_tokens", "output_tokens"};
+      for (std::size_t i = 0; i < kNames.size(); ++i) {
+        if (key_ == kNames[i] && !fields->counts[i]) fields->counts[i] = n;
+      }
+    }
+    markSeen();
+    return true;
+  }
+
+  std::vector<Scope> scopes_;
+  std::string key_;
+  std::array<bool, 2> usage_seen_{};  // root, response
+  std::array<bool, 2> model_seen_{};
+  bool response_seen_ = false;
+};
 
 }  // namespace
 
 std::optional<TokenUsage> usageFromJson(std::string_view json) {
-  rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseIterativeFlag>(json.data(), json.size());
-  if (doc.HasParseError() || !doc.IsObject()) return std::nullopt;
-  // Searched as const: rapidjson 1.1's mutable iterators make != ambiguous under C++20.
-  const rapidjson::Value& root = doc;
-  if (auto direct = usageOf(root)) return direct;
-  auto response = root.FindMember("response");  // Responses API events
-  if (response != root.MemberEnd()) return usageOf(response->value);
+  UsageHandler handler;
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream stream(json.data(), json.size());
+  if (reader.Parse<rapidjson::kParseIterativeFlag>(stream, handler).IsError()) return std::nullopt;
+  if (!handler.root_is_object) return std::nullopt;
+  if (handler.root.is_object) return handler.root.result();
+  if (handler.response_is_object && handler.response.is_object) return handler.response.result();
   return std::nullopt;
 }
 

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <charconv>
 #include <ctime>
 #include <string>
 #include <utility>
@@ -33,6 +34,12 @@ long long monotonicMillis() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<long long>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+void appendNumber(std::string& out, std::uint64_t n) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);
+  out.append(digits, end);
 }
 
 bool isFramingHeader(std::string_view name) {
@@ -296,39 +303,48 @@ void ClientConnection::sendHead(int status, const http::Headers& headers,
   // response (with a lingering close), and says so.
   if (parser_.inRequest()) keep_alive_ = false;
   no_body_ = request_is_head_ || status < 200 || status == 204 || status == 304;
-  evbuffer* out = bufferevent_get_output(bev_.get());
-  evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http::reasonPhrase(status));
+  // The head is built in one string and handed to the output buffer once.
+  std::string head;
+  head.reserve(256 + headers.size() * 48);
+  head += "HTTP/1.1 ";
+  appendNumber(head, static_cast<std::uint64_t>(status));
+  head += ' ';
+  head += http::reasonPhrase(status);
+  head += "\r\n";
   for (const http::Header& h : headers) {
     if (isFramingHeader(h.name)) continue;
     if (h.name.find_first_of("\r\n") != std::string::npos ||
         h.value.find_first_of("\r\n") != std::string::npos) {
       continue;
     }
-    evbuffer_add(out, h.name.data(), h.name.size());
-    evbuffer_add(out, ": ", 2);
-    evbuffer_add(out, h.value.data(), h.value.size());
-    evbuffer_add(out, "\r\n", 2);
+    head += h.name;
+    head += ": ";
+    head += h.value;
+    head += "\r\n";
   }
   if (no_body_) {
     if (request_is_head_ && content_length) {
-      evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-                          static_cast<unsigned long long>(*content_length));
+      head += "Content-Length: ";
+      appendNumber(head, *content_length);
+      head += "\r\n";
     }
   } else if (content_length) {
-    evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-                        static_cast<unsigned long long>(*content_length));
+    head += "Content-Length: ";
+    appendNumber(head, *content_length);
+    head += "\r\n";
   } else if (request_minor_ >= 1) {
     chunked_ = true;
-    evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+    head += "Transfer-Encoding: chunked\r\n";
   } else {
     keep_alive_ = false;  // HTTP/1.0 without a length: the close ends the body
   }
   if (!keep_alive_) {
-    evbuffer_add_printf(out, "Connection: close\r\n");
+    head += "Connection: close\r\n";
   } else if (request_minor_ == 0) {
-    evbuffer_add_printf(out, "Connection: keep-alive\r\n");
+    head += "Connection: keep-alive\r\n";
   }
-  evbuffer_add(out, "\r\n", 2);
+  head += "\r\n";
+  evbuffer_add(bufferevent_get_output(bev_.get()), head.data(), head.size());
 }
 
 void ClientConnection::sendContinue() {

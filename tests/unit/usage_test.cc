@@ -32,6 +32,49 @@ TEST(UsageTest, IgnoresGarbageAndNullUsage) {
   EXPECT_FALSE(usageFromJson(std::string(100000, '{')));
 }
 
+TEST(UsageTest, ReadsOnlyTheTopLevelUsageWhereverItIsInTheBody) {
+  // Nested objects named usage or model (in messages, tool calls) are not the answer's;
+  // the model may come after the usage.
+  auto usage = usageFromJson(
+      R"({"choices":[{"message":{"content":"x","usage":{"prompt_tokens":999}},"model":"no"}],)"
+      R"("usage":{"completion_tokens":5,"details":{"prompt_tokens":998},"prompt_tokens":12},)"
+      R"("model":"gpt-4o-mini"})");
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->model, "gpt-4o-mini");
+  EXPECT_EQ(usage->prompt, 12);
+  EXPECT_EQ(usage->completion, 5);
+}
+
+TEST(UsageTest, TheFirstOfDuplicateKeysCountsAndNamesFallBack) {
+  auto usage = usageFromJson(
+      R"({"model":"first","usage":{"prompt_tokens":1,"prompt_tokens":2,"output_tokens":4},)"
+      R"("model":"second","usage":{"prompt_tokens":3}})");
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->model, "first");
+  EXPECT_EQ(usage->prompt, 1);
+  EXPECT_EQ(usage->completion, 4);  // no completion_tokens: the Responses API's name
+  // A count that is not an integer is not a count.
+  usage = usageFromJson(R"({"usage":{"prompt_tokens":"12","input_tokens":1.5}})");
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->prompt, 0);
+  EXPECT_EQ(usage->completion, 0);
+  usage = usageFromJson(R"({"usage":{"prompt_tokens":18446744073709551615}})");
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->prompt, 0);
+}
+
+TEST(UsageTest, AResponseIsReadOnlyWithoutATopLevelUsageAndAWholeDocumentIsNeeded) {
+  EXPECT_FALSE(usageFromJson(R"({"usage":{"prompt_tokens":1})"));  // cut short
+  EXPECT_FALSE(usageFromJson(R"({"usage":{"prompt_tokens":1}} trailing)"));
+  EXPECT_FALSE(usageFromJson(R"({"response":{"model":"m"}})"));
+  EXPECT_FALSE(usageFromJson(R"({"response":[{"usage":{"input_tokens":1}}]})"));
+  auto usage = usageFromJson(
+      R"({"usage":null,"response":{"usage":{"input_tokens":7},"model":"gpt-4.1"}})");
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->model, "gpt-4.1");
+  EXPECT_EQ(usage->prompt, 7);
+}
+
 TEST(UsageTest, StreamTapFindsTheFinalUsageChunkAcrossSplits) {
   std::string stream =
       "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n"
