@@ -98,11 +98,11 @@ Exchange::~Exchange() {
 void Exchange::start() {
   started_ = context_.clock.now();
   policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
-  wait_timer_.reset(evtimer_new(context_.base, &Exchange::onWaitOver, this));
-  deadline_timer_.reset(evtimer_new(context_.base, &Exchange::onDeadline, this));
-  hedge_timer_.reset(evtimer_new(context_.base, &Exchange::onHedgeTimer, this));
-  cancel_losers_.reset(event_new(context_.base, -1, 0, &Exchange::onLosersCancelled, this));
-  queue_timer_.reset(evtimer_new(context_.base, &Exchange::onQueueTimer, this));
+  wait_timer_.assign(context_.base, -1, 0, &Exchange::onWaitOver, this);
+  deadline_timer_.assign(context_.base, -1, 0, &Exchange::onDeadline, this);
+  hedge_timer_.assign(context_.base, -1, 0, &Exchange::onHedgeTimer, this);
+  cancel_losers_.assign(context_.base, -1, 0, &Exchange::onLosersCancelled, this);
+  queue_timer_.assign(context_.base, -1, 0, &Exchange::onQueueTimer, this);
   // The route by path alone until the body (and its model) is in.
   applyRoute(config::routeFor(*config_, request_.path, ""));
 
@@ -671,8 +671,8 @@ http::Headers Exchange::bulwarkHeaders(const config::UpstreamConfig& upstream) c
   return {{"x-bulwark-attempts", std::to_string(attempts_)}, {"x-bulwark-upstream", upstream.name}};
 }
 
-void Exchange::onHead(Try& t, const upstream::ResponseHead& head) {
-  t.head = head;
+void Exchange::onHead(Try& t, upstream::ResponseHead&& head) {
+  t.head = std::move(head);
   t.has_head = true;
   observeRateLimit(t);
   if (t.head.status >= 400) {

@@ -77,7 +77,7 @@ class Exchange final : public server::ActiveRequest {
           upstream_index(upstream_index),
           upstream(&upstream),
           lease(std::move(lease)) {}
-    void onHead(const upstream::ResponseHead& h) override { exchange.onHead(*this, h); }
+    void onHead(upstream::ResponseHead&& h) override { exchange.onHead(*this, std::move(h)); }
     Flow onData(const char* data, std::size_t len) override {
       return exchange.onData(*this, data, len);
     }
@@ -137,7 +137,7 @@ class Exchange final : public server::ActiveRequest {
   void armHedge(const Try& t);
 
   // A try's transfer events.
-  void onHead(Try& t, const upstream::ResponseHead& head);
+  void onHead(Try& t, upstream::ResponseHead&& head);
   upstream::AttemptObserver::Flow onData(Try& t, const char* data, std::size_t len);
   void onDone(Try& t, upstream::TransferError error, const std::string& detail);
   void onRequestStart(Try& t);
@@ -264,11 +264,11 @@ class Exchange final : public server::ActiveRequest {
   std::uint64_t body_bytes_sent_ = 0;  // request body bytes sent upstream, all attempts
   bool policies_apply_ = true;
   std::optional<resilience::Backoff> backoff_;  // the route's retry settings
-  support::EventPtr wait_timer_;
-  support::EventPtr deadline_timer_;
-  support::EventPtr hedge_timer_;
-  support::EventPtr cancel_losers_;  // deferred: a winner's callback cannot cancel transfers
-  support::EventPtr queue_timer_;
+  support::InlineEvent wait_timer_;
+  support::InlineEvent deadline_timer_;
+  support::InlineEvent hedge_timer_;
+  support::InlineEvent cancel_losers_;  // deferred: a winner's callback cannot cancel transfers
+  support::InlineEvent queue_timer_;
   // Quota-aware admission: on for a request that names a model (its body read whole) on a
   // route with admission enabled. Its estimated cost, and its place in a queue while queued.
   bool admission_ = false;

@@ -1,6 +1,5 @@
 #include "proxy/observe/usage.h"
 
-#include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
 
 #include <array>
@@ -45,7 +44,7 @@ class UsageHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Usag
   bool StartArray() { return open(false); }
   bool EndArray(rapidjson::SizeType) { return close(); }
   bool Key(const char* str, rapidjson::SizeType len, bool) {
-    key_.assign(str, len);
+    key_ = std::string_view(str, len);  // parsed in place: points into the document
     return true;
   }
   bool String(const char* str, rapidjson::SizeType len, bool) {
@@ -92,13 +91,13 @@ class UsageHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Usag
     }
     markSeen();
     scopes_.push_back(next);
-    key_.clear();
+    key_ = {};
     return true;
   }
 
   bool close() {
     scopes_.pop_back();
-    key_.clear();
+    key_ = {};
     return true;
   }
 
@@ -139,23 +138,35 @@ class UsageHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Usag
   }
 
   std::vector<Scope> scopes_;
-  std::string key_;
+  std::string_view key_;
   std::array<bool, 2> usage_seen_{};  // root, response
   std::array<bool, 2> model_seen_{};
   bool response_seen_ = false;
 };
 
-}  // namespace
-
-std::optional<TokenUsage> usageFromJson(std::string_view json) {
+// Parses the document in place (strings are unescaped inside it): no copy of any string
+// but the model's.
+std::optional<TokenUsage> usageInPlace(std::string& json) {
   UsageHandler handler;
   rapidjson::Reader reader;
-  rapidjson::MemoryStream stream(json.data(), json.size());
-  if (reader.Parse<rapidjson::kParseIterativeFlag>(stream, handler).IsError()) return std::nullopt;
+  rapidjson::InsituStringStream stream(json.data());
+  constexpr unsigned kFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseInsituFlag;
+  if (reader.Parse<kFlags>(stream, handler).IsError()) return std::nullopt;
+  // A NUL inside the text ends the parse early: a document that is not whole is no answer.
+  if (stream.Tell() < json.size() && json.find('\0', stream.Tell()) != std::string::npos) {
+    return std::nullopt;
+  }
   if (!handler.root_is_object) return std::nullopt;
   if (handler.root.is_object) return handler.root.result();
   if (handler.response_is_object && handler.response.is_object) return handler.response.result();
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<TokenUsage> usageFromJson(std::string_view json) {
+  std::string copy(json);
+  return usageInPlace(copy);
 }
 
 void UsageTap::feed(const char* data, std::size_t len) {
@@ -203,12 +214,12 @@ void UsageTap::scanEvent(std::string_view event) {
     if (eol == std::string_view::npos) break;
     pos = eol + 1;
   }
-  if (auto usage = usageFromJson(data)) last_ = std::move(usage);
+  if (auto usage = usageInPlace(data)) last_ = std::move(usage);
 }
 
 std::optional<TokenUsage> UsageTap::finish() {
   if (overflow_) return std::nullopt;
-  if (!event_stream_) return usageFromJson(buffer_);
+  if (!event_stream_) return usageInPlace(buffer_);  // the body is not needed after this
   if (!buffer_.empty()) scanEvent(buffer_);
   return last_;
 }

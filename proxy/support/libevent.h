@@ -4,6 +4,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <event2/http.h>
 #include <event2/listener.h>
 
@@ -32,6 +33,33 @@ using EventPtr = std::unique_ptr<event, EventDeleter>;
 using BuffereventPtr = std::unique_ptr<bufferevent, BuffereventDeleter>;
 using ListenerPtr = std::unique_ptr<evconnlistener, ListenerDeleter>;
 using EvhttpPtr = std::unique_ptr<evhttp, EvhttpDeleter>;
+
+// An event stored inside its owner (no allocation per request): for the timers and deferred
+// callbacks that every exchange and attempt has. Deleted from its base when reset or
+// destroyed, so the base must outlive it.
+class InlineEvent {
+ public:
+  InlineEvent() = default;
+  ~InlineEvent() { reset(); }
+  InlineEvent(const InlineEvent&) = delete;
+  InlineEvent& operator=(const InlineEvent&) = delete;
+
+  void assign(event_base* base, evutil_socket_t fd, short what, event_callback_fn callback,
+              void* arg) {
+    reset();
+    event_assign(&event_, base, fd, what, callback, arg);
+    assigned_ = true;
+  }
+  void reset() {
+    if (assigned_) event_del(&event_);
+    assigned_ = false;
+  }
+  event* get() { return assigned_ ? &event_ : nullptr; }
+
+ private:
+  event event_{};
+  bool assigned_ = false;
+};
 
 inline timeval toTimeval(long long millis) {
   timeval tv;

@@ -63,9 +63,9 @@ const char* transferErrorName(TransferError e) {
 Attempt::Attempt(UpstreamClient& client, AttemptObserver& observer, AttemptRequest request)
     : client_(client), observer_(observer), request_(std::move(request)) {
   request_.multiplex = request_.multiplex && client_.multiplexes(request_.url);
-  timer_.reset(evtimer_new(client_.base(), &Attempt::onTimeout, this));
-  deferred_.reset(event_new(client_.base(), -1, 0, &Attempt::onDeferredFailure, this));
-  upload_ready_.reset(event_new(client_.base(), -1, 0, &Attempt::onUploadReady, this));
+  timer_.assign(client_.base(), -1, 0, &Attempt::onTimeout, this);
+  deferred_.assign(client_.base(), -1, 0, &Attempt::onDeferredFailure, this);
+  upload_ready_.assign(client_.base(), -1, 0, &Attempt::onUploadReady, this);
 }
 
 Attempt::~Attempt() {
@@ -277,6 +277,7 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
   ResponseHead& head = self->head_;
   if (line.starts_with("HTTP/")) {
     head = ResponseHead{};  // a new status line (after a 1xx, a fresh head)
+    head.headers.reserve(16);
     size_t space = line.find(' ');
     if (space != std::string_view::npos) {
       std::string_view code = line.substr(space + 1, 3);
@@ -303,7 +304,7 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
         curl_easy_getinfo(self->handle_, CURLINFO_HTTP_VERSION, &version);
         if (version != CURL_HTTP_VERSION_2_0) self->client_.noteHttp1Only(self->request_.url);
       }
-      self->observer_.onHead(head);
+      self->observer_.onHead(std::move(head));
     }
     return len;
   }

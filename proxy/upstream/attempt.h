@@ -81,7 +81,7 @@ class AttemptObserver {
   virtual void onBodySent(std::uint64_t /*bytes*/) {}
   // The final (non-1xx) response head. Called from inside a curl callback: do not destroy
   // the attempt here.
-  virtual void onHead(const ResponseHead& head) = 0;
+  virtual void onHead(ResponseHead&& head) = 0;  // the attempt gives its head away
   // Body bytes. Return kPause to leave them unconsumed: the same bytes are offered again
   // after resume(); kAbort to end the attempt (onDone(kAborted) follows from the loop).
   // Called from inside a curl callback: do not destroy the attempt here.
@@ -152,9 +152,9 @@ class Attempt final : public Transfer {
   CURL* handle_ = nullptr;  // borrowed from the client's pool while running
   bool in_multi_ = false;
   support::CurlSlistPtr header_list_;
-  support::EventPtr timer_;
-  support::EventPtr deferred_;
-  support::EventPtr upload_ready_;  // deferred unpause of a streamed upload
+  support::InlineEvent timer_;
+  support::InlineEvent deferred_;
+  support::InlineEvent upload_ready_;  // deferred unpause of a streamed upload
   TransferError timer_error_ = TransferError::kFirstByteTimeout;
   ResponseHead head_;
   bool head_done_ = false;

@@ -56,7 +56,7 @@ class FakeTransfer final : public upstream::Transfer {
     for (http::Header& h : extra) head.headers.push_back(std::move(h));
     head.content_length = body.size();
     observer.onRequestStart();
-    observer.onHead(head);
+    observer.onHead(std::move(head));
     if (!body.empty()) observer.onData(body.data(), body.size());
     observer.onDone(TransferError::kNone, "");
   }
@@ -328,7 +328,7 @@ TEST_F(ExchangeTest, TheClientLeavingMidStreamIsCountedOnce) {
   head.status = 200;
   head.headers = {{"content-type", "text/event-stream"}};
   FakeTransfer* t = attempts_.current();
-  t->observer.onHead(head);
+  t->observer.onHead(std::move(head));
   std::string event = "data: {\"choices\":[]}\n\n";
   t->observer.onData(event.data(), event.size());
   EXPECT_EQ(ex.phase(), Exchange::Phase::kCommitted);
@@ -390,7 +390,7 @@ TEST_F(ExchangeTest, AProbeClosesTheBreakerAtTheCommitPointOfAStream) {
   upstream::ResponseHead head;
   head.status = 200;
   head.headers = {{"content-type", "text/event-stream"}};
-  attempts_.current()->observer.onHead(head);
+  attempts_.current()->observer.onHead(std::move(head));
   std::string event = "data: {\"choices\":[]}\n\n";
   attempts_.current()->observer.onData(event.data(), event.size());
   EXPECT_EQ(breaker().snapshot().state, resilience::BreakerState::kClosed);

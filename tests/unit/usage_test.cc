@@ -66,6 +66,10 @@ TEST(UsageTest, TheFirstOfDuplicateKeysCountsAndNamesFallBack) {
 TEST(UsageTest, AResponseIsReadOnlyWithoutATopLevelUsageAndAWholeDocumentIsNeeded) {
   EXPECT_FALSE(usageFromJson(R"({"usage":{"prompt_tokens":1})"));  // cut short
   EXPECT_FALSE(usageFromJson(R"({"usage":{"prompt_tokens":1}} trailing)"));
+  EXPECT_FALSE(usageFromJson(std::string(R"({"usage":{"prompt_tokens":1}})") + '\0' + "x"));
+  auto escaped = usageFromJson(R"({"model":"a\"b\u00e9","usage":{"prompt_tokens":2}})");
+  ASSERT_TRUE(escaped);
+  EXPECT_EQ(escaped->model, "a\"b\xc3\xa9");
   EXPECT_FALSE(usageFromJson(R"({"response":{"model":"m"}})"));
   EXPECT_FALSE(usageFromJson(R"({"response":[{"usage":{"input_tokens":1}}]})"));
   auto usage = usageFromJson(
