@@ -63,11 +63,18 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
   bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxBufferedInput);
   timeval write_timeout = support::toTimeval(limits_.idle_timeout_ms);
   bufferevent_set_timeouts(bev_.get(), nullptr, &write_timeout);
-  bufferevent_enable(bev_.get(), EV_READ | EV_WRITE);
+  flush_.assign(base, -1, 0, &ClientConnection::flushCallback, this);
+  output_cb_ = evbuffer_add_cb(bufferevent_get_output(bev_.get()),
+                               &ClientConnection::outputCallback, this);
+  // EV_WRITE (on by default for a socket bufferevent) only while a write is unfinished.
+  bufferevent_disable(bev_.get(), EV_WRITE);
+  bufferevent_enable(bev_.get(), EV_READ);
   armTimer(limits_.idle_timeout_ms);
 }
 
 ClientConnection::~ClientConnection() {
+  // The output buffer may outlive this object inside libevent: it must not call back.
+  if (output_cb_ != nullptr) evbuffer_remove_cb_entry(bufferevent_get_output(bev_.get()), output_cb_);
   if (body_) body_->onRoom(nullptr);
   // Cancel the request first: it may still hold this connection as its sink.
   active_.reset();
@@ -454,14 +461,52 @@ void ClientConnection::closeFlushed() {
   armTimer(kLingerIdleMs);
 }
 
-void ClientConnection::writeCallback(bufferevent*, void* arg) {
+void ClientConnection::outputCallback(evbuffer*, const evbuffer_cb_info* info, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
-  if (self->phase_ == Phase::kClosing) {
-    if (!self->lingering_) self->closeFlushed();
+  if (info->n_added == 0 || self->flush_pending_ || self->write_enabled_) return;
+  self->flush_pending_ = true;
+  event_active(self->flush_.get(), 0, 0);
+}
+
+void ClientConnection::flushCallback(evutil_socket_t, short, void* arg) {
+  static_cast<ClientConnection*>(arg)->flushOutput();
+}
+
+void ClientConnection::flushOutput() {
+  flush_pending_ = false;
+  if (write_enabled_) return;
+  evbuffer* out = bufferevent_get_output(bev_.get());
+  if (evbuffer_get_length(out) == 0) return;
+  // A socket bufferevent keeps its output's start frozen for everyone but itself; its own
+  // write callback unfreezes it around the write in the same way.
+  evbuffer_unfreeze(out, 1);
+  int written = evbuffer_write(out, bufferevent_getfd(bev_.get()));
+  evbuffer_freeze(out, 1);
+  if (evbuffer_get_length(out) > 0 || written < 0) {
+    // The socket took part of it (or failed): the bufferevent writes the rest when it can,
+    // under the write timeout, and reports an error through eventCallback.
+    write_enabled_ = true;
+    bufferevent_enable(bev_.get(), EV_WRITE);
     return;
   }
-  if (self->drained_callback_) {
-    std::function<void()> callback = self->drained_callback_;
+  onOutputDrained();  // may destroy this connection
+}
+
+void ClientConnection::writeCallback(bufferevent* bev, void* arg) {
+  auto* self = static_cast<ClientConnection*>(arg);
+  // Written out: back to writing straight to the socket.
+  self->write_enabled_ = false;
+  bufferevent_disable(bev, EV_WRITE);
+  self->onOutputDrained();
+}
+
+void ClientConnection::onOutputDrained() {
+  if (phase_ == Phase::kClosing) {
+    if (!lingering_) closeFlushed();
+    return;
+  }
+  if (drained_callback_) {
+    std::function<void()> callback = drained_callback_;
     callback();
   }
 }

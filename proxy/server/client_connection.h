@@ -66,6 +66,14 @@ class ClientConnection final : public ResponseSink {
   static void timerCallback(evutil_socket_t, short, void* arg);
   static void kickCallback(evutil_socket_t, short, void* arg);
   static void bodyRoomCallback(evutil_socket_t, short, void* arg);
+  // Output is written straight to the socket, once per loop pass (flushCallback), and the
+  // bufferevent's write event is enabled only while a write is left unfinished: a response
+  // that fits the socket buffer costs no epoll_ctl and no extra loop pass.
+  static void outputCallback(evbuffer* buffer, const evbuffer_cb_info* info, void* arg);
+  static void flushCallback(evutil_socket_t, short, void* arg);
+  void flushOutput();
+  // The output is written out: what the bufferevent's write callback did.
+  void onOutputDrained();
 
   // Parses buffered input; returns false when the connection was destroyed.
   bool processInput();
@@ -92,6 +100,10 @@ class ClientConnection final : public ResponseSink {
   support::EventPtr timer_;
   support::EventPtr kick_;
   support::EventPtr body_room_;  // deferred: the exchange made room in body_
+  support::InlineEvent flush_;   // deferred: write the output at the end of this loop pass
+  evbuffer_cb_entry* output_cb_ = nullptr;
+  bool flush_pending_ = false;
+  bool write_enabled_ = false;  // the bufferevent finishes a write the socket did not take
   Phase phase_ = Phase::kIdle;
   std::unique_ptr<ActiveRequest> active_;
   // The active request's body while it is still arriving (shared with the exchange).

@@ -63,6 +63,12 @@ const char* transferErrorName(TransferError e) {
 Attempt::Attempt(UpstreamClient& client, AttemptObserver& observer, AttemptRequest request)
     : client_(client), observer_(observer), request_(std::move(request)) {
   request_.multiplex = request_.multiplex && client_.multiplexes(request_.url);
+  warm_eligible_ = !request_.stream_body && request_.method == "POST";
+  if (warm_eligible_) {
+    profile_.reserve(4 + request_.proxy.size() + request_.ca_file.size());
+    profile_.append(request_.multiplex ? "h2\n" : "h1\n").append(request_.proxy);
+    profile_.append("\n").append(request_.ca_file);
+  }
   timer_.assign(client_.base(), -1, 0, &Attempt::onTimeout, this);
   deferred_.assign(client_.base(), -1, 0, &Attempt::onDeferredFailure, this);
   upload_ready_.assign(client_.base(), -1, 0, &Attempt::onUploadReady, this);
@@ -74,12 +80,16 @@ Attempt::~Attempt() {
     reportBodySent();
     detach();
   }
-  client_.releaseHandle(handle_);
+  // Options are kept only after a transfer that ended normally: an abandoned one has
+  // FORBID_REUSE set (see detach()).
+  bool keep_options = warm_eligible_ && completed_ && !aborted_;
+  client_.releaseHandle(handle_, keep_options ? &profile_ : nullptr);
 }
 
 void Attempt::start() {
-  handle_ = client_.acquireHandle();
-  if (handle_ == nullptr || !configure() || !client_.add(handle_, request_.multiplex)) {
+  bool warm = false;
+  handle_ = client_.acquireHandle(warm_eligible_ ? &profile_ : nullptr, &warm);
+  if (handle_ == nullptr || !configure(warm) || !client_.add(handle_, request_.multiplex)) {
     event_active(deferred_.get(), 0, 0);
     return;
   }
@@ -91,21 +101,32 @@ void Attempt::start() {
   armTimer(request_.connect_timeout + request_.first_byte_timeout);
 }
 
-bool Attempt::configure() {
+bool Attempt::configure(bool warm) {
   CURL* h = handle_;
   bool ok = true;
   auto set = [&ok](CURLcode rc) { ok = ok && rc == CURLE_OK; };
+  // What changes from one request to the next.
   set(curl_easy_setopt(h, CURLOPT_URL, request_.url.c_str()));
   set(curl_easy_setopt(h, CURLOPT_PRIVATE, this));
-  set(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
   set(curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error_buffer_));
+  set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                       static_cast<long>(request_.connect_timeout.count())));
+  set(curl_easy_setopt(h, CURLOPT_HEADERDATA, this));
+  set(curl_easy_setopt(h, CURLOPT_WRITEDATA, this));
+  set(curl_easy_setopt(h, CURLOPT_PREREQDATA, this));
+  if (warm) {
+    // The same profile's last transfer was a plain POST too: the rest is already set.
+    set(curl_easy_setopt(h, CURLOPT_POSTFIELDS, request_.body ? request_.body->data() : ""));
+    set(curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
+                         static_cast<curl_off_t>(request_.body ? request_.body->size() : 0)));
+    return setHeaders() && ok;
+  }
+  set(curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L));
   set(curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https"));
   set(curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L));  // the path goes out exactly as received
   set(curl_easy_setopt(
       h, CURLOPT_HTTP_VERSION,
       static_cast<long>(request_.multiplex ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1)));
-  set(curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
-                       static_cast<long>(request_.connect_timeout.count())));
   set(curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L));
   if (!request_.proxy.empty()) {
     // A configured proxy applies to this upstream whatever NO_PROXY says.
@@ -131,11 +152,8 @@ bool Attempt::configure() {
   if (request_.multiplex) set(curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L));
   set(curl_easy_setopt(h, CURLOPT_SHARE, client_.share()));
   set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Attempt::headerCallback));
-  set(curl_easy_setopt(h, CURLOPT_HEADERDATA, this));
   set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Attempt::writeCallback));
-  set(curl_easy_setopt(h, CURLOPT_WRITEDATA, this));
   set(curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, &Attempt::prereqCallback));
-  set(curl_easy_setopt(h, CURLOPT_PREREQDATA, this));
   if (!request_.ca_file.empty()) set(curl_easy_setopt(h, CURLOPT_CAINFO, request_.ca_file.c_str()));
 
   const std::string& method = request_.method;
@@ -165,32 +183,46 @@ bool Attempt::configure() {
     set(curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method.c_str()));
   }
 
+  return setHeaders() && ok;
+}
+
+bool Attempt::setHeaders() {
   // The request headers go out as the client sent them (after the exchange's filtering);
   // curl's own defaults that the client did not ask for are suppressed.
-  curl_slist* list = nullptr;
+  std::size_t size = 64;
+  for (const http::Header& hdr : request_.headers) size += hdr.name.size() + hdr.value.size() + 3;
+  header_text_.clear();
+  header_text_.reserve(size);
+  std::vector<std::size_t> starts;
+  starts.reserve(request_.headers.size() + 4);
+  auto add = [&](std::string_view a, std::string_view b = {}, std::string_view c = {}) {
+    starts.push_back(header_text_.size());
+    header_text_.append(a).append(b).append(c).push_back('\0');
+  };
   bool has_accept = false;
   bool has_content_type = false;
   for (const http::Header& hdr : request_.headers) {
     has_accept = has_accept || http::equalsIgnoreCase(hdr.name, "accept");
     has_content_type = has_content_type || http::equalsIgnoreCase(hdr.name, "content-type");
-    std::string line = hdr.name;
     if (hdr.value.empty()) {
-      line += ';';  // curl's syntax for a header with an empty value
+      add(hdr.name, ";");  // curl's syntax for a header with an empty value
     } else {
-      line += ": ";
-      line += hdr.value;
+      add(hdr.name, ": ", hdr.value);
     }
-    list = curl_slist_append(list, line.c_str());
   }
-  if (!has_accept) list = curl_slist_append(list, "Accept:");
-  if (request_.identity_encoding) list = curl_slist_append(list, "Accept-Encoding: identity");
-  if (!has_content_type) list = curl_slist_append(list, "Content-Type:");
+  if (!has_accept) add("Accept:");
+  if (request_.identity_encoding) add("Accept-Encoding: identity");
+  if (!has_content_type) add("Content-Type:");
   // A streamed body waits for the upstream's "100 Continue" (or its early answer: then none
   // of the body was read, and the request can go elsewhere). A held body goes at once.
-  list = curl_slist_append(list, request_.stream_body ? "Expect: 100-continue" : "Expect:");
-  header_list_.reset(list);
-  set(curl_easy_setopt(h, CURLOPT_HTTPHEADER, list));
-  return ok && list != nullptr;
+  add(request_.stream_body ? "Expect: 100-continue" : "Expect:");
+  // Linked only now: header_text_ no longer grows, so the pointers into it stay valid.
+  header_nodes_.assign(starts.size(), curl_slist{});
+  for (std::size_t i = 0; i < starts.size(); ++i) {
+    header_nodes_[i].data = header_text_.data() + starts[i];
+    header_nodes_[i].next = i + 1 < starts.size() ? &header_nodes_[i + 1] : nullptr;
+  }
+  return curl_easy_setopt(handle_, CURLOPT_HTTPHEADER, header_nodes_.data()) == CURLE_OK;
 }
 
 void Attempt::armTimer(std::chrono::milliseconds timeout) {

@@ -140,7 +140,10 @@ class Attempt final : public Transfer {
   void onCurlDone(CURLcode result);
   void finish(TransferError error, const std::string& detail);
   void detach();
-  bool configure();
+  // Sets the handle's options; on a warm handle (see UpstreamClient::acquireHandle) only
+  // those that change from request to request.
+  bool configure(bool warm);
+  bool setHeaders();
   void armTimer(std::chrono::milliseconds timeout);
   // The pause state both directions should have: receive and send are paused separately.
   int pauseMask() const;
@@ -150,8 +153,15 @@ class Attempt final : public Transfer {
   AttemptObserver& observer_;
   AttemptRequest request_;
   CURL* handle_ = nullptr;  // borrowed from the client's pool while running
+  // A plain held-body POST: its handle may go back to the pool with its options kept, under
+  // profile_ (what the static options depend on).
+  bool warm_eligible_ = false;
+  std::string profile_;
   bool in_multi_ = false;
-  support::CurlSlistPtr header_list_;
+  // The request headers handed to curl: a curl_slist over one string, so building it costs
+  // two allocations, not two per header (curl only reads the list, for the transfer's life).
+  std::string header_text_;
+  std::vector<curl_slist> header_nodes_;
   support::InlineEvent timer_;
   support::InlineEvent deferred_;
   support::InlineEvent upload_ready_;  // deferred unpause of a streamed upload

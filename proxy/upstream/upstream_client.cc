@@ -10,6 +10,7 @@ namespace bulwark::upstream {
 
 namespace {
 constexpr size_t kMaxIdleHandles = 256;
+constexpr size_t kMaxWarmProfiles = 64;  // upstreams x lanes; more only after many reloads
 
 // "https://host:port" of an absolute URL (everything before the path).
 std::string_view originOf(std::string_view url) {
@@ -56,6 +57,7 @@ UpstreamClient::~UpstreamClient() {
   // Teardown order: easy handles, then the multi handles, then our events; the share
   // once no handle uses it.
   idle_handles_.clear();
+  warm_handles_.clear();
   for (Lane* lane : {&multiplexed_, &http1_}) {
     lane->multi.reset();
     lane->socket_events.clear();
@@ -69,7 +71,18 @@ std::unique_ptr<Transfer> UpstreamClient::createAttempt(AttemptObserver& observe
   return std::make_unique<Attempt>(*this, observer, std::move(request));
 }
 
-CURL* UpstreamClient::acquireHandle() {
+CURL* UpstreamClient::acquireHandle(const std::string* profile, bool* warm) {
+  *warm = false;
+  if (profile != nullptr) {
+    auto it = warm_handles_.find(*profile);
+    if (it != warm_handles_.end() && !it->second.empty()) {
+      CURL* handle = it->second.back().release();
+      it->second.pop_back();
+      --warm_count_;
+      *warm = true;
+      return handle;
+    }
+  }
   if (!idle_handles_.empty()) {
     CURL* handle = idle_handles_.back().release();
     idle_handles_.pop_back();
@@ -78,8 +91,14 @@ CURL* UpstreamClient::acquireHandle() {
   return curl_easy_init();
 }
 
-void UpstreamClient::releaseHandle(CURL* handle) {
+void UpstreamClient::releaseHandle(CURL* handle, const std::string* warm_profile) {
   if (handle == nullptr) return;
+  if (warm_profile != nullptr && warm_count_ < kMaxIdleHandles &&
+      (warm_handles_.size() < kMaxWarmProfiles || warm_handles_.contains(*warm_profile))) {
+    warm_handles_[*warm_profile].emplace_back(handle);
+    ++warm_count_;
+    return;
+  }
   if (idle_handles_.size() >= kMaxIdleHandles) {
     curl_easy_cleanup(handle);
     return;

@@ -62,8 +62,12 @@ class UpstreamClient final : public AttemptFactory {
     std::vector<CURL*> running;  // handles in the multi
   };
 
-  CURL* acquireHandle();
-  void releaseHandle(CURL* handle);
+  // Easy handles are pooled. A handle whose last transfer was a plain held-body POST keeps
+  // its options, filed under its "profile" (lane, proxy, CA file: what the static options
+  // depend on), and a transfer of the same profile gets it back with only the per-request
+  // options left to set. Any other handle is reset on release. *warm says which it got.
+  CURL* acquireHandle(const std::string* profile, bool* warm);
+  void releaseHandle(CURL* handle, const std::string* warm_profile);
   // Whether a transfer that asks to multiplex gets the multiplexed lane: only https origins
   // (h2 is negotiated by ALPN), and not those that answered without h2 before. Otherwise
   // the lane's PIPEWAIT and connection cap would queue requests behind one HTTP/1.1
@@ -94,6 +98,8 @@ class UpstreamClient final : public AttemptFactory {
   Lane multiplexed_;
   Lane http1_;
   std::vector<support::CurlEasyPtr> idle_handles_;
+  std::unordered_map<std::string, std::vector<support::CurlEasyPtr>> warm_handles_;
+  std::size_t warm_count_ = 0;
   std::unordered_set<std::string> http1_only_origins_;  // "https://host:port"
 };
 

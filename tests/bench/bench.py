@@ -59,12 +59,24 @@ SSE_CHUNKS = int(env_num("BENCH_SSE_CHUNKS", 10 if SMOKE else 50))
 SSE_INTERVAL_MS = env_num("BENCH_SSE_INTERVAL_MS", 20)
 OUT = Path(os.environ.get("BENCH_OUT") or HERE / "results").resolve()
 BULWARK_BIN = Path(os.environ.get("BULWARK_BIN") or REPO / "build" / "bulwark").resolve()
+# Optional: an earlier Bulwark binary, measured in the same throughput rounds ("baseline").
+BASELINE_BIN = Path(os.environ["BENCH_BASELINE_BIN"]).resolve() \
+    if os.environ.get("BENCH_BASELINE_BIN") else None
 CLIENT_BIN = Path(os.environ.get("BENCH_CLIENT") or "").resolve()
 CEILING_BIN = Path(os.environ.get("BENCH_CEILING") or "").resolve()
 NGINX = os.environ.get("BENCH_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = os.environ.get("BENCH_WRK") or shutil.which("wrk") or "wrk"
 PHASES = {"throughput", "tls", "latency", "streaming", "memory"}
 ONLY = {p.strip() for p in os.environ.get("BENCH_ONLY", "").split(",") if p.strip()} or PHASES
+
+# Pinning: the process under test (a proxy, or the ceiling) gets the last core to itself; the
+# load generators, the origin and the SSE upstream share the others. Without it, which core
+# the scheduler puts a proxy on (next to wrk or not) moved one proxy's throughput by 30 %
+# between rounds. BENCH_PIN=0 turns it off; it needs 2 cores or more and taskset.
+_CPUS = sorted(os.sched_getaffinity(0))
+PIN = os.environ.get("BENCH_PIN", "1") != "0" and len(_CPUS) >= 2 and bool(shutil.which("taskset"))
+PIN_UNDER_TEST = ["taskset", "-c", str(_CPUS[-1])] if PIN else []
+PIN_LOAD = ["taskset", "-c", ",".join(str(c) for c in _CPUS[:-1])] if PIN else []
 
 TMP = Path(tempfile.mkdtemp(prefix="bulwark-bench-"))
 PROCS: list[subprocess.Popen] = []
@@ -215,8 +227,9 @@ http {{
 class Nginx:
     """One nginx instance (master + 1 worker) with its own prefix directory."""
 
-    def __init__(self, name: str, http_block_for_port):
+    def __init__(self, name: str, http_block_for_port, pin: list[str]):
         self.name = name
+        self.pin = pin
         self.port = free_port()
         self.prefix = TMP / name
         self.prefix.mkdir(parents=True, exist_ok=True)
@@ -230,7 +243,8 @@ class Nginx:
                                capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx config {conf} is invalid:\n{check.stderr}")
-        self.proc = spawn([NGINX, "-p", str(self.prefix), "-c", conf], f"{self.name}.log")
+        self.proc = spawn(self.pin + [NGINX, "-p", str(self.prefix), "-c", conf],
+                          f"{self.name}.log")
         wait_port(self.port, proc=self.proc)
         return self
 
@@ -282,7 +296,7 @@ def origin_nginx(pki: dict | None, tls_port: int) -> Nginx:
         if pki:
             blocks.append(server(f"127.0.0.1:{tls_port} ssl", tls))
         return "\n".join(blocks)
-    return Nginx("origin", block)
+    return Nginx("origin", block, PIN_LOAD)
 
 
 def proxy_nginx(name: str, upstream_port: int, ca_file: str = "") -> Nginx:
@@ -313,7 +327,7 @@ def proxy_nginx(name: str, upstream_port: int, ca_file: str = "") -> Nginx:
       proxy_send_timeout 300s;
     }}
   }}"""
-    return Nginx(name, block)
+    return Nginx(name, block, PIN_UNDER_TEST)
 
 
 class Bulwark:
@@ -350,7 +364,8 @@ log:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Bulwark":
-        self.proc = spawn([str(self.binary), "--config", str(self.dir / "proxy.yaml")],
+        self.proc = spawn(PIN_UNDER_TEST + [str(self.binary), "--config",
+                                            str(self.dir / "proxy.yaml")],
                           f"{self.name}.log", cwd=str(self.dir))
         wait_port(self.port, proc=self.proc)
         deadline = time.monotonic() + 10
@@ -380,7 +395,7 @@ log:
 
 class SseUpstream:
     def __init__(self):
-        self.proc = spawn([sys.executable, str(HERE / "sse_upstream.py"), "--port", "0",
+        self.proc = spawn(PIN_LOAD + [sys.executable, str(HERE / "sse_upstream.py"), "--port", "0",
                            "--chunks", str(SSE_CHUNKS), "--interval-ms", str(SSE_INTERVAL_MS)],
                           "sse_upstream.log", stdout=subprocess.PIPE)
         line = self.proc.stdout.readline().decode()
@@ -404,7 +419,7 @@ def check_answers(port: int, what: str) -> None:
 
 
 def run_wrk(port: int, seconds: float) -> dict:
-    cmd = [WRK, "-t", str(WRK_THREADS), "-c", str(CONNS), "-d", f"{max(1, round(seconds))}s",
+    cmd = PIN_LOAD + [WRK, "-t", str(WRK_THREADS), "-c", str(CONNS), "-d", f"{max(1, round(seconds))}s",
            "--timeout", "5s", "-s", str(HERE / "post.lua"), f"http://127.0.0.1:{port}"]
     env = dict(os.environ, BENCH_BODY_FILE=str(TMP / "body.json"))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60,
@@ -422,7 +437,7 @@ def run_ceiling(port: int, seconds: float, ca_file: str = "") -> dict:
     """The libcurl ceiling straight at the origin: its own CPU time is what libcurl, libevent
     and the kernel cost per request with Bulwark's options."""
     scheme = "https" if ca_file else "http"
-    cmd = [str(CEILING_BIN), "-u", f"{scheme}://127.0.0.1:{port}/v1/chat/completions",
+    cmd = PIN_UNDER_TEST + [str(CEILING_BIN), "-u", f"{scheme}://127.0.0.1:{port}/v1/chat/completions",
            "-c", str(CONNS), "-d", str(seconds), "-b", str(TMP / "body.json")]
     if ca_file:
         cmd += ["--cacert", ca_file]
@@ -437,7 +452,7 @@ def run_ceiling(port: int, seconds: float, ca_file: str = "") -> dict:
 
 
 def run_client(args: list[str], timeout: float) -> dict:
-    cmd = [str(CLIENT_BIN)] + args
+    cmd = PIN_LOAD + [str(CLIENT_BIN)] + args
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                          preexec_fn=die_with_parent)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
@@ -500,9 +515,11 @@ def measure_throughput(targets: dict, results: dict, key: str = "throughput",
         }
     if "ceiling" in runs:
         # Bulwark's own CPU per request: its CPU minus the ceiling's, paired within each round.
-        results[key]["bulwark"]["own_us_per_request"] = median(
-            [b["cpu_ms_per_1000"] - c["cpu_ms_per_1000"]
-             for b, c in zip(runs["bulwark"], runs["ceiling"])])
+        for name in ("bulwark", "baseline"):
+            if name in runs:
+                results[key][name]["own_us_per_request"] = median(
+                    [b["cpu_ms_per_1000"] - c["cpu_ms_per_1000"]
+                     for b, c in zip(runs[name], runs["ceiling"])])
 
 
 def measure_latency(targets: dict, results: dict) -> None:
@@ -585,7 +602,7 @@ def measure_streaming(targets: dict, results: dict) -> None:
 def hold_streams(port: int, pid: int, n: int) -> dict:
     """Opens n endless streams through the proxy, measures its RSS while they are held."""
     proc = subprocess.Popen(
-        [str(CLIENT_BIN), "sse", "--hold", "-p", str(port), "-n", str(n), "-b",
+        PIN_LOAD + [str(CLIENT_BIN), "sse", "--hold", "-p", str(port), "-n", str(n), "-b",
          str(TMP / "stream_body.json"), "-H", "x-bench-chunks: 0",
          "-H", "x-bench-interval-ms: 1000", "-t", "120"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -748,6 +765,14 @@ def ceiling_table(res: dict) -> list[str]:
                                                          get(res, k, "ceiling", "rps")))
     line("Bulwark / nginx throughput", lambda k: ratio(get(res, k, "bulwark", "rps"),
                                                        get(res, k, "nginx", "rps")))
+    if any(get(res, k, "baseline") for k in keys):
+        line("baseline Bulwark (BENCH_BASELINE_BIN), req/s",
+             lambda k: fmt(get(res, k, "baseline", "rps")))
+        line("baseline: CPU per request / own CPU above the ceiling, µs", lambda k: (
+            f"{fmt(get(res, k, 'baseline', 'cpu_ms_per_1000'), 1)} / "
+            f"{fmt(get(res, k, 'baseline', 'own_us_per_request'), 1)}"))
+        line("Bulwark / baseline throughput", lambda k: ratio(get(res, k, "bulwark", "rps"),
+                                                          get(res, k, "baseline", "rps")))
     return lines
 
 
@@ -760,7 +785,9 @@ def write_markdown(res: dict, rows: list[dict], path: Path) -> None:
         f"{meta['kernel']}), {meta['nginx']}, bulwark {meta['bulwark']}; "
         f"{ROUNDS} round(s) alternating the proxies, {SECONDS:g} s per throughput run, "
         f"{LAT_SECONDS:g} s per latency run{' (SMOKE run: numbers are meaningless)' if SMOKE else ''}."
-        " Each proxy: 1 worker. Values are medians over the rounds; \"added\" is the proxy's "
+        " Each proxy: 1 worker"
+        + (f", pinned with the ceiling to core {_CPUS[-1]}; load generators, origin and SSE "
+           f"upstream on the other core(s)" if PIN else ", not pinned") + ". Values are medians over the rounds; \"added\" is the proxy's "
         "percentile minus the direct-to-upstream percentile of the same round. Request latency "
         "is the open-loop generator's service time (request written -> response complete); "
         "results.json also has it counted from each request's due time.",
@@ -908,7 +935,8 @@ def meta() -> dict:
             "config": {"seconds": SECONDS, "lat_seconds": LAT_SECONDS, "rounds": ROUNDS,
                        "conns": CONNS, "wrk_threads": WRK_THREADS, "rates": RATES,
                        "held_streams": HELD_STREAMS, "sse_streams": SSE_STREAMS,
-                       "sse_chunks": SSE_CHUNKS, "sse_interval_ms": SSE_INTERVAL_MS}}
+                       "sse_chunks": SSE_CHUNKS, "sse_interval_ms": SSE_INTERVAL_MS,
+                       "pin_under_test": PIN_UNDER_TEST, "pin_load": PIN_LOAD}}
 
 
 def main() -> int:
@@ -940,6 +968,10 @@ def main() -> int:
     # A private copy: a rebuild of build/bulwark during the run must not change what is measured.
     bulwark_bin = TMP / "bulwark"
     shutil.copy2(BULWARK_BIN, bulwark_bin)
+    baseline_bin = None
+    if BASELINE_BIN is not None:
+        baseline_bin = TMP / "bulwark-baseline"
+        shutil.copy2(BASELINE_BIN, baseline_bin)
     (TMP / "body.json").write_text(REQUEST_BODY)
     (TMP / "stream_body.json").write_text(STREAM_BODY)
     results: dict = {"meta": meta()}
@@ -976,8 +1008,16 @@ def main() -> int:
         f"{results['idle']['nginx_master']} KiB), bulwark {results['idle']['bulwark']} KiB")
 
     if "throughput" in ONLY:
-        measure_throughput({"nginx": (ngx.port, ngx.pid), "bulwark": (bw.port, bw.pid),
-                            "ceiling": (origin.port, 0)}, results)
+        targets = {"nginx": (ngx.port, ngx.pid), "bulwark": (bw.port, bw.pid),
+                   "ceiling": (origin.port, 0)}
+        base = Bulwark("baseline-proxy", origin.port, baseline_bin).start() \
+            if baseline_bin else None
+        if base:
+            check_answers(base.port, "baseline bulwark")
+            targets["baseline"] = (base.port, base.pid)
+        measure_throughput(targets, results)
+        if base:
+            base.stop()
         if not SMOKE:  # for context only: how fast the origin is on its own
             results["throughput"]["direct"] = {"rps": run_wrk(origin.port, SECONDS)["rps"]}
         results["idle"]["bulwark_after_load"] = rss_kib(bw.pid)
@@ -992,10 +1032,18 @@ def main() -> int:
         bw = Bulwark("bulwark-tls", tls_port, bulwark_bin, pki["ca_file"]).start()
         for port, what in ((ngx.port, "nginx over TLS"), (bw.port, "bulwark over TLS")):
             check_answers(port, what)
-        measure_throughput({"nginx": (ngx.port, ngx.pid), "bulwark": (bw.port, bw.pid),
-                            "ceiling": (tls_port, 0)}, results, "tls", pki["ca_file"])
+        targets = {"nginx": (ngx.port, ngx.pid), "bulwark": (bw.port, bw.pid),
+                   "ceiling": (tls_port, 0)}
+        base = Bulwark("baseline-tls", tls_port, baseline_bin, pki["ca_file"]).start() \
+            if baseline_bin else None
+        if base:
+            check_answers(base.port, "baseline bulwark over TLS")
+            targets["baseline"] = (base.port, base.pid)
+        measure_throughput(targets, results, "tls", pki["ca_file"])
         ngx.stop()
         bw.stop()
+        if base:
+            base.stop()
 
     if "streaming" in ONLY:
         # Streaming proxies, both in front of the paced SSE upstream.

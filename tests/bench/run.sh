@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bulwark vs nginx benchmark. One command, from the repository root or anywhere:
+# Bulwark vs nginx (and the libcurl ceiling) benchmark. One command, from the repository root or anywhere:
 #
 #   bash tests/bench/run.sh                 # full run (~6 min): results in tests/bench/results/
 #   BENCH_SMOKE=1 bash tests/bench/run.sh   # ~30 s, 1 round: checks the bench works, not the goals
@@ -47,6 +47,7 @@ python3 "$here/bench.py"
 if [ -n "${BENCH_SMOKE:-}" ] && [ "${BENCH_SMOKE}" != "0" ]; then
   out="${BENCH_OUT:-$here/results}"
   grep -q '^| Metric | nginx | Bulwark |' "$out/results.md" || { echo "bench: no table in $out/results.md" >&2; exit 1; }
+  grep -q "^| Bulwark's own CPU per request\|own CPU per request above the ceiling" "$out/results.md" || { echo "bench: no ceiling table in $out/results.md" >&2; exit 1; }
   [ -s "$out/results.png" ] || { echo "bench: no chart at $out/results.png" >&2; exit 1; }
   [ -s "$out/results.json" ] || { echo "bench: no raw results at $out/results.json" >&2; exit 1; }
   echo "bench: smoke run ok ($out)"
