@@ -804,8 +804,7 @@ void Exchange::commit(Try& t, std::optional<std::uint64_t> content_length) {
   }
   upstream_ = t.upstream;
   upstream_index_ = t.upstream_index;
-  response_head_ = t.head;
-  has_response_head_ = true;
+  noteResponseHead(t.head);
   whole_events_ = t.isEventStream();
   // The upstream answered: for the breaker that is a success, unless an error status whose
   // policy counts (a committed error body too large to hold). A probe's answer closes (or
@@ -1033,6 +1032,11 @@ void Exchange::giveUp(const Outcome& outcome, bool deadline_reached) {
   }
 }
 
+void Exchange::noteResponseHead(const upstream::ResponseHead& head) {
+  response_status_ = head.status;
+  upstream_request_id_ = http::findHeader(head.headers, "x-request-id").value_or("");
+}
+
 Exchange::HeldResponse Exchange::takeHeldResponse(Try& t) {
   return HeldResponse{t.head, std::move(t.held), t.hold == Hold::kFirstEvent, t.upstream};
 }
@@ -1040,8 +1044,7 @@ Exchange::HeldResponse Exchange::takeHeldResponse(Try& t) {
 void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
   cancelAttempts();  // any still running (the caller ended, and recorded, the one answering)
   upstream_ = response.upstream;
-  response_head_ = response.head;
-  has_response_head_ = true;
+  noteResponseHead(response.head);
   http::Headers headers;
   for (http::Header& h : clientResponseHeaders(response.head.headers)) {
     if (gave_up && http::equalsIgnoreCase(h.name, "x-should-retry")) continue;
@@ -1106,7 +1109,7 @@ void Exchange::interruptStream(const std::string& why) {
   context_.metrics.streamInterruption(upstream_->name);
   if (committed_ != nullptr) committed_->lease.recordInterruption();
   cancelAttempts();
-  finish(response_head_.status);
+  finish(response_status_);
 }
 
 void Exchange::terminate() {
@@ -1171,9 +1174,7 @@ void Exchange::finish(int status, bool client_left) {
   evtimer_del(hedge_timer_.get());
   std::chrono::duration<double> duration = context_.clock.now() - started_;
   context_.metrics.requestFinished(upstream_->name, status, duration.count());
-  std::string_view upstream_request_id =
-      has_response_head_ ? http::findHeader(response_head_.headers, "x-request-id").value_or("")
-                         : "";
+  std::string_view upstream_request_id = upstream_request_id_;
   observe::logInfo(
       "request",
       {{"request_id", request_id_},

@@ -297,8 +297,11 @@ class Exchange final : public server::ActiveRequest {
   std::vector<std::unique_ptr<Try>> tries_;  // the attempts running now
   int attempts_ = 0;                         // attempts started
   Try* committed_ = nullptr;                 // the attempt whose response the client gets
-  upstream::ResponseHead response_head_;     // the head the client got (for the access line)
-  bool has_response_head_ = false;
+  // Of the head the client got, what the access line needs.
+  int response_status_ = 0;
+  std::string upstream_request_id_;
+  // Takes them from the head that goes to the client.
+  void noteResponseHead(const upstream::ResponseHead& head);
   std::optional<observe::UsageTap> usage_;
 
   std::uint64_t bytes_sent_ = 0;

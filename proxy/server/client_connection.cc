@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <ctime>
 #include <string>
 #include <utility>
@@ -34,6 +35,13 @@ long long monotonicMillis() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<long long>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// A header that would split the response head. Two memchr passes: find_first_of with a
+// set of two runs a memchr per character.
+bool hasLineBreak(std::string_view s) {
+  return std::memchr(s.data(), '\r', s.size()) != nullptr ||
+         std::memchr(s.data(), '\n', s.size()) != nullptr;
 }
 
 void appendNumber(std::string& out, std::uint64_t n) {
@@ -320,8 +328,7 @@ void ClientConnection::sendHead(int status, const http::Headers& headers,
   head += "\r\n";
   for (const http::Header& h : headers) {
     if (isFramingHeader(h.name)) continue;
-    if (h.name.find_first_of("\r\n") != std::string::npos ||
-        h.value.find_first_of("\r\n") != std::string::npos) {
+    if (hasLineBreak(h.name) || hasLineBreak(h.value)) {
       continue;
     }
     head += h.name;
