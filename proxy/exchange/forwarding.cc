@@ -22,7 +22,17 @@ bool isHopByHopHeader(std::string_view name) {
 
 namespace {
 
-bool namedByConnection(const http::Headers& headers, std::string_view name) {
+bool hasConnectionHeader(const http::Headers& headers) {
+  for (const http::Header& h : headers) {
+    if (equalsIgnoreCase(h.name, "connection")) return true;
+  }
+  return false;
+}
+
+// Whether a Connection header names this header as hop-by-hop. Most messages carry no
+// Connection header at all: `any_connection` (from hasConnectionHeader) skips the scan.
+bool namedByConnection(const http::Headers& headers, std::string_view name, bool any_connection) {
+  if (!any_connection) return false;
   for (const http::Header& h : headers) {
     if (equalsIgnoreCase(h.name, "connection") && http::headerHasToken(h.value, name)) return true;
   }
@@ -54,8 +64,9 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
   const bool api_key_header = upstream.auth_header == config::AuthHeader::kApiKey;
   bool replace_auth = !upstream.api_key.empty() || api_key_header;
   std::string client_key;  // the client's bearer token, for an api-key upstream without a key
+  const bool any_connection = hasConnectionHeader(client);
   for (const http::Header& h : client) {
-    if (isHopByHopHeader(h.name) || namedByConnection(client, h.name)) continue;
+    if (isHopByHopHeader(h.name) || namedByConnection(client, h.name, any_connection)) continue;
     // Accept-Encoding: Bulwark negotiates compression with the upstream on its own.
     if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
         equalsIgnoreCase(h.name, "expect") || equalsIgnoreCase(h.name, "accept-encoding")) {
@@ -90,8 +101,9 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
 http::Headers clientResponseHeaders(const http::Headers& upstream) {
   http::Headers out;
   out.reserve(upstream.size() + 2);
+  const bool any_connection = hasConnectionHeader(upstream);
   for (const http::Header& h : upstream) {
-    if (isHopByHopHeader(h.name) || namedByConnection(upstream, h.name)) continue;
+    if (isHopByHopHeader(h.name) || namedByConnection(upstream, h.name, any_connection)) continue;
     if (equalsIgnoreCase(h.name, "content-length")) continue;  // the client side frames it
     out.push_back(h);
   }

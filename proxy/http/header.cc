@@ -2,21 +2,6 @@
 
 namespace bulwark::http {
 
-namespace {
-// Header names are ASCII tokens: no locale, no function call per byte.
-inline char asciiLower(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
-}
-}  // namespace
-
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (asciiLower(a[i]) != asciiLower(b[i])) return false;
-  }
-  return true;
-}
-
 std::optional<std::string_view> findHeader(const Headers& headers, std::string_view name) {
   for (const Header& h : headers) {
     if (equalsIgnoreCase(h.name, name)) return std::string_view(h.value);

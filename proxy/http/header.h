@@ -16,7 +16,19 @@ struct Header {
 
 using Headers = std::vector<Header>;
 
-bool equalsIgnoreCase(std::string_view a, std::string_view b);
+// Header names are ASCII tokens: no locale, no function call per byte. Inline: it runs for
+// every header of every message, several times.
+inline char asciiLower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
+
+inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (asciiLower(a[i]) != asciiLower(b[i])) return false;
+  }
+  return true;
+}
 
 // The first header with this name, if any.
 std::optional<std::string_view> findHeader(const Headers& headers, std::string_view name);

@@ -8,6 +8,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <atomic>
+#include <charconv>
 #include <cstdint>
 #include <mutex>
 #include <set>
@@ -147,7 +148,11 @@ struct Metrics::Impl {
             std::initializer_list<std::string_view> values, MakeLabels make_labels,
             Extra&&... extra) {
     thread_local std::unordered_map<std::string, void*> cache;
-    std::string key = std::to_string(id);
+    thread_local std::string key;  // reused: building the key allocates nothing once warm
+    key.clear();
+    char digits[24];
+    auto [end, ec] = std::to_chars(digits, digits + sizeof digits, id);
+    key.append(digits, end);
     key.push_back(family_key);
     for (std::string_view v : values) {
       key.append(v);
@@ -156,12 +161,26 @@ struct Metrics::Impl {
     auto it = cache.find(key);
     if (it != cache.end()) return *static_cast<M*>(it->second);
     M& m = family.Add(make_labels(), std::forward<Extra>(extra)...);
-    cache.emplace(std::move(key), &m);
+    cache.emplace(key, &m);
     return m;
   }
 
   std::string modelLabel(std::string_view model) {
     if (model.empty()) return "unknown";
+    // Most traffic names one model: the last answer, per thread, saves the shared lock.
+    struct Last {
+      std::uint64_t id = 0;
+      std::string model;
+      std::string label;
+    };
+    thread_local Last last;
+    if (last.id == id && last.model == model) return last.label;
+    std::string label = modelLabelLocked(model);
+    last = Last{id, std::string(model), label};
+    return label;
+  }
+
+  std::string modelLabelLocked(std::string_view model) {
     std::lock_guard<std::mutex> lock(models_mutex);
     auto it = models.find(std::string(model));
     if (it != models.end()) return *it;
@@ -291,7 +310,11 @@ void Metrics::hedge(std::string_view upstream, std::string_view result) {
 }
 
 void Metrics::requestBodyBytes(std::string_view upstream, std::uint64_t bytes) {
-  impl_->request_body_bytes.Add({{"upstream", std::string(upstream)}})
+  impl_
+      ->metric(impl_->request_body_bytes, 'b', {upstream},
+               [&] {
+                 return prometheus::Labels{{"upstream", std::string(upstream)}};
+               })
       .Increment(static_cast<double>(bytes));
 }
 

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Instructions per request, by library: a noise-free view of where a proxy's CPU goes.
+
+    python3 tests/bench/instructions.py --binary build/bulwark [--baseline old/bulwark] \
+        [--requests 2000] [--out tests/bench/results]
+
+Shared machines make CPU-time measurements drift by 10-30 % from minute to minute, more than
+most single optimisations change. Instruction counts do not drift: each binary runs under
+valgrind's callgrind against the bench's nginx origin (plain HTTP/1.1, the chat completion
+POST), once with `--requests` / 4 and once with `--requests` requests from 4 keep-alive
+connections at 200 a second, each run from start to exit; the difference between the two
+counts, divided by the difference in requests, is what a request costs. The libcurl ceiling
+(ceiling.c) runs under callgrind the same way. Reported: user-space instructions per request,
+in total and by library (Bulwark's own code, libcurl, libevent, the C library with the
+allocator, the rest). Kernel work (system calls) is not counted: see the bench's CPU times.
+
+Writes instructions.md and instructions.json to --out. Needs valgrind (Debian's valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench  # noqa: E402  (the origin and the Bulwark configuration)
+
+# "  1,234 (0.5%)  file:function [clone .isra.0] [/usr/lib/.../libcurl.so.4]": the object
+# is the last bracket.
+LINE = re.compile(r"^\s*([\d,]+)\s+\S+\s+(\S.*)\s+\[([^\[\]]+)\]\s*$")
+
+
+def owner(path: str, binary_name: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    if "libcurl" in name:
+        return "libcurl"
+    if "libevent" in name:
+        return "libevent"
+    if name.startswith("libc.so") or name.startswith("libm.so") or "ld-linux" in name:
+        return "libc (with malloc)"
+    if "libstdc++" in name:
+        return "libstdc++"
+    if name == binary_name or name.startswith("bulwark"):
+        return "bulwark"
+    if "ceiling" in name:
+        return "ceiling (its own code)"
+    return "other: " + name.split(".so")[0]
+
+
+def by_object(dump: Path, binary_name: str) -> dict[str, int]:
+    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100",
+                          str(dump)], capture_output=True, text=True, check=True).stdout
+    totals: dict[str, int] = {}
+    for line in out.splitlines():
+        m = LINE.match(line)
+        if m:
+            key = owner(m.group(3), binary_name)
+            totals[key] = totals.get(key, 0) + int(m.group(1).replace(",", ""))
+    return totals
+
+
+def run_once(binary: Path, origin_port: int, requests: int, client: Path, label: str) -> dict:
+    """One Bulwark under callgrind from start to exit, with `requests` requests through it:
+    the instructions by library, and the requests that completed."""
+    proxy = bench.Bulwark(label, origin_port, binary)
+    dump = proxy.dir / "callgrind.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}",
+           str(binary), "--config", str(proxy.dir / "proxy.yaml")]
+    proc = bench.spawn(cmd, f"{label}.log", cwd=str(proxy.dir))
+    try:
+        bench.wait_port(proxy.port, timeout=120, proc=proc)
+        r = subprocess.run([str(client), "rate", "-p", str(proxy.port), "-c", "4", "-b",
+                            str(bench.TMP / "body.json"), "-r", "200", "-d",
+                            f"{requests / 200:g}"],
+                           check=True, capture_output=True, text=True, timeout=600)
+        sent = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)  # callgrind writes its counts at exit
+    finally:
+        bench.stop(proc)
+    return {"requests": sent.get("completed", 0),
+            "errors": sent.get("errors", 0) + sent.get("non200", 0),
+            "totals": by_object(dump, binary.name)}
+
+
+def run_bulwark(binary: Path, origin_port: int, requests: int, client: Path, label: str) -> dict:
+    """Instructions per request: two runs, `requests` / 4 and `requests` requests, each from
+    start to exit; the difference is what the extra requests cost (start-up, warm-up and
+    shutdown cancel out)."""
+    small = run_once(binary, origin_port, requests // 4, client, f"{label}-small")
+    large = run_once(binary, origin_port, requests, client, f"{label}-large")
+    extra = max(1, large["requests"] - small["requests"])
+    keys = set(small["totals"]) | set(large["totals"])
+    return {"requests": extra, "errors": small["errors"] + large["errors"],
+            "per_request": {k: (large["totals"].get(k, 0) - small["totals"].get(k, 0)) / extra
+                            for k in keys}}
+
+
+def run_ceiling(ceiling: Path, origin_port: int, seconds: float) -> dict:
+    dump = bench.TMP / "ceiling.callgrind"
+    r = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}",
+                        str(ceiling), "-u", f"http://127.0.0.1:{origin_port}/v1/chat/completions",
+                        "-c", "4", "-d", str(seconds), "-b", str(bench.TMP / "body.json")],
+                       capture_output=True, text=True, timeout=600)
+    data = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
+    totals = by_object(dump, ceiling.name)
+    # Start-up (TLS library and curl initialisation) is counted too: it is spread over
+    # thousands of requests.
+    return {"requests": data["requests"], "errors": data["errors"],
+            "per_request": {k: v / max(1, data["requests"]) for k, v in totals.items()}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--binary", default=str(bench.BULWARK_BIN))
+    ap.add_argument("--baseline")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--out", default=str(bench.OUT))
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_annotate", "cc"):
+        if shutil.which(tool) is None:
+            print(f"instructions: {tool} not found (apt-get install valgrind)", file=sys.stderr)
+            return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    client, ceiling = bench.TMP / "benchclient", bench.TMP / "ceiling"
+    subprocess.run(["cc", "-O2", "-o", str(client), str(HERE / "benchclient.c")], check=True)
+    subprocess.run(["cc", "-O2", "-o", str(ceiling), str(HERE / "ceiling.c"), "-lcurl",
+                    "-levent"], check=True)
+    (bench.TMP / "body.json").write_text(bench.REQUEST_BODY)
+    binaries = {"bulwark": Path(args.binary)}
+    if args.baseline:
+        binaries = {"baseline": Path(args.baseline), **binaries}
+    origin = bench.origin_nginx(None, 0).start()
+    results: dict = {}
+    try:
+        for label, path in binaries.items():
+            copy = bench.TMP / f"bulwark-{label}"
+            shutil.copy2(path, copy)
+            results[label] = run_bulwark(copy, origin.port, args.requests, client, label)
+            print(f"{label}: {sum(results[label]['per_request'].values()):,.0f} instructions "
+                  "per request", flush=True)
+        results["ceiling"] = run_ceiling(ceiling, origin.port, 10)
+        print(f"ceiling: {sum(results['ceiling']['per_request'].values()):,.0f} instructions "
+              "per request", flush=True)
+    finally:
+        origin.stop()
+        bench.cleanup()
+    names = list(results)
+    parts = sorted({k for r in results.values() for k in r["per_request"]},
+                   key=lambda k: -max(r["per_request"].get(k, 0) for r in results.values()))
+    lines = ["# Instructions per request (user space, callgrind)", "",
+             f"Bulwark: the difference between a run of {args.requests // 4} and a run of "
+             f"{args.requests} requests (4 keep-alive connections, 200 a second, plain HTTP/1.1 "
+             "to the bench's nginx origin), each from start to exit. The ceiling: 10 s with 4 "
+             "transfers, start-up included. Kernel work is not counted.", "",
+             "| | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for part in parts:
+        if all(abs(results[n]["per_request"].get(part, 0)) < 1 for n in names):
+            continue
+        lines.append(f"| {part} | " + " | ".join(
+            f"{results[n]['per_request'].get(part, 0):,.0f}" for n in names) + " |")
+    lines.append("| **total** | " + " | ".join(
+        f"**{sum(results[n]['per_request'].values()):,.0f}**" for n in names) + " |")
+    if "bulwark" in results and "ceiling" in results:
+        own = sum(results["bulwark"]["per_request"].values()) - \
+            sum(results["ceiling"]["per_request"].values())
+        lines += ["", f"Bulwark above the ceiling: {own:,.0f} instructions per request."]
+    if "baseline" in results:
+        b = sum(results["baseline"]["per_request"].values())
+        a = sum(results["bulwark"]["per_request"].values())
+        lines.append(f"Bulwark / baseline: {a / b:.2f}× the instructions.")
+    (out / "instructions.md").write_text("\n".join(lines) + "\n")
+    (out / "instructions.json").write_text(json.dumps(results, indent=1) + "\n")
+    print("\n".join(lines))
+    return 0 if all(r["errors"] == 0 for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
