@@ -2,6 +2,7 @@
 
 #include <cctype>
 
+#include <rapidjson/allocators.h>
 #include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
@@ -22,22 +23,33 @@ bool isHopByHopHeader(std::string_view name) {
 
 namespace {
 
-bool hasConnectionHeader(const http::Headers& headers) {
-  for (const http::Header& h : headers) {
-    if (equalsIgnoreCase(h.name, "connection")) return true;
+// The header names that Connection headers list as hop-by-hop ("keep-alive", "close", ...),
+// read once per message rather than once per header.
+class ConnectionTokens {
+ public:
+  explicit ConnectionTokens(const http::Headers& headers) {
+    for (const http::Header& h : headers) {
+      if (!equalsIgnoreCase(h.name, "connection")) continue;
+      std::string_view rest = h.value;
+      while (!rest.empty()) {
+        std::size_t comma = rest.find(',');
+        std::string_view token = http::trimWhitespace(rest.substr(0, comma));
+        if (!token.empty()) tokens_.push_back(token);
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
+    }
   }
-  return false;
-}
+  bool names(std::string_view header) const {
+    for (std::string_view token : tokens_) {
+      if (equalsIgnoreCase(token, header)) return true;
+    }
+    return false;
+  }
 
-// Whether a Connection header names this header as hop-by-hop. Most messages carry no
-// Connection header at all: `any_connection` (from hasConnectionHeader) skips the scan.
-bool namedByConnection(const http::Headers& headers, std::string_view name, bool any_connection) {
-  if (!any_connection) return false;
-  for (const http::Header& h : headers) {
-    if (equalsIgnoreCase(h.name, "connection") && http::headerHasToken(h.value, name)) return true;
-  }
-  return false;
-}
+ private:
+  std::vector<std::string_view> tokens_;
+};
 
 // A path segment: unreserved characters as they are, everything else %XX.
 std::string percentEncodeSegment(std::string_view text) {
@@ -64,9 +76,9 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
   const bool api_key_header = upstream.auth_header == config::AuthHeader::kApiKey;
   bool replace_auth = !upstream.api_key.empty() || api_key_header;
   std::string client_key;  // the client's bearer token, for an api-key upstream without a key
-  const bool any_connection = hasConnectionHeader(client);
+  const ConnectionTokens connection(client);
   for (const http::Header& h : client) {
-    if (isHopByHopHeader(h.name) || namedByConnection(client, h.name, any_connection)) continue;
+    if (isHopByHopHeader(h.name) || connection.names(h.name)) continue;
     // Accept-Encoding: Bulwark negotiates compression with the upstream on its own.
     if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
         equalsIgnoreCase(h.name, "expect") || equalsIgnoreCase(h.name, "accept-encoding")) {
@@ -101,9 +113,9 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
 http::Headers clientResponseHeaders(const http::Headers& upstream) {
   http::Headers out;
   out.reserve(upstream.size() + 2);
-  const bool any_connection = hasConnectionHeader(upstream);
+  const ConnectionTokens connection(upstream);
   for (const http::Header& h : upstream) {
-    if (isHopByHopHeader(h.name) || namedByConnection(upstream, h.name, any_connection)) continue;
+    if (isHopByHopHeader(h.name) || connection.names(h.name)) continue;
     if (equalsIgnoreCase(h.name, "content-length")) continue;  // the client side frames it
     out.push_back(h);
   }
@@ -216,7 +228,11 @@ RequestFacts readRequestFacts(std::string_view body, resilience::CostCounter* co
   std::size_t first = body.find("\"model\"");
   finder.last_model_wins = first != std::string_view::npos &&
                            body.find("\"model\"", first + 1) != std::string_view::npos;
-  rapidjson::Reader reader;
+  // The parser's own stack starts in a buffer here: no allocation for ordinary bodies.
+  alignas(16) char stack_buffer[1024];
+  rapidjson::MemoryPoolAllocator<> pool(stack_buffer, sizeof stack_buffer);
+  rapidjson::GenericReader<rapidjson::UTF8<>, rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<>>
+      reader(&pool, 256);
   if (cost != nullptr) {
     FactsAndCost both(finder, *cost);
     reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream, both);

@@ -1,9 +1,11 @@
 #include "proxy/observe/usage.h"
 
+#include <rapidjson/allocators.h>
 #include <rapidjson/reader.h>
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace bulwark::observe {
@@ -71,12 +73,16 @@ class UsageHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Usag
  private:
   enum class Scope { kOther, kRoot, kRootUsage, kResponse, kResponseUsage };
 
-  Scope scope() const { return scopes_.empty() ? Scope::kOther : scopes_.back(); }
+  // Only the first levels matter; deeper ones are all kOther and only counted.
+  static constexpr int kTracked = 4;
+  Scope scope() const {
+    return depth_ == 0 || depth_ > kTracked ? Scope::kOther : scopes_[depth_ - 1];
+  }
 
   bool open(bool object) {
-    Scope parent = scopes_.empty() ? Scope::kOther : scope();
+    Scope parent = scope();
     Scope next = Scope::kOther;
-    if (scopes_.empty()) {
+    if (depth_ == 0) {
       next = object ? Scope::kRoot : Scope::kOther;
       root_is_object = object;
     } else if (object && parent == Scope::kRoot && key_ == "usage" && !usage_seen_[0]) {
@@ -90,13 +96,14 @@ class UsageHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Usag
       response.is_object = true;
     }
     markSeen();
-    scopes_.push_back(next);
+    if (depth_ < kTracked) scopes_[depth_] = next;
+    ++depth_;
     key_ = {};
     return true;
   }
 
   bool close() {
-    scopes_.pop_back();
+    --depth_;
     key_ = {};
     return true;
   }
@@ -137,7 +144,8 @@ class UsageHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Usag
     return true;
   }
 
-  std::vector<Scope> scopes_;
+  std::array<Scope, kTracked> scopes_{};
+  int depth_ = 0;
   std::string_view key_;
   std::array<bool, 2> usage_seen_{};  // root, response
   std::array<bool, 2> model_seen_{};
@@ -148,7 +156,11 @@ class UsageHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Usag
 // but the model's.
 std::optional<TokenUsage> usageInPlace(std::string& json) {
   UsageHandler handler;
-  rapidjson::Reader reader;
+  // The parser's own stack starts in a buffer here: no allocation for ordinary answers.
+  alignas(16) char stack_buffer[1024];
+  rapidjson::MemoryPoolAllocator<> pool(stack_buffer, sizeof stack_buffer);
+  rapidjson::GenericReader<rapidjson::UTF8<>, rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<>>
+      reader(&pool, 256);
   rapidjson::InsituStringStream stream(json.data());
   constexpr unsigned kFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseInsituFlag;
   if (reader.Parse<kFlags>(stream, handler).IsError()) return std::nullopt;
@@ -164,9 +176,116 @@ std::optional<TokenUsage> usageInPlace(std::string& json) {
 
 }  // namespace
 
+// Where the top-level "model" and "usage" values are, found by a skim that follows only
+// strings and nesting (no values decoded, nothing allocated). A chat completion is ~0.5 KiB
+// of which only those two values matter: the full parse then runs over a small document
+// made of them. Falls back to the full parse when the answer may be nested (a Responses
+// API event keeps its usage under "response"), and gives up on anything malformed.
+struct TopLevel {
+  std::string_view model;  // the raw value, quotes included; empty when absent
+  std::string_view usage;  // the raw object; empty when absent
+  bool response = false;   // a top-level "response" key
+};
+
+constexpr int kMaxSkimDepth = 512;
+
+// The first position at or after `i` that is not JSON whitespace, or npos. (A loop, where
+// find_first_not_of with a set would call memchr once per character.)
+std::size_t skipSpace(std::string_view s, std::size_t i) {
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n')) ++i;
+  return i < s.size() ? i : std::string_view::npos;
+}
+
+// The closing quote of the string whose opening quote is at `open`, or npos: memchr to the
+// next quote, which ends the string unless an odd run of backslashes escapes it.
+std::size_t stringEnd(std::string_view s, std::size_t open) {
+  std::size_t from = open + 1;
+  while (from < s.size()) {
+    const void* hit = std::memchr(s.data() + from, '"', s.size() - from);
+    if (hit == nullptr) return std::string_view::npos;
+    std::size_t quote = static_cast<const char*>(hit) - s.data();
+    std::size_t backslashes = 0;
+    while (quote - backslashes > open + 1 && s[quote - backslashes - 1] == '\\') ++backslashes;
+    if (backslashes % 2 == 0) return quote;
+    from = quote + 1;
+  }
+  return std::string_view::npos;
+}
+
+std::optional<TopLevel> skimTopLevel(std::string_view json) {
+  TopLevel found;
+  const std::size_t n = json.size();
+  std::size_t i = skipSpace(json, 0);
+  if (i == std::string_view::npos || json[i] != '{') return std::nullopt;
+  int depth = 0;
+  std::size_t usage_start = std::string_view::npos;  // the usage value being skimmed
+  bool usage_seen = false;
+  bool model_seen = false;
+  for (; i < n; ++i) {
+    const char c = json[i];
+    if (c == '"') {
+      std::size_t end = stringEnd(json, i);
+      if (end == std::string_view::npos) return std::nullopt;  // an unterminated string
+      if (depth == 1) {
+        std::size_t colon = skipSpace(json, end + 1);
+        if (colon != std::string_view::npos && json[colon] == ':') {  // a top-level key
+          std::string_view key = json.substr(i + 1, end - i - 1);
+          std::size_t value = skipSpace(json, colon + 1);
+          if (value == std::string_view::npos) return std::nullopt;
+          if (key == "usage" && !usage_seen) {
+            usage_seen = true;
+            if (json[value] == '{') usage_start = value;
+          } else if (key == "model" && !model_seen) {
+            model_seen = true;
+            if (json[value] == '"') {
+              std::size_t close = stringEnd(json, value);
+              if (close == std::string_view::npos) return std::nullopt;
+              found.model = json.substr(value, close - value + 1);
+            }
+          } else if (key == "response") {
+            found.response = true;
+          }
+          end = colon;  // the value follows
+        }
+      }
+      i = end;
+      continue;
+    }
+    if (c == '{' || c == '[') {
+      if (++depth > kMaxSkimDepth) return std::nullopt;
+    } else if (c == '}' || c == ']') {
+      if (--depth < 0) return std::nullopt;
+      if (depth == 1 && usage_start != std::string_view::npos && found.usage.empty()) {
+        found.usage = json.substr(usage_start, i - usage_start + 1);
+      }
+      if (depth == 0) {
+        if (skipSpace(json, i + 1) != std::string_view::npos) return std::nullopt;
+        return found;
+      }
+    }
+  }
+  return std::nullopt;  // never closed
+}
+
+std::optional<TokenUsage> usageFast(std::string& json) {
+  std::optional<TopLevel> top = skimTopLevel(json);
+  if (!top) return std::nullopt;
+  if (top->usage.empty()) {
+    if (top->response) return usageInPlace(json);  // nested: the full parse decides
+    return std::nullopt;
+  }
+  // A small document of the two values, read with the same rules as the whole one.
+  std::string small;
+  small.reserve(top->model.size() + top->usage.size() + 24);
+  small.append("{\"usage\":").append(top->usage);
+  if (!top->model.empty()) small.append(",\"model\":").append(top->model);
+  small.push_back('}');
+  return usageInPlace(small);
+}
+
 std::optional<TokenUsage> usageFromJson(std::string_view json) {
   std::string copy(json);
-  return usageInPlace(copy);
+  return usageFast(copy);
 }
 
 void UsageTap::feed(const char* data, std::size_t len) {
@@ -214,12 +333,12 @@ void UsageTap::scanEvent(std::string_view event) {
     if (eol == std::string_view::npos) break;
     pos = eol + 1;
   }
-  if (auto usage = usageInPlace(data)) last_ = std::move(usage);
+  if (auto usage = usageFast(data)) last_ = std::move(usage);
 }
 
 std::optional<TokenUsage> UsageTap::finish() {
   if (overflow_) return std::nullopt;
-  if (!event_stream_) return usageInPlace(buffer_);  // the body is not needed after this
+  if (!event_stream_) return usageFast(buffer_);  // the body is not needed after this
   if (!buffer_.empty()) scanEvent(buffer_);
   return last_;
 }

@@ -11,10 +11,8 @@ namespace bulwark::resilience {
 
 namespace {
 
-std::optional<double> number(const http::Headers& headers, std::string_view name) {
-  std::optional<std::string_view> value = http::findHeader(headers, name);
-  if (!value) return std::nullopt;
-  std::string_view v = http::trimWhitespace(*value);
+std::optional<double> number(std::string_view value) {
+  std::string_view v = http::trimWhitespace(value);
   double out = 0;
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
   if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(out) || out < 0) {
@@ -23,10 +21,8 @@ std::optional<double> number(const http::Headers& headers, std::string_view name
   return out;
 }
 
-std::optional<Millis> duration(const http::Headers& headers, std::string_view name) {
-  std::optional<std::string_view> value = http::findHeader(headers, name);
-  if (!value) return std::nullopt;
-  return parseGoDuration(http::trimWhitespace(*value));
+std::optional<Millis> duration(std::string_view value) {
+  return parseGoDuration(http::trimWhitespace(value));
 }
 
 }  // namespace
@@ -37,13 +33,35 @@ bool RateLimitHeaders::any() const {
 }
 
 RateLimitHeaders parseRateLimitHeaders(const http::Headers& headers) {
+  // One pass over the headers (this runs on every response); the first of each name counts.
+  static constexpr std::string_view kPrefix = "x-ratelimit-";
   RateLimitHeaders out;
-  out.limit_requests = number(headers, "x-ratelimit-limit-requests");
-  out.limit_tokens = number(headers, "x-ratelimit-limit-tokens");
-  out.remaining_requests = number(headers, "x-ratelimit-remaining-requests");
-  out.remaining_tokens = number(headers, "x-ratelimit-remaining-tokens");
-  out.reset_requests = duration(headers, "x-ratelimit-reset-requests");
-  out.reset_tokens = duration(headers, "x-ratelimit-reset-tokens");
+  bool seen[6] = {};
+  for (const http::Header& h : headers) {
+    std::string_view name = h.name;
+    if (name.size() <= kPrefix.size() || !http::equalsIgnoreCase(name.substr(0, 12), kPrefix)) {
+      continue;
+    }
+    name.remove_prefix(kPrefix.size());
+    auto take = [&](int i, std::string_view want) {
+      if (seen[i] || !http::equalsIgnoreCase(name, want)) return false;
+      seen[i] = true;
+      return true;
+    };
+    if (take(0, "limit-requests")) {
+      out.limit_requests = number(h.value);
+    } else if (take(1, "limit-tokens")) {
+      out.limit_tokens = number(h.value);
+    } else if (take(2, "remaining-requests")) {
+      out.remaining_requests = number(h.value);
+    } else if (take(3, "remaining-tokens")) {
+      out.remaining_tokens = number(h.value);
+    } else if (take(4, "reset-requests")) {
+      out.reset_requests = duration(h.value);
+    } else if (take(5, "reset-tokens")) {
+      out.reset_tokens = duration(h.value);
+    }
+  }
   return out;
 }
 

@@ -79,6 +79,22 @@ TEST(UsageTest, AResponseIsReadOnlyWithoutATopLevelUsageAndAWholeDocumentIsNeede
   EXPECT_EQ(usage->prompt, 7);
 }
 
+TEST(UsageTest, StringsWithBracesQuotesAndKeyNamesDoNotMisleadTheSkim) {
+  auto usage = usageFromJson(
+      "{ \"choices\" : [ {\"message\":{\"content\":\"} \\\"usage\\\": {\\\"prompt_tokens\\\":9} {\"}}],\n"
+      "  \"note\":\"\\\\\", \"usage\" :\t{ \"prompt_tokens\" : 4 , \"x\":[{},\"}\"],"
+      " \"completion_tokens\":6 } , \"model\" : \"m\" }\n");
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->prompt, 4);
+  EXPECT_EQ(usage->completion, 6);
+  EXPECT_EQ(usage->model, "m");
+  // A value that only looks like a key at the top: "usage" inside an array of objects.
+  EXPECT_FALSE(usageFromJson(R"({"data":[{"usage":{"prompt_tokens":1}}]})"));
+  // Unbalanced or unterminated: no answer.
+  EXPECT_FALSE(usageFromJson(R"({"usage":{"prompt_tokens":1}]})"));
+  EXPECT_FALSE(usageFromJson(R"({"model":"unterminated,"usage":{"prompt_tokens":1}})"));
+}
+
 TEST(UsageTest, StreamTapFindsTheFinalUsageChunkAcrossSplits) {
   std::string stream =
       "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n"
