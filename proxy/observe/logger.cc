@@ -42,6 +42,11 @@ void Logger::configure(LogLevel level, config::LogFormat format) {
 
 namespace {
 constexpr std::size_t kMaxQueuedBytes = 4 * 1024 * 1024;
+// Lines are written in batches: the writer, once woken, gathers for up to this long (or
+// until kBatchBytes are queued), so a busy proxy makes a few hundred writes a second, not
+// one per request, and a request wakes the writer only when the queue was empty.
+constexpr std::chrono::milliseconds kBatchWindow{2};
+constexpr std::size_t kBatchBytes = 64 * 1024;
 }  // namespace
 
 Logger::Logger() : writer_([this] { writerLoop(); }) {}
@@ -60,21 +65,27 @@ void Logger::log(LogLevel level, std::string_view msg, std::initializer_list<Log
                          ? formatJson(level, msg, fields)
                          : formatText(level, msg, fields);
   line.push_back('\n');
+  bool first = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (queued_bytes_ + line.size() > kMaxQueuedBytes) {
       ++dropped_;
       return;
     }
+    first = queue_.empty();
     queued_bytes_ += line.size();
     queue_.push_back(std::move(line));
   }
-  wake_.notify_one();
+  // A queue with lines in it already has the writer's attention: it takes all of them.
+  if (first) wake_.notify_one();
 }
 
 void Logger::flush() {
   std::unique_lock<std::mutex> lock(mutex_);
+  ++flushing_;
+  wake_.notify_one();
   drained_.wait(lock, [this] { return queue_.empty() && !writing_; });
+  --flushing_;
 }
 
 void Logger::writerLoop() {
@@ -82,6 +93,9 @@ void Logger::writerLoop() {
   while (true) {
     wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
     if (queue_.empty() && stopping_) return;
+    // Gather a batch; flush() and shutdown do not wait for the window.
+    wake_.wait_for(lock, kBatchWindow,
+                   [this] { return stopping_ || flushing_ > 0 || queued_bytes_ >= kBatchBytes; });
     std::deque<std::string> batch;
     batch.swap(queue_);
     queued_bytes_ = 0;

@@ -85,6 +85,7 @@ class Logger {
   std::size_t dropped_ = 0;
   bool writing_ = false;
   bool stopping_ = false;
+  int flushing_ = 0;  // callers waiting in flush(): the writer skips its batch window
   std::thread writer_;
 };
 
