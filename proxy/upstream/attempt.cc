@@ -114,10 +114,6 @@ bool Attempt::configure(bool warm) {
   set(curl_easy_setopt(h, CURLOPT_HEADERDATA, this));
   set(curl_easy_setopt(h, CURLOPT_WRITEDATA, this));
   set(curl_easy_setopt(h, CURLOPT_PREREQDATA, this));
-  // An event stream's events are small and a stream may be held open for minutes: its
-  // receive buffer is kept small (memory per concurrent stream); other bodies are read in
-  // libcurl's default 16 KiB.
-  set(curl_easy_setopt(h, CURLOPT_BUFFERSIZE, request_.identity_encoding ? 4096L : 16384L));
   if (warm) {
     // The same profile's last transfer was a plain POST too: the rest is already set.
     set(curl_easy_setopt(h, CURLOPT_POSTFIELDS, request_.body ? request_.body->data() : ""));
