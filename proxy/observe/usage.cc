@@ -180,7 +180,8 @@ std::optional<TokenUsage> usageInPlace(std::string& json) {
 // strings and nesting (no values decoded, nothing allocated). A chat completion is ~0.5 KiB
 // of which only those two values matter: the full parse then runs over a small document
 // made of them. Falls back to the full parse when the answer may be nested (a Responses
-// API event keeps its usage under "response"), and gives up on anything malformed.
+// API event keeps its usage under "response"). It gives up when a string or the nesting is
+// broken; the rest of the document is not validated (the two values are, by the parse).
 struct TopLevel {
   std::string_view model;  // the raw value, quotes included; empty when absent
   std::string_view usage;  // the raw object; empty when absent
