@@ -29,15 +29,7 @@ class ConnectionTokens {
  public:
   explicit ConnectionTokens(const http::Headers& headers) {
     for (const http::Header& h : headers) {
-      if (!equalsIgnoreCase(h.name, "connection")) continue;
-      std::string_view rest = h.value;
-      while (!rest.empty()) {
-        std::size_t comma = rest.find(',');
-        std::string_view token = http::trimWhitespace(rest.substr(0, comma));
-        if (!token.empty()) tokens_.push_back(token);
-        if (comma == std::string_view::npos) break;
-        rest.remove_prefix(comma + 1);
-      }
+      if (equalsIgnoreCase(h.name, "connection")) http::appendHeaderTokens(h.value, tokens_);
     }
   }
   bool names(std::string_view header) const {

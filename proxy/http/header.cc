@@ -18,15 +18,14 @@ std::string_view trimWhitespace(std::string_view s, bool and_line_ends) {
   return s;
 }
 
-bool headerHasToken(std::string_view value, std::string_view token) {
+void appendHeaderTokens(std::string_view value, std::vector<std::string_view>& out) {
   while (!value.empty()) {
     size_t comma = value.find(',');
     std::string_view item = trimWhitespace(value.substr(0, comma));
-    if (equalsIgnoreCase(item, token)) return true;
+    if (!item.empty()) out.push_back(item);
     if (comma == std::string_view::npos) break;
     value.remove_prefix(comma + 1);
   }
-  return false;
 }
 
 }  // namespace bulwark::http

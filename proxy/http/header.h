@@ -33,9 +33,9 @@ inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
 // The first header with this name, if any.
 std::optional<std::string_view> findHeader(const Headers& headers, std::string_view name);
 
-// True when a comma-separated header value holds `token` (case-insensitive), e.g.
-// Connection: keep-alive, Upgrade.
-bool headerHasToken(std::string_view value, std::string_view token);
+// Appends the items of a comma-separated header value (trimmed, empty ones skipped) to
+// `out`, e.g. "keep-alive" and "Upgrade" from Connection: keep-alive, Upgrade.
+void appendHeaderTokens(std::string_view value, std::vector<std::string_view>& out);
 
 // `s` without leading and trailing spaces and tabs (optional whitespace around a header value;
 // `and_line_ends` also drops trailing CR and LF, for a raw header line).
