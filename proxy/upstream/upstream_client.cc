@@ -180,7 +180,11 @@ void UpstreamClient::onSocketEvent(evutil_socket_t fd, short events, void* arg) 
   auto* lane = static_cast<Lane*>(arg);
   int action = 0;
   if (events & EV_READ) action |= CURL_CSELECT_IN;
-  if (events & EV_WRITE) action |= CURL_CSELECT_OUT;
+  // A socket reported writable only may hold the upstream's answer by the time curl writes
+  // (an upload refused part-way, the refusal followed by a reset): told both, curl reads
+  // before it writes, so the answer is seen instead of being lost to the send error. Costs
+  // one empty read per writable-only event, which only uploads and connects see.
+  if (events & EV_WRITE) action |= CURL_CSELECT_OUT | CURL_CSELECT_IN;
   int running = 0;
   curl_multi_socket_action(lane->multi.get(), fd, action, &running);
   checkDone(*lane);

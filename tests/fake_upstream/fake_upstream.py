@@ -811,6 +811,7 @@ class FakeUpstream:
             request.body = bytes(sink)
             await self._respond(_H1Wire(self, conn), request, dataclasses.replace(early, close=True),
                                 False)
+            await self._linger(conn)
             return False
         body = await self._read_body(conn, chunked, length, sink, request)
         if body is None:
@@ -1149,6 +1150,26 @@ class FakeUpstream:
                 pass
         self._mark_fake_closed(conn, request)
         conn.writer.transport.abort()
+
+    async def _linger(self, conn: _Conn, seconds: float = 5.0) -> None:
+        """After answering before the body's end, close the way HTTP servers do (nginx's
+        lingering close): send FIN, then read and discard until the peer closes, for a bounded
+        time. Closing at once with unread bytes would send a RST, and a RST can reach the peer
+        before it has read the answer."""
+        try:
+            if conn.writer.can_write_eof():
+                conn.writer.write_eof()
+        except (ConnectionError, OSError):
+            return
+        deadline = time.monotonic() + seconds
+        while not conn.eof and time.monotonic() < deadline:
+            conn.buf.clear()
+            conn.changed.clear()
+            try:
+                await asyncio.wait_for(conn.changed.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        conn.buf.clear()
 
     async def _close(self, conn: _Conn, request: Request | None = None) -> None:
         if conn.writer.is_closing():
