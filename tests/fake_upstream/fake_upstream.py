@@ -1306,10 +1306,18 @@ class _H1Wire:
         await self.conn.writer.drain()
 
     async def send(self, data: bytes, *, framed: bool = True) -> None:
-        if self.chunked and framed:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
-        self.conn.writer.write(data)
-        await self.conn.writer.drain()
+        framing = self.chunked and framed
+        if framing:
+            self.conn.writer.write(b"%x\r\n" % len(data))
+        # Written in slices: asyncio's TLS transport encrypts a whole write before any of it
+        # reaches the socket, so one 48 MiB write held the first byte back for a second.
+        view = memoryview(data)
+        for at in range(0, len(view), _WRITE_SLICE):
+            self.conn.writer.write(view[at:at + _WRITE_SLICE])
+            await self.conn.writer.drain()
+        if framing:
+            self.conn.writer.write(b"\r\n")
+            await self.conn.writer.drain()
 
     async def end(self) -> None:
         if self.chunked:
@@ -1674,6 +1682,9 @@ def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
             raise _BadRequest(400, f"bad header line {line!r}")
         headers.append((name, value.strip(" \t")))
     return method, target, version, headers
+
+
+_WRITE_SLICE = 256 * 1024  # bytes per transport write of a large body
 
 
 def _event_bytes(event: Any, raw: bool) -> bytes:
