@@ -97,8 +97,7 @@ void Attempt::start() {
   // Until the request is about to be written (the prereq callback), the transfer may wait in
   // libcurl for a connection or a stream slot, which no curl timeout covers. Nothing has been
   // sent then, so running out of this time is a connect failure: safe to retry anywhere.
-  timer_error_ = TransferError::kConnect;
-  armTimer(request_.connect_timeout + request_.first_byte_timeout);
+  setTimer(TransferError::kConnect, request_.connect_timeout + request_.first_byte_timeout);
 }
 
 bool Attempt::configure(bool warm) {
@@ -133,7 +132,10 @@ bool Attempt::configure(bool warm) {
     set(curl_easy_setopt(h, CURLOPT_PROXY, request_.proxy.c_str()));
     set(curl_easy_setopt(h, CURLOPT_NOPROXY, ""));
   } else if (!client_.environmentProxy()) {
+    // No proxy at all; an empty no-proxy list also spares curl reading no_proxy and NO_PROXY
+    // from the environment on every transfer.
     set(curl_easy_setopt(h, CURLOPT_PROXY, ""));
+    set(curl_easy_setopt(h, CURLOPT_NOPROXY, ""));
   }
   // A proxy's "200 Connection established" is not the upstream's answer.
   set(curl_easy_setopt(h, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L));
@@ -225,9 +227,27 @@ bool Attempt::setHeaders() {
   return curl_easy_setopt(handle_, CURLOPT_HTTPHEADER, header_nodes_.data()) == CURLE_OK;
 }
 
-void Attempt::armTimer(std::chrono::milliseconds timeout) {
-  timeval tv = support::toTimeval(timeout.count());
+void Attempt::setTimer(TransferError error, std::chrono::milliseconds timeout) {
+  timer_error_ = error;
+  due_ = std::chrono::steady_clock::now() + timeout;
+  // A deadline pushed later (every body chunk does) only moves due_: the event, firing early,
+  // sets itself again for what is left. The event is re-armed only to fire sooner.
+  if (timer_armed_ && fires_at_ <= due_) return;
+  armTimerAt(due_, timeout);
+}
+
+void Attempt::armTimerAt(std::chrono::steady_clock::time_point at,
+                         std::chrono::milliseconds in) {
+  timeval tv = support::toTimeval(in.count());
   evtimer_add(timer_.get(), &tv);
+  fires_at_ = at;
+  timer_armed_ = true;
+}
+
+void Attempt::clearTimer() {
+  if (!timer_armed_) return;
+  evtimer_del(timer_.get());
+  timer_armed_ = false;
 }
 
 int Attempt::prereqCallback(void* clientp, char*, char*, int, int) {
@@ -239,8 +259,7 @@ int Attempt::prereqCallback(void* clientp, char*, char*, int, int) {
     return CURL_PREREQFUNC_ABORT;
   }
   // Connected (or reusing a connection) and about to send: the first-byte clock starts.
-  self->timer_error_ = TransferError::kFirstByteTimeout;
-  self->armTimer(self->request_.first_byte_timeout);
+  self->setTimer(TransferError::kFirstByteTimeout, self->request_.first_byte_timeout);
   self->observer_.onRequestStart();
   return CURL_PREREQFUNC_OK;
 }
@@ -252,19 +271,17 @@ size_t Attempt::readCallback(char* buffer, size_t size, size_t nitems, void* use
     case AttemptObserver::BodyState::kData:
       if (!self->head_done_) {
         // Uploading: the upstream must keep taking the body; a stall is an idle timeout.
-        self->timer_error_ = TransferError::kIdleTimeout;
-        self->armTimer(self->request_.idle_timeout);
+        self->setTimer(TransferError::kIdleTimeout, self->request_.idle_timeout);
       }
       return read.bytes;
     case AttemptObserver::BodyState::kWait:
       // The client has not sent more yet: its own timeout covers it.
       self->upload_paused_ = true;
-      if (!self->head_done_) evtimer_del(self->timer_.get());
+      if (!self->head_done_) self->clearTimer();
       return CURL_READFUNC_PAUSE;
     case AttemptObserver::BodyState::kEnd:
       if (!self->head_done_) {
-        self->timer_error_ = TransferError::kFirstByteTimeout;
-        self->armTimer(self->request_.first_byte_timeout);
+        self->setTimer(TransferError::kFirstByteTimeout, self->request_.first_byte_timeout);
       }
       return 0;
     case AttemptObserver::BodyState::kFailed:
@@ -282,8 +299,7 @@ void Attempt::onUploadReady(evutil_socket_t, short, void* arg) {
   if (!self->upload_paused_ || self->done_) return;
   self->upload_paused_ = false;
   if (!self->head_done_) {
-    self->timer_error_ = TransferError::kIdleTimeout;
-    self->armTimer(self->request_.idle_timeout);
+    self->setTimer(TransferError::kIdleTimeout, self->request_.idle_timeout);
   }
   curl_easy_pause(self->handle_, self->pauseMask());  // may call the read callback right here
 }
@@ -377,7 +393,7 @@ size_t Attempt::writeCallback(char* data, size_t size, size_t nmemb, void* userd
     case AttemptObserver::Flow::kPause:
       // A slow client: the idle clock stops until it has drained.
       self->paused_ = true;
-      evtimer_del(self->timer_.get());
+      self->clearTimer();
       return CURL_WRITEFUNC_PAUSE;
     case AttemptObserver::Flow::kAbort:
       self->aborted_ = true;
@@ -386,21 +402,26 @@ size_t Attempt::writeCallback(char* data, size_t size, size_t nmemb, void* userd
       curl_easy_setopt(self->handle_, CURLOPT_FORBID_REUSE, 1L);
       return 0;  // curl ends the transfer with CURLE_WRITE_ERROR
   }
-  self->timer_error_ = TransferError::kIdleTimeout;
-  self->armTimer(self->request_.idle_timeout);
+  self->setTimer(TransferError::kIdleTimeout, self->request_.idle_timeout);
   return len;
 }
 
 void Attempt::resume() {
   if (!paused_ || done_) return;
   paused_ = false;
-  timer_error_ = TransferError::kIdleTimeout;
-  armTimer(request_.idle_timeout);
+  setTimer(TransferError::kIdleTimeout, request_.idle_timeout);
   curl_easy_pause(handle_, pauseMask());  // may deliver the held bytes right here
 }
 
 void Attempt::onTimeout(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<Attempt*>(arg);
+  self->timer_armed_ = false;
+  auto now = std::chrono::steady_clock::now();
+  if (now < self->due_) {  // the deadline moved on since the event was set
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(self->due_ - now);
+    self->armTimerAt(self->due_, left);
+    return;
+  }
   const char* detail = "no data within timeouts.idle";
   if (self->timer_error_ == TransferError::kFirstByteTimeout) {
     detail = "no response within timeouts.first_byte";
@@ -445,7 +466,7 @@ void Attempt::finish(TransferError error, const std::string& detail) {
 }
 
 void Attempt::detach() {
-  evtimer_del(timer_.get());
+  clearTimer();
   if (!in_multi_) return;
   in_multi_ = false;
   if (completed_) {

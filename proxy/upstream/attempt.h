@@ -144,7 +144,10 @@ class Attempt final : public Transfer {
   // those that change from request to request.
   bool configure(bool warm);
   bool setHeaders();
-  void armTimer(std::chrono::milliseconds timeout);
+  // The phase's timer: `error` when `timeout` passes with no further setTimer/clearTimer.
+  void setTimer(TransferError error, std::chrono::milliseconds timeout);
+  void armTimerAt(std::chrono::steady_clock::time_point at, std::chrono::milliseconds in);
+  void clearTimer();
   // The pause state both directions should have: receive and send are paused separately.
   int pauseMask() const;
   void reportBodySent();
@@ -166,6 +169,9 @@ class Attempt final : public Transfer {
   support::InlineEvent deferred_;
   support::InlineEvent upload_ready_;  // deferred unpause of a streamed upload
   TransferError timer_error_ = TransferError::kFirstByteTimeout;
+  std::chrono::steady_clock::time_point due_{};       // when the current phase times out
+  std::chrono::steady_clock::time_point fires_at_{};  // when the armed timer event fires
+  bool timer_armed_ = false;
   ResponseHead head_;
   bool head_done_ = false;
   bool body_started_ = false;
