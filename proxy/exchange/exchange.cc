@@ -600,8 +600,7 @@ void Exchange::startAttempt(UpstreamSelection selection, bool hedge) {
   // stream or a download would make Bulwark buffer it. Over HTTP/1.1, TCP holds the upstream.
   // A streamed upload takes HTTP/1.1 too: one connection of its own, so a 500 MB body does
   // not queue the other requests' frames behind it on a shared connection.
-  req.multiplex = !streamed_ && request_.method == "POST" && !facts_.stream &&
-                  resilience::followsRetryPolicies(request_.method, request_.path);
+  req.multiplex = !streamed_ && request_.method == "POST" && !facts_.stream && policies_apply_;
   req.identity_encoding = facts_.stream;
   req.connect_timeout = route_->timeouts.connect;
   req.first_byte_timeout = route_->timeouts.first_byte;
@@ -667,8 +666,10 @@ bool Exchange::Try::isEventStream() const {
          http::equalsIgnoreCase(type->substr(0, 17), "text/event-stream");
 }
 
-http::Headers Exchange::bulwarkHeaders(const config::UpstreamConfig& upstream) const {
-  return {{"x-bulwark-attempts", std::to_string(attempts_)}, {"x-bulwark-upstream", upstream.name}};
+void Exchange::appendBulwarkHeaders(http::Headers& headers,
+                                    const config::UpstreamConfig& upstream) const {
+  headers.push_back({"x-bulwark-attempts", std::to_string(attempts_)});
+  headers.push_back({"x-bulwark-upstream", upstream.name});
 }
 
 void Exchange::onHead(Try& t, upstream::ResponseHead&& head) {
@@ -821,8 +822,11 @@ void Exchange::commit(Try& t, std::optional<std::uint64_t> content_length) {
       usage_.emplace(false);
     }
   }
-  http::Headers headers = clientResponseHeaders(t.head.headers);
-  for (http::Header& h : bulwarkHeaders(*t.upstream)) headers.push_back(std::move(h));
+  // The upstream's head goes to the client as it is, filtered where it lies: the Try keeps
+  // no other use for the hop-by-hop and framing headers this removes.
+  http::Headers& headers = t.head.headers;
+  stripForClient(headers);
+  appendBulwarkHeaders(headers, *t.upstream);
   sink_.sendHead(t.head.status, headers, content_length);
 }
 
@@ -1051,7 +1055,7 @@ void Exchange::deliverResponse(const HeldResponse& response, bool gave_up) {
     headers.push_back(std::move(h));
   }
   if (gave_up) headers.push_back({"x-should-retry", "false"});  // Bulwark already retried
-  for (http::Header& h : bulwarkHeaders(*response.upstream)) headers.push_back(std::move(h));
+  appendBulwarkHeaders(headers, *response.upstream);
   std::optional<std::uint64_t> length = response.body.size();
   if (request_.method == "HEAD") length = response.head.content_length;
   if (response.cut_stream) length.reset();  // the stream ended after its first event
@@ -1077,7 +1081,7 @@ void Exchange::respondWithError(int status, std::string_view code, std::string_v
   http::Headers headers{{"Content-Type", "application/json"}};
   if (!http::findHeader(extra, "x-should-retry")) headers.push_back({"x-should-retry", "false"});
   for (http::Header& h : extra) headers.push_back(std::move(h));
-  for (http::Header& h : bulwarkHeaders(*upstream_)) headers.push_back(std::move(h));
+  appendBulwarkHeaders(headers, *upstream_);
   sink_.sendHead(status, headers, body.size());
   sink_.sendBody(body.data(), body.size());
   bytes_sent_ += body.size();

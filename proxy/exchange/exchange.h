@@ -230,7 +230,7 @@ class Exchange final : public server::ActiveRequest {
   // After the commit point: forward(), in whole events for an event stream.
   void deliver(const char* data, std::size_t len);
   void flushPartialEvent();
-  http::Headers bulwarkHeaders(const config::UpstreamConfig& upstream) const;
+  void appendBulwarkHeaders(http::Headers& headers, const config::UpstreamConfig& upstream) const;
 
   const ExchangeContext& context_;
   std::shared_ptr<const config::Config> config_;

@@ -1,5 +1,6 @@
 #include "proxy/exchange/forwarding.h"
 
+#include <array>
 #include <cctype>
 
 #include <rapidjson/allocators.h>
@@ -102,15 +103,39 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
   return out;
 }
 
-http::Headers clientResponseHeaders(const http::Headers& upstream) {
-  http::Headers out;
-  out.reserve(upstream.size() + 2);
-  const ConnectionTokens connection(upstream);
-  for (const http::Header& h : upstream) {
-    if (isHopByHopHeader(h.name) || connection.names(h.name)) continue;
-    if (equalsIgnoreCase(h.name, "content-length")) continue;  // the client side frames it
-    out.push_back(h);
+void stripForClient(http::Headers& headers) {
+  // Decided for every header first, then compacted: the tokens are views into the Connection
+  // header's value, which compacting moves.
+  constexpr std::size_t kOnStack = 64;
+  std::array<bool, kOnStack> on_stack{};
+  std::vector<bool> on_heap;
+  if (headers.size() > kOnStack) on_heap.resize(headers.size());
+  {
+    const ConnectionTokens connection(headers);
+    for (std::size_t i = 0; i < headers.size(); ++i) {
+      const http::Header& h = headers[i];
+      bool drop = isHopByHopHeader(h.name) || connection.names(h.name) ||
+                  equalsIgnoreCase(h.name, "content-length");  // the client side frames it
+      if (headers.size() > kOnStack) {
+        on_heap[i] = drop;
+      } else {
+        on_stack[i] = drop;
+      }
+    }
   }
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < headers.size(); ++i) {
+    bool drop = headers.size() > kOnStack ? on_heap[i] : on_stack[i];
+    if (drop) continue;
+    if (kept != i) headers[kept] = std::move(headers[i]);
+    ++kept;
+  }
+  headers.resize(kept);
+}
+
+http::Headers clientResponseHeaders(const http::Headers& upstream) {
+  http::Headers out = upstream;
+  stripForClient(out);
   return out;
 }
 

@@ -22,7 +22,8 @@ bool isHopByHopHeader(std::string_view name);
 http::Headers upstreamRequestHeaders(const http::Headers& client,
                                      const config::UpstreamConfig& upstream);
 
-// The upstream's response headers minus hop-by-hop and framing ones.
+// The upstream's response headers minus hop-by-hop and framing ones: in place, or as a copy.
+void stripForClient(http::Headers& headers);
 http::Headers clientResponseHeaders(const http::Headers& upstream);
 
 // What Bulwark reads from a JSON request body: its top-level "model" ("gpt-4o-mini", or ""

@@ -26,8 +26,11 @@ using prometheus::BuildHistogram;
 using prometheus::Histogram;
 
 // LLM latencies: from a fast embedding (10 ms) to a long generation (5 min).
-Histogram::BucketBoundaries latencyBuckets() {
-  return {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300};
+// Built once: a histogram's buckets are copied only when its series is first made.
+const Histogram::BucketBoundaries& latencyBuckets() {
+  static const Histogram::BucketBoundaries buckets = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                      2.5,  5,     10,   20,  30,   60,  120, 300};
+  return buckets;
 }
 
 }  // namespace
@@ -165,24 +168,34 @@ struct Metrics::Impl {
     return m;
   }
 
-  std::string modelLabel(std::string_view model) {
+  // The label for a model name: the name itself while fewer than max_model_labels names have
+  // been seen, then "other". The view stays valid for this instance's lifetime (set nodes never
+  // move, and the set only grows).
+  std::string_view modelLabel(std::string_view model) {
     if (model.empty()) return "unknown";
-    // Most traffic names one model: the last answer, per thread, saves the shared lock.
-    struct Last {
+    // Traffic names few models (a request's and its answer's, which differ): a small per-thread
+    // list of recent answers saves the shared lock and any allocation.
+    struct Recent {
       std::uint64_t id = 0;
-      std::string model;
-      std::string label;
+      std::vector<std::pair<std::string, std::string_view>> entries;
     };
-    thread_local Last last;
-    if (last.id == id && last.model == model) return last.label;
-    std::string label = modelLabelLocked(model);
-    last = Last{id, std::string(model), label};
+    thread_local Recent recent;
+    if (recent.id != id) {
+      recent.id = id;
+      recent.entries.clear();
+    }
+    for (const auto& [name, label] : recent.entries) {
+      if (name == model) return label;
+    }
+    std::string_view label = modelLabelLocked(model);
+    if (recent.entries.size() >= 8) recent.entries.clear();
+    recent.entries.emplace_back(std::string(model), label);
     return label;
   }
 
-  std::string modelLabelLocked(std::string_view model) {
+  std::string_view modelLabelLocked(std::string_view model) {
     std::lock_guard<std::mutex> lock(models_mutex);
-    auto it = models.find(std::string(model));
+    auto it = models.find(model);
     if (it != models.end()) return *it;
     if (static_cast<int>(models.size()) < max_model_labels) {
       return *models.emplace(model).first;
@@ -324,7 +337,7 @@ void Metrics::inflight(std::string_view upstream, int count) {
 
 void Metrics::tokens(std::string_view upstream, std::string_view model, long long prompt,
                      long long completion) {
-  std::string m = impl_->modelLabel(model);
+  std::string_view m = impl_->modelLabel(model);
   for (const auto& [kind_name, count] :
        {std::pair{"prompt", prompt}, std::pair{"completion", completion}}) {
     if (count <= 0) continue;
@@ -333,7 +346,7 @@ void Metrics::tokens(std::string_view upstream, std::string_view model, long lon
         ->metric(impl_->tokens_total, 'k', {upstream, m, kind},
                  [&] {
                    return prometheus::Labels{
-                       {"upstream", std::string(upstream)}, {"model", m}, {"kind", kind}};
+                       {"upstream", std::string(upstream)}, {"model", std::string(m)}, {"kind", kind}};
                  })
         .Increment(static_cast<double>(count));
   }
@@ -341,10 +354,10 @@ void Metrics::tokens(std::string_view upstream, std::string_view model, long lon
 
 void Metrics::rateLimit(std::string_view upstream, std::string_view model, std::string_view kind,
                         std::optional<double> limit, std::optional<double> remaining) {
-  std::string m = impl_->modelLabel(model);
+  std::string_view m = impl_->modelLabel(model);
   auto labels = [&] {
     return prometheus::Labels{
-        {"upstream", std::string(upstream)}, {"model", m}, {"kind", std::string(kind)}};
+        {"upstream", std::string(upstream)}, {"model", std::string(m)}, {"kind", std::string(kind)}};
   };
   if (limit) impl_->metric(impl_->ratelimit_limit, 'L', {upstream, m, kind}, labels).Set(*limit);
   if (remaining) {

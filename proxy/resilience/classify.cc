@@ -48,7 +48,13 @@ bool followsRetryPolicies(std::string_view method, std::string_view path) {
     return true;
   }
   if (method != "POST") return false;
-  path = path.substr(0, path.find_first_of("?#"));
+  // The path without its query or fragment (one pass: find_first_of runs a memchr per byte).
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    if (path[i] == '?' || path[i] == '#') {
+      path = path.substr(0, i);
+      break;
+    }
+  }
   return std::any_of(kInferenceSuffixes.begin(), kInferenceSuffixes.end(),
                      [path](std::string_view suffix) { return endsWith(path, suffix); });
 }

@@ -70,6 +70,35 @@ TEST(ForwardingTest, ResponseKeepsOpenAiHeadersDropsFraming) {
   EXPECT_EQ(out[0].name, "x-request-id");
 }
 
+TEST(ForwardingTest, StrippedInPlaceHonoursConnectionTokensAfterTheConnectionHeader) {
+  // The Connection header comes first and is removed; the headers it names come after it,
+  // so they are judged against its tokens after compaction has started moving headers.
+  http::Headers headers = {{"Connection", "x-hop-one, x-hop-two"},
+                           {"x-request-id", "req_1"},
+                           {"x-hop-one", "a"},
+                           {"openai-processing-ms", "12"},
+                           {"X-Hop-Two", "b"},
+                           {"content-length", "3"},
+                           {"openai-version", "2020-10-01"}};
+  stripForClient(headers);
+  ASSERT_EQ(headers.size(), 3u);
+  EXPECT_EQ(headers[0].name, "x-request-id");
+  EXPECT_EQ(headers[1].name, "openai-processing-ms");
+  EXPECT_EQ(headers[2].name, "openai-version");
+  EXPECT_EQ(headers[2].value, "2020-10-01");
+}
+
+TEST(ForwardingTest, StrippedInPlaceWithMoreHeadersThanTheStackHolds) {
+  http::Headers headers = {{"Connection", "x-named"}};
+  for (int i = 0; i < 100; ++i) {
+    headers.push_back({"x-keep-" + std::to_string(i), std::to_string(i)});
+    headers.push_back({i % 2 == 0 ? "x-named" : "Keep-Alive", "gone"});
+  }
+  stripForClient(headers);
+  ASSERT_EQ(headers.size(), 100u);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(headers[i].value, std::to_string(i));
+}
+
 TEST(ForwardingTest, UrlJoinsBaseAndPath) {
   config::UpstreamConfig u = upstream();
   EXPECT_EQ(upstreamUrl(u, "/v1/models?x=1"), "https://api.openai.com/v1/models?x=1");
