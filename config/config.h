@@ -1,4 +1,4 @@
-// Typed Bulwark configuration: every proxy.yaml key with the default the SPEC gives it.
+// Typed Bulwark configuration: every proxy.yaml key with its documented default.
 // Plain values, copied freely; a loaded Config is immutable and shared read-only by threads.
 #pragma once
 
@@ -37,7 +37,7 @@ struct ServerConfig {
   std::uint64_t retry_body_limit = 8 * kMiB;
   int max_connections = 10000;
   Duration shutdown_grace = 30s;
-  // Extensions beyond the SPEC's list (documented in the README): a client must finish
+  // Extensions beyond the product contract's list (documented in the README): a client must finish
   // sending a request head within header_timeout; an idle keep-alive connection is
   // closed after idle_timeout.
   Duration header_timeout = 10s;

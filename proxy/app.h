@@ -1,5 +1,5 @@
 // The running process: listeners, worker threads, the admin listener, and the signal
-// handling of SPEC §7 (SIGTERM/SIGINT drain, SIGHUP reload). Lives on the main thread.
+// handling (SIGTERM/SIGINT drain, SIGHUP reload). Lives on the main thread.
 #pragma once
 
 #include <atomic>

@@ -1,4 +1,4 @@
-// Pass-through rules (SPEC §3.1): which request headers go upstream, which response headers
+// Pass-through rules: which request headers go upstream, which response headers
 // come back, and the upstream URL. Pure functions over header lists; no I/O.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The /health/detailed document (SPEC §4, the shape of the original user story):
+// The /health/detailed document (the shape of the original user story):
 // {"status":"ok|degraded|down","timestamp":"...","services":{"<upstream>":{"circuitBreaker":
 //  "CLOSED","failureCount":0,"healthy":true,"lastFailureTime":null,"inflight":0,
 //  "quotas":{"<model>":{"requests":{"limit":..,"remaining":..,"reserved":..,"reset_ms":..},

@@ -1,4 +1,4 @@
-// Bulwark's Prometheus metrics (SPEC §5), with exactly the SPEC's names, types and labels.
+// Bulwark's Prometheus metrics, with exactly the documented names, types and labels.
 // A narrow interface over prometheus-cpp (kept out of this header). Thread-safe: every
 // worker records into the same instance; label values are bounded (configured upstream
 // names, status codes, outcome names, at most metrics.max_model_labels model names).

@@ -1,4 +1,4 @@
-// Retry delays (SPEC §3.6): exponential backoff with jitter, server hints, and the rule that
+// Retry delays: exponential backoff with jitter, server hints, and the rule that
 // no retry starts that cannot finish before the deadline. Pure apart from the Random&.
 #pragma once
 

@@ -38,7 +38,9 @@ CircuitBreaker::CircuitBreaker(const config::CircuitBreakerConfig& config, const
     : clock_(clock),
       config_(config),
       current_recovery_(config.recovery_timeout),
-      window_(kBuckets) {}
+      bucket_width_ms_(bucketWidthMs(config.window, kBuckets)),
+      min_requests_(config.min_requests),
+      failure_rate_threshold_(config.failure_rate_threshold) {}
 
 void CircuitBreaker::setTransitionListener(TransitionListener listener) {
   std::lock_guard lock(mutex_);
@@ -49,8 +51,11 @@ void CircuitBreaker::updateConfig(const config::CircuitBreakerConfig& config) {
   std::lock_guard lock(mutex_);
   // Buckets laid out for another window length cannot be re-sliced: the window starts over.
   // The state, the consecutive count and a running recovery period are kept.
-  if (config.window != config_.window) std::fill(window_.begin(), window_.end(), Bucket{});
+  if (config.window != config_.window) clearWindowLocked();
   config_ = config;
+  bucket_width_ms_.store(bucketWidthMs(config_.window, kBuckets), std::memory_order_relaxed);
+  min_requests_.store(config_.min_requests, std::memory_order_relaxed);
+  failure_rate_threshold_.store(config_.failure_rate_threshold, std::memory_order_relaxed);
   if (state_.load(std::memory_order_relaxed) == BreakerState::kClosed) {
     current_recovery_ = config_.recovery_timeout;
   } else {
@@ -101,10 +106,19 @@ CircuitBreaker::Admission CircuitBreaker::admit() {
 
 void CircuitBreaker::setOutcomeListener(OutcomeListener listener) {
   std::lock_guard lock(mutex_);
+  has_outcome_listener_.store(static_cast<bool>(listener), std::memory_order_relaxed);
   outcome_listener_ = std::move(listener);
 }
 
 void CircuitBreaker::record(bool counted_failure, bool probe) {
+  // The common case, a success on a CLOSED breaker with no failure streak, decides nothing: it
+  // is only counted in the window, without the lock. (With an outcome listener, as in a
+  // fleet, every outcome goes the locked way: the listener needs the window's verdict.)
+  if (!counted_failure && !probe && state_.load(std::memory_order_acquire) == BreakerState::kClosed &&
+      consecutive_failures_.load(std::memory_order_relaxed) == 0 &&
+      !has_outcome_listener_.load(std::memory_order_relaxed) && countSuccess(clock_.now())) {
+    return;
+  }
   std::optional<std::pair<BreakerState, BreakerState>> transition;
   OutcomeListener outcome_listener;
   bool busy = false;
@@ -126,7 +140,7 @@ void CircuitBreaker::record(bool counted_failure, bool probe) {
         }
         int total = 0;
         int failures = 0;
-        windowTotalsLocked(now, &total, &failures);
+        windowTotals(now, &total, &failures);
         // With min_requests outcomes in the window the failure share is worth a decision on
         // its own; below it, traffic is too light for a share and a streak decides.
         busy = total > 0 && total >= config_.min_requests;
@@ -243,7 +257,7 @@ std::optional<std::pair<BreakerState, BreakerState>> CircuitBreaker::transitionL
       consecutive_failures_ = 0;
       probe_elsewhere_until_ = SteadyTime{};
       current_recovery_ = config_.recovery_timeout;
-      std::fill(window_.begin(), window_.end(), Bucket{});
+      clearWindowLocked();
       break;
     case BreakerState::kHalfOpen:
       probe_failures_ = 0;
@@ -253,18 +267,54 @@ std::optional<std::pair<BreakerState, BreakerState>> CircuitBreaker::transitionL
   return std::make_pair(from, to);
 }
 
-void CircuitBreaker::addToWindowLocked(bool failure, SteadyTime now) {
-  const std::int64_t width = bucketWidthMs(config_.window, kBuckets);
-  const std::int64_t now_ms = steadyMs(now);
-  const std::int64_t start = now_ms - now_ms % width;
-  Bucket& bucket = window_[static_cast<std::size_t>((now_ms / width) % kBuckets)];
-  if (bucket.start_ms != start) bucket = Bucket{start, 0, 0};
-  ++bucket.total;
-  if (failure) ++bucket.failures;
+CircuitBreaker::Bucket& CircuitBreaker::bucketAt(std::int64_t now_ms, std::int64_t* start) {
+  const std::int64_t width = bucket_width_ms_.load(std::memory_order_relaxed);
+  *start = now_ms - now_ms % width;
+  return window_[static_cast<std::size_t>((now_ms / width) % kBuckets)];
 }
 
-void CircuitBreaker::windowTotalsLocked(SteadyTime now, int* total, int* failures) const {
-  const std::int64_t width = bucketWidthMs(config_.window, kBuckets);
+bool CircuitBreaker::countSuccess(SteadyTime now) {
+  std::int64_t start = 0;
+  Bucket& bucket = bucketAt(steadyMs(now), &start);
+  // A bucket still holding an older period is reset under the lock (addToWindowLocked).
+  if (bucket.start_ms.load(std::memory_order_acquire) != start) return false;
+  // A success can complete a window that trips (the min_requests-th outcome, with the share
+  // of failures already past the threshold): that one is decided under the lock.
+  int total = 0;
+  int failures = 0;
+  windowTotals(now, &total, &failures);
+  ++total;
+  if (failures > 0 && total >= min_requests_.load(std::memory_order_relaxed) &&
+      static_cast<double>(failures) / total >=
+          failure_rate_threshold_.load(std::memory_order_relaxed)) {
+    return false;
+  }
+  bucket.total.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void CircuitBreaker::addToWindowLocked(bool failure, SteadyTime now) {
+  std::int64_t start = 0;
+  Bucket& bucket = bucketAt(steadyMs(now), &start);
+  if (bucket.start_ms.load(std::memory_order_relaxed) != start) {
+    bucket.total.store(0, std::memory_order_relaxed);
+    bucket.failures.store(0, std::memory_order_relaxed);
+    bucket.start_ms.store(start, std::memory_order_release);
+  }
+  bucket.total.fetch_add(1, std::memory_order_relaxed);
+  if (failure) bucket.failures.fetch_add(1, std::memory_order_relaxed);
+}
+
+void CircuitBreaker::clearWindowLocked() {
+  for (Bucket& bucket : window_) {
+    bucket.start_ms.store(0, std::memory_order_relaxed);
+    bucket.total.store(0, std::memory_order_relaxed);
+    bucket.failures.store(0, std::memory_order_relaxed);
+  }
+}
+
+void CircuitBreaker::windowTotals(SteadyTime now, int* total, int* failures) const {
+  const std::int64_t width = bucket_width_ms_.load(std::memory_order_relaxed);
   const std::int64_t now_ms = steadyMs(now);
   const std::int64_t newest = now_ms - now_ms % width;
   // The current bucket and the kBuckets - 1 before it: an outcome leaves the window at most
@@ -273,9 +323,10 @@ void CircuitBreaker::windowTotalsLocked(SteadyTime now, int* total, int* failure
   *total = 0;
   *failures = 0;
   for (const Bucket& bucket : window_) {
-    if (bucket.start_ms < oldest || bucket.start_ms > newest) continue;
-    *total += bucket.total;
-    *failures += bucket.failures;
+    const std::int64_t start = bucket.start_ms.load(std::memory_order_acquire);
+    if (start < oldest || start > newest) continue;
+    *total += bucket.total.load(std::memory_order_relaxed);
+    *failures += bucket.failures.load(std::memory_order_relaxed);
   }
 }
 

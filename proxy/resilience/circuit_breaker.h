@@ -13,10 +13,13 @@
 // In a fleet (sidecars sharing state through Redis) the fleet's counts feed it too: the
 // fleet-wide streak trips it by the same rules, and another sidecar's trip or probe result
 // opens or closes it (apply* below; the fleet layer calls them, the breaker never does I/O).
-// Thread-safe: shared by every worker. admit() on a CLOSED breaker takes no lock; outcome
-// recording takes this breaker's own mutex (never a global one).
+// Thread-safe: shared by every worker. admit() on a CLOSED breaker takes no lock, and neither
+// does recording a success on a CLOSED breaker with no failure streak (a few atomic loads and
+// one increment of the window); other outcomes take this breaker's own mutex (never a global
+// one).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -97,25 +100,32 @@ class CircuitBreaker {
   BreakerState state() const { return state_.load(std::memory_order_acquire); }
 
  private:
+  // Atomic so that a success can be counted without the lock; reset only under it.
   struct Bucket {
-    std::int64_t start_ms = 0;  // bucket's window position (steady ms), 0 = empty
-    int total = 0;
-    int failures = 0;
+    std::atomic<std::int64_t> start_ms{0};  // bucket's window position (steady ms), 0 = empty
+    std::atomic<int> total{0};
+    std::atomic<int> failures{0};
   };
   static constexpr int kBuckets = 10;
 
   // All below with mutex_ held. Returns the transition to report, if any.
   std::optional<std::pair<BreakerState, BreakerState>> transitionLocked(BreakerState to,
                                                                         SteadyTime now);
+  Bucket& bucketAt(std::int64_t now_ms, std::int64_t* start);
+  // Counts a success in the current bucket without the lock; false when the bucket must be
+  // reset first (the caller then takes the locked way).
+  bool countSuccess(SteadyTime now);
   void addToWindowLocked(bool failure, SteadyTime now);
-  void windowTotalsLocked(SteadyTime now, int* total, int* failures) const;
+  void clearWindowLocked();
+  // The outcomes and counted failures in the window (atomic reads: no lock needed).
+  void windowTotals(SteadyTime now, int* total, int* failures) const;
   void notify(std::optional<std::pair<BreakerState, BreakerState>> transition);
 
   const Clock& clock_;
   mutable std::mutex mutex_;
   config::CircuitBreakerConfig config_;
   std::atomic<BreakerState> state_{BreakerState::kClosed};
-  int consecutive_failures_ = 0;
+  std::atomic<int> consecutive_failures_{0};  // written under the lock, read without it too
   SteadyTime streak_started_{};  // the first failure of the current streak
   int probe_failures_ = 0;       // counted failures of probes since entering HALF_OPEN
   std::optional<WallTime> last_failure_;
@@ -123,9 +133,14 @@ class CircuitBreaker {
   Millis current_recovery_;
   int probes_in_flight_ = 0;
   SteadyTime probe_elsewhere_until_{};  // another sidecar probes for the fleet until then
-  std::vector<Bucket> window_;
+  std::array<Bucket, kBuckets> window_;
+  // Copies of config_ values the lock-free success path reads; set under the lock.
+  std::atomic<std::int64_t> bucket_width_ms_;  // window / kBuckets
+  std::atomic<int> min_requests_;
+  std::atomic<double> failure_rate_threshold_;
   TransitionListener listener_;
   OutcomeListener outcome_listener_;
+  std::atomic<bool> has_outcome_listener_{false};
 };
 
 }  // namespace bulwark::resilience

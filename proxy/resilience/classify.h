@@ -1,4 +1,4 @@
-// Classifying a finished attempt (SPEC §3.4, §3.5): whether to retry it and whether the
+// Classifying a finished attempt: whether to retry it and whether the
 // circuit breaker counts it. Pure: no I/O, no clock.
 #pragma once
 

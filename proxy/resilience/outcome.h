@@ -1,4 +1,4 @@
-// What one upstream attempt came to (SPEC §3.4), and the retry.policies lookup for it.
+// What one upstream attempt came to, and the retry.policies lookup for it.
 // Plain values and pure functions.
 #pragma once
 

@@ -1,11 +1,13 @@
-// The retry budget of one upstream (SPEC §3.8): over a sliding `window`, retries may add at
-// most `ratio` of the requests, and always at least min_per_second * window.
-// Thread-safe (its own small mutex); shared by every worker.
+// The retry budget of one upstream: over a sliding `window`, retries may add at most `ratio`
+// of the requests, and always at least min_per_second * window.
+// Thread-safe, shared by every worker: counting a request is an atomic increment; taking a
+// retry (and resetting a bucket) takes its own small mutex.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
-#include <vector>
 
 #include "config/config.h"
 #include "proxy/resilience/clock.h"
@@ -34,20 +36,23 @@ class RetryBudget {
   Usage usage() const;
 
  private:
+  // Atomic so that a request can be counted without the lock; reset only under it.
   struct Bucket {
-    std::int64_t start_ms = 0;
-    std::int64_t requests = 0;
-    std::int64_t retries = 0;
+    std::atomic<std::int64_t> start_ms{0};
+    std::atomic<std::int64_t> requests{0};
+    std::atomic<std::int64_t> retries{0};
   };
   static constexpr int kBuckets = 10;
 
   Bucket& currentBucketLocked(SteadyTime now);
+  static void resetLocked(Bucket& bucket, std::int64_t start);
   Usage usageLocked(SteadyTime now) const;
 
   const Clock& clock_;
   mutable std::mutex mutex_;
   config::RetryBudgetConfig config_;
-  std::vector<Bucket> buckets_;
+  std::array<Bucket, kBuckets> buckets_;
+  std::atomic<std::int64_t> width_ms_;  // window / kBuckets, set under the lock
 };
 
 }  // namespace bulwark::resilience

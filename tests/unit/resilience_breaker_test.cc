@@ -596,6 +596,37 @@ TEST_F(BreakerTest, ProbeFailuresCountOnlyWithinOneHalfOpenPeriod) {
 // Many threads admit and report on one breaker while the clock moves. Probes in flight never
 // exceed the maximum, every transition is a legal edge, the transitions add up to the final
 // state, and no probe slot leaks.
+TEST(BreakerHammerTest, SuccessesCountedWithoutTheLockAreNoneLost) {
+  // Successes on a CLOSED breaker with no streak skip the lock; the rate rule still needs
+  // every one of them: with 8000 successes in the window, the 8000th failure (50 %) trips it,
+  // the 7999th does not.
+  constexpr int kThreads = 8;
+  constexpr int kEach = 1000;
+  config::CircuitBreakerConfig config;
+  config.failure_threshold = 1000000;  // the streak rule out of reach
+  config.failure_rate_threshold = 0.5;
+  config.window = seconds(60);
+  config.min_requests = 10;
+  config.recovery_timeout = seconds(10);
+  config.max_recovery_timeout = seconds(10);
+  fakes::AtomicFakeClock clock;
+  CircuitBreaker breaker(config, clock);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&breaker] {
+      for (int i = 0; i < kEach; ++i) {
+        ASSERT_TRUE(breaker.admit().admitted);
+        breaker.record(/*counted_failure=*/false, /*probe=*/false);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int i = 0; i < kThreads * kEach - 1; ++i) breaker.record(true, false);
+  EXPECT_EQ(breaker.state(), BreakerState::kClosed);
+  breaker.record(true, false);
+  EXPECT_EQ(breaker.state(), BreakerState::kOpen);
+}
+
 TEST(BreakerHammerTest, ConcurrentAdmitAndRecord) {
   constexpr int kThreads = 8;
   constexpr int kIterations = 20000;
