@@ -1,11 +1,50 @@
 #include "proxy/resilience/upstream_health.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 #include <mutex>
+#include <string>
+#include <vector>
 #include <utility>
 
 namespace bulwark::resilience {
 namespace {
+
+// What a thread has looked up in a map whose entries are never removed: (owner, key) -> entry,
+// so the shared lock is taken once per key and thread. Owners are told apart by a
+// process-unique id rather than their address, which a later owner may reuse.
+template <typename T>
+struct Recalled {
+  std::uint64_t owner = 0;
+  std::string key;
+  T* value = nullptr;
+};
+constexpr std::size_t kRecalledPerThread = 64;
+
+template <typename T>
+std::vector<Recalled<T>>& recalledOnThisThread() {
+  thread_local std::vector<Recalled<T>> list;
+  return list;
+}
+
+template <typename T>
+T* recall(std::uint64_t owner, std::string_view key) {
+  for (const Recalled<T>& r : recalledOnThisThread<T>()) {
+    if (r.owner == owner && r.key == key) return r.value;
+  }
+  return nullptr;
+}
+
+template <typename T>
+void remember(std::uint64_t owner, std::string_view key, T* value) {
+  std::vector<Recalled<T>>& list = recalledOnThisThread<T>();
+  if (list.size() >= kRecalledPerThread) list.clear();
+  list.push_back({owner, std::string(key), value});
+}
+
+std::atomic<std::uint64_t> next_owner_id{1};
+
 
 // The breaker shared by models beyond kMaxModelBreakers; also the metrics' overflow label.
 constexpr std::string_view kOtherModels = "other";
@@ -54,9 +93,11 @@ CircuitBreaker::TransitionListener forwardTransitions(
 }  // namespace
 
 UpstreamHealth::UpstreamHealth(std::string name, const config::Config& config, const Clock& clock)
-    : name_(std::move(name)),
+    : id_(next_owner_id.fetch_add(1, std::memory_order_relaxed)),
+      name_(std::move(name)),
       clock_(clock),
       scope_(config.circuit_breaker.scope),
+      per_model_(config.circuit_breaker.scope == config::BreakerScope::kUpstreamModel),
       breaker_config_(config.circuit_breaker),
       own_breaker_(std::make_unique<CircuitBreaker>(config.circuit_breaker, clock)),
       budget_(config.retry.budget, clock),
@@ -67,6 +108,7 @@ void UpstreamHealth::updateConfig(const config::Config& config) {
   // Breakers of another scope stay allocated (references to them may be in use) but new
   // lookups follow the new scope.
   scope_ = config.circuit_breaker.scope;
+  per_model_.store(scope_ == config::BreakerScope::kUpstreamModel, std::memory_order_release);
   breaker_config_ = config.circuit_breaker;
   own_breaker_->updateConfig(breaker_config_);
   for (auto& [model, breaker] : model_breakers_) breaker->updateConfig(breaker_config_);
@@ -75,7 +117,7 @@ void UpstreamHealth::updateConfig(const config::Config& config) {
 }
 
 CircuitBreaker& UpstreamHealth::breakerFor(std::string_view model) {
-  if (model.empty()) return *own_breaker_;
+  if (model.empty() || !per_model_.load(std::memory_order_acquire)) return *own_breaker_;
   {
     std::shared_lock lock(mutex_);
     if (scope_ == config::BreakerScope::kUpstream) return *own_breaker_;
@@ -114,16 +156,26 @@ Millis UpstreamHealth::breakerWindow() const {
 }
 
 Quota& UpstreamHealth::quotaFor(std::string_view model) {
+  // Quotas are never removed, and a model keeps the quota it was first given.
+  if (Quota* recalled = recall<Quota>(id_, model)) return *recalled;
+  Quota* found = nullptr;
   {
     std::shared_lock lock(quota_mutex_);
-    if (auto it = quotas_.find(model); it != quotas_.end()) return *it->second;
+    if (auto it = quotas_.find(model); it != quotas_.end()) found = it->second.get();
   }
-  std::unique_lock lock(quota_mutex_);
-  if (auto it = quotas_.find(model); it != quotas_.end()) return *it->second;
-  std::string key(quotas_.size() >= kMaxModelBreakers ? kOtherModels : model);
-  std::unique_ptr<Quota>& quota = quotas_[key];
-  if (!quota) quota = std::make_unique<Quota>();
-  return *quota;
+  if (found == nullptr) {
+    std::unique_lock lock(quota_mutex_);
+    if (auto it = quotas_.find(model); it != quotas_.end()) {
+      found = it->second.get();
+    } else {
+      std::string key(quotas_.size() >= kMaxModelBreakers ? kOtherModels : model);
+      std::unique_ptr<Quota>& quota = quotas_[key];
+      if (!quota) quota = std::make_unique<Quota>();
+      found = quota.get();
+    }
+  }
+  remember(id_, model, found);
+  return *found;
 }
 
 std::vector<std::pair<std::string, const Quota*>> UpstreamHealth::quotas() const {
@@ -186,7 +238,7 @@ void UpstreamHealth::setOutcomeListener(OutcomeListener listener) {
 }
 
 UpstreamRegistry::UpstreamRegistry(const config::Config& config, const Clock& clock)
-    : clock_(clock) {
+    : id_(next_owner_id.fetch_add(1, std::memory_order_relaxed)), clock_(clock) {
   for (const config::UpstreamConfig& upstream : config.upstreams) {
     all_.push_back(std::make_unique<UpstreamHealth>(upstream.name, config, clock_));
     current_.push_back(all_.back().get());
@@ -213,11 +265,20 @@ void UpstreamRegistry::reload(const config::Config& config) {
 }
 
 UpstreamHealth* UpstreamRegistry::find(std::string_view name) {
-  std::shared_lock lock(mutex_);
-  for (const auto& health : all_) {
-    if (health->name() == name) return health.get();
+  // Entries are never removed and a name keeps its entry: each thread remembers its finds.
+  if (UpstreamHealth* recalled = recall<UpstreamHealth>(id_, name)) return recalled;
+  UpstreamHealth* found = nullptr;
+  {
+    std::shared_lock lock(mutex_);
+    for (const auto& health : all_) {
+      if (health->name() == name) {
+        found = health.get();
+        break;
+      }
+    }
   }
-  return nullptr;
+  if (found != nullptr) remember(id_, name, found);
+  return found;
 }
 
 std::vector<UpstreamHealth*> UpstreamRegistry::current() const {

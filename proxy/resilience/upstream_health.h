@@ -74,10 +74,12 @@ class UpstreamHealth {
   void listenLocked(CircuitBreaker& breaker, const std::string& model);
   void listenAllLocked();
 
+  const std::uint64_t id_;  // process-unique (per-thread lookup caches key on it)
   std::string name_;
   const Clock& clock_;
   mutable std::shared_mutex mutex_;  // guards scope_, breaker config, the model map
   config::BreakerScope scope_;
+  std::atomic<bool> per_model_;  // scope_ is upstream_model: read without the lock
   config::CircuitBreakerConfig breaker_config_;
   std::unique_ptr<CircuitBreaker> own_breaker_;
   std::map<std::string, std::unique_ptr<CircuitBreaker>, std::less<>> model_breakers_;
@@ -111,6 +113,7 @@ class UpstreamRegistry {
   void setOutcomeListener(UpstreamHealth::OutcomeListener listener);
 
  private:
+  const std::uint64_t id_;  // process-unique (per-thread lookup caches key on it)
   const Clock& clock_;
   mutable std::shared_mutex mutex_;
   std::vector<std::unique_ptr<UpstreamHealth>> all_;

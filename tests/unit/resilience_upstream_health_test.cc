@@ -280,6 +280,39 @@ TEST(UpstreamRegistryTest, ReloadKeepsStateAddsAndRemoves) {
   EXPECT_EQ(registry.find("b"), b) << "a name that comes back gets its old entry";
 }
 
+TEST(UpstreamRegistryTest, LookupsRememberedByAThreadBelongToTheirOwnRegistry) {
+  // A thread remembers what it looked up; another registry (even one at the address a
+  // destroyed one had) with the same names must still answer with its own entries.
+  fakes::FakeClock clock;
+  config::Config config = configWith({upstream("a")});
+  for (int round = 0; round < 3; ++round) {
+    auto registry = std::make_unique<UpstreamRegistry>(config, clock);
+    UpstreamHealth* a = registry->find("a");
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(a, registry->current()[0]);
+    EXPECT_EQ(registry->find("a"), a) << "remembered, the same entry";
+    EXPECT_EQ(&a->quotaFor("gpt-4o"), &a->quotaFor("gpt-4o"));
+    EXPECT_NE(&a->quotaFor("gpt-4o"), &a->quotaFor("gpt-4o-mini"));
+    EXPECT_EQ(registry->find("b"), nullptr);
+    config::Config more = config;
+    more.upstreams.push_back(upstream("b"));
+    registry->reload(more);
+    ASSERT_NE(registry->find("b"), nullptr) << "a name not found before is looked up again";
+    EXPECT_EQ(registry->find("b")->name(), "b");
+  }
+}
+
+TEST(UpstreamHealthTest, QuotasRememberedByAThreadBelongToTheirOwnUpstream) {
+  fakes::FakeClock clock;
+  config::Config config = configWith({upstream("a")});
+  UpstreamHealth first("a", config, clock);
+  UpstreamHealth second("a", config, clock);
+  Quota& mine = first.quotaFor("gpt-4o");
+  EXPECT_EQ(&first.quotaFor("gpt-4o"), &mine);
+  EXPECT_NE(&second.quotaFor("gpt-4o"), &mine);
+  EXPECT_EQ(second.quotas().size(), 1u);
+}
+
 TEST(UpstreamRegistryTest, TheListenerReachesUpstreamsAddedLater) {
   fakes::FakeClock clock;
   config::Config config = configWith({upstream("a")}, config::BreakerScope::kUpstreamModel);
