@@ -345,8 +345,9 @@ void Metrics::tokens(std::string_view upstream, std::string_view model, long lon
     impl_
         ->metric(impl_->tokens_total, 'k', {upstream, m, kind},
                  [&] {
-                   return prometheus::Labels{
-                       {"upstream", std::string(upstream)}, {"model", std::string(m)}, {"kind", kind}};
+                   return prometheus::Labels{{"upstream", std::string(upstream)},
+                                             {"model", std::string(m)},
+                                             {"kind", kind}};
                  })
         .Increment(static_cast<double>(count));
   }
@@ -357,7 +358,8 @@ void Metrics::rateLimit(std::string_view upstream, std::string_view model, std::
   std::string_view m = impl_->modelLabel(model);
   auto labels = [&] {
     return prometheus::Labels{
-        {"upstream", std::string(upstream)}, {"model", std::string(m)}, {"kind", std::string(kind)}};
+        {"upstream", std::string(upstream)}, {"model", std::string(m)},
+        {"kind", std::string(kind)}};
   };
   if (limit) impl_->metric(impl_->ratelimit_limit, 'L', {upstream, m, kind}, labels).Set(*limit);
   if (remaining) {

@@ -114,7 +114,8 @@ void CircuitBreaker::record(bool counted_failure, bool probe) {
   // The common case, a success on a CLOSED breaker with no failure streak, decides nothing: it
   // is only counted in the window, without the lock. (With an outcome listener, as in a
   // fleet, every outcome goes the locked way: the listener needs the window's verdict.)
-  if (!counted_failure && !probe && state_.load(std::memory_order_acquire) == BreakerState::kClosed &&
+  if (!counted_failure && !probe &&
+      state_.load(std::memory_order_acquire) == BreakerState::kClosed &&
       consecutive_failures_.load(std::memory_order_relaxed) == 0 &&
       !has_outcome_listener_.load(std::memory_order_relaxed) && countSuccess(clock_.now())) {
     return;

@@ -45,7 +45,6 @@ void remember(std::uint64_t owner, std::string_view key, T* value) {
 
 std::atomic<std::uint64_t> next_owner_id{1};
 
-
 // The breaker shared by models beyond kMaxModelBreakers; also the metrics' overflow label.
 constexpr std::string_view kOtherModels = "other";
 

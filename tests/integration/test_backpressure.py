@@ -1,5 +1,5 @@
-"""A client that reads slower than the upstream sends pauses the upstream transfer
-(SPEC §3.2): Bulwark's memory stays bounded and every byte still arrives, in order.
+"""A client that reads slower than the upstream sends pauses the upstream transfer:
+Bulwark's memory stays bounded and every byte still arrives, in order.
 
 Run from tests/integration with PYTHONPATH=tests: python3 -m unittest -v test_backpressure
 """

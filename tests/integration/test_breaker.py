@@ -1,8 +1,8 @@
 """Circuit breaker, retry budget, failover and load shedding through the real bulwark binary
-(SPEC §2 circuit_breaker / retry.budget / retry.failover / upstreams[].max_inflight /
-server.max_connections, §3.8-3.9, §3.11; issue 4).
+(circuit_breaker, retry.budget, retry.failover, upstreams[].max_inflight,
+server.max_connections).
 
-The two numbers issue 4 asks for are measured here and printed: upstream attempts per client
+Two numbers are measured here and printed: upstream attempts per client
 request during a total outage (<= 0.25), and the client success rate with 10 % random 503s
 (>= 99.5 %, breaker never opening).
 

@@ -1,4 +1,4 @@
-"""scripts/demo.sh (issue 5, item 4): the demo a newcomer runs must work without a key or a
+"""scripts/demo.sh: the demo a newcomer runs must work without a key or a
 network, show retries and a breaker opening and closing, and leave nothing running behind it.
 
 Runs the script in its quick mode (DEMO_SECONDS=5) against the binary under test

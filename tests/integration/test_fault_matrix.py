@@ -1,8 +1,8 @@
-"""The upstream fault matrix (issue 7, item 3): every way an upstream can fail, for plain and
+"""The upstream fault matrix: every way an upstream can fail, for plain and
 streamed requests, on the first attempt, on a retry, and on every attempt.
 
 For each cell the client gets exactly one well-formed answer:
-  * a fault before the commit point (SPEC §3.3) is retried: the client gets the good answer
+  * a fault before the commit point is retried: the client gets the good answer
     that follows it, or, when every attempt fails, Bulwark's own OpenAI-shaped 502 with
     x-should-retry: false;
   * a fault after the commit point is never retried: the honest answer is the truncated body
@@ -332,8 +332,8 @@ class MidEventCutTest(unittest.TestCase):
     """An event stream cut in the middle of an event (after the commit point)."""
 
     def test_stream_cut_inside_an_event_still_ends_with_a_parseable_error_event(self):
-        # The upstream sends one whole event, then half of the next one, then closes. SPEC
-        # §3.3: the client's stream ends with one `stream_interrupted` event, so that the SDKs
+        # The upstream sends one whole event, then half of the next one, then closes. The
+        # client's stream ends with one `stream_interrupted` event, so that the SDKs
         # raise a clean error. An SDK parses every event it receives as JSON, in order, so
         # every event the client gets must be whole: glued to the half event, the error event
         # becomes part of its data; after the half event ended by a blank line, the SDK fails

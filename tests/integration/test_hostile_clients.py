@@ -1,4 +1,4 @@
-"""Hostile and broken clients (issue 7, item 4): Bulwark answers or closes cleanly, never lets a
+"""Hostile and broken clients: Bulwark answers or closes cleanly, never lets a
 client choose where it connects, never forwards an ambiguous request, keeps its memory and
 file descriptors bounded, and after every case still serves a normal request.
 
@@ -503,7 +503,7 @@ class SlowClientTest(HostileTestCase):
 
 
 class NonReadingClientTest(HostileTestCase):
-    """A client that stops reading pauses the upstream transfer (SPEC §3.2); Bulwark's memory
+    """A client that stops reading pauses the upstream transfer; Bulwark's memory
     stays bounded however many do it, and each upstream transfer ends when its client goes."""
 
     workers = 2

@@ -1,5 +1,4 @@
-"""Command line, hot reload and graceful shutdown of the real bulwark binary (SPEC §1, §2, §7;
-issue 6).
+"""Command line, hot reload and graceful shutdown of the real bulwark binary.
 
 - CLI: `--check-config` prints "ok" or every error ("line L, column C: key.path: message"),
   never an api_key; `--version`; unknown flags; starting with an invalid file; the shipped

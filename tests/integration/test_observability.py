@@ -1,5 +1,4 @@
-"""Observability through the real bulwark binary (SPEC §4 admin endpoints, §5 metrics, §6 logs;
-issue 5): what a reliability engineer sees on /metrics, /health/detailed and in the logs after
+"""Observability through the real bulwark binary (admin endpoints, metrics, logs): what a reliability engineer sees on /metrics, /health/detailed and in the logs after
 traffic they can reason about, checked the way they would check it — `promtool check metrics`,
 a real Prometheus server scraping Bulwark and answering PromQL, JSON log lines, and the
 absence of API keys and bodies from everything Bulwark prints.
@@ -45,7 +44,7 @@ FAST = {
     "circuit_breaker": {"failure_threshold": 1000, "min_requests": 1000},
 }
 
-# SPEC §5: family -> (type, labels of its samples; histograms add "le" to their buckets).
+# The documented families: family -> (type, labels of its samples; histograms add "le" to their buckets).
 SPEC_FAMILIES = {
     "bulwark_requests_total": ("counter", {"upstream", "code"}),
     "bulwark_request_duration_seconds": ("histogram", {"upstream"}),
@@ -74,7 +73,7 @@ SPEC_FAMILIES = {
 }
 # Exported only in fleet mode (a cluster: section); test_fleet checks them.
 FLEET_FAMILIES = {"bulwark_cluster_up", "bulwark_cluster_errors_total"}
-# 10 ms ... 5 min (issue 5): LLM latencies.
+# 10 ms ... 5 min: LLM latencies.
 EXPECTED_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300]
 
 ISO_8601 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)\Z")
@@ -372,7 +371,7 @@ class MetricsTest(ObservabilityTestCase):
                 self.assertEqual(m.value(family, upstream=upstream), 0, (family, upstream))
         self.assertEqual(len(m.series("bulwark_build_info")), 1)
         for name, kind in m.types.items():
-            self.assertIn(name, SPEC_FAMILIES, "a family SPEC §5 does not list")
+            self.assertIn(name, SPEC_FAMILIES, "a family the metric catalogue does not list")
             self.assertEqual(kind, SPEC_FAMILIES[name][0], name)
 
     # -- assertions
@@ -388,7 +387,7 @@ class MetricsTest(ObservabilityTestCase):
                          f"{result.stdout.decode()}{result.stderr.decode()}")
 
     def assert_spec_families(self, m: Exposition) -> None:
-        """Every SPEC §5 family with its type, a HELP line, its labels; and no other."""
+        """Every documented family with its type, a HELP line, its labels; and no other."""
         bulwark_types = {n: t for n, t in m.types.items() if n.startswith("bulwark_")}
         self.assertEqual(bulwark_types, {n: t for n, (t, _) in SPEC_FAMILIES.items()
                                          if n not in FLEET_FAMILIES})

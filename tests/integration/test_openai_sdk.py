@@ -83,7 +83,7 @@ class OpenAISdkTest(unittest.TestCase):
 
 
 class OpenAISdkRetryTest(unittest.TestCase):
-    """tests/e2e/retry.mjs: Bulwark's retries as the SDK sees them (issue 3)."""
+    """tests/e2e/retry.mjs: Bulwark's retries as the SDK sees them."""
 
     def setUp(self):
         self.fake = FakeUpstream().start()

@@ -1,4 +1,4 @@
-"""Pass-through and streaming through the real bulwark binary (SPEC §3.1-3.2, issue 2).
+"""Pass-through and streaming through the real bulwark binary.
 
 Run from tests/integration with PYTHONPATH=tests: python3 -m unittest -v test_passthrough
 """

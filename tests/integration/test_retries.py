@@ -1,5 +1,5 @@
-"""Retries through the real bulwark binary (SPEC §2 retry/timeouts, §3.3-3.7, §3.10-3.12, §6;
-issue 3): what is retried and what is not, server delay hints, the commit point for event
+"""Retries through the real bulwark binary (retry and timeouts
+settings): what is retried and what is not, server delay hints, the commit point for event
 streams, deadlines, client coordination headers, cancellation and the attempt log lines.
 
 Every test gets its own fake upstream and bulwark (bulwark starts in ~10 ms). Backoff is made
@@ -653,7 +653,7 @@ class ClientCoordinationTest(RetryTestCase):
 
 
 class AttemptLogTest(RetryTestCase):
-    """Failed attempts are logged with SPEC §6 fields; secrets never are."""
+    """Failed attempts are logged with the documented fields; secrets never are."""
 
     CLIENT_KEY = "sk-secret-XYZ"
     UPSTREAM_KEY = "sk-upstream-secret-ABC"

@@ -1,4 +1,4 @@
-"""The soak test, short (issue 7, item 5): tests/soak/soak.py for 20 s, as CI runs it. The
+"""The soak test, short: tests/soak/soak.py for 20 s, as CI runs it. The
 documented 10-minute run is `python3 tests/soak/soak.py --seconds 600`.
 
 Run from tests/integration with PYTHONPATH=tests: python3 -m unittest -v test_soak_short

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak test for Bulwark (issue 7, item 5): mixed traffic with random upstream faults, for a
+"""Soak test for Bulwark: mixed traffic with random upstream faults, for a
 configurable time, checking that
 
   * every request gets exactly one answer, in time, and a well-formed one, and that the answer
@@ -233,7 +233,7 @@ def judge(sid: str, stream: bool, resp: RawResponse, closed: bool,
     """Classify one answer and say what is wrong with it (None: nothing)."""
     body = bytes(resp.body)
     last = attempts[-1] if attempts else None
-    # Giving up, Bulwark hands over the last response the upstream gave (SPEC §3.10): after
+    # Giving up, Bulwark hands over the last response the upstream gave: after
     # [503, drop, drop] that is the 503. Only when no attempt got one is the answer its 502.
     responses = [k for k in attempts if k.startswith("status:") or k == "stream_error"]
     if last in TRANSPORT and responses:
