@@ -194,14 +194,23 @@ class FleetTest(unittest.TestCase):
                 statuses.append(self.post(sidecar).status)
 
         threads = [threading.Thread(target=load, args=(s,)) for s in sidecars]
+        started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        rate = len(statuses) / (time.monotonic() - started)
+        print(f"\n[fleet] 20% random 503s: {rate:.0f} requests/s across the fleet")
         self.assertGreater(statuses.count(503), 100)  # the noise was there
-        for sidecar in sidecars:
-            self.assertFalse([e for e in sidecar.logs if e.get("msg") == TRANSITION],
-                             "a breaker tripped on random failures")
+        # The claim needs fleet volume: under busy traffic a streak must last a second, and at
+        # volume a second of nothing but failures does not come from 20 % noise. The sanitizer
+        # job runs the sidecars many times slower (a few requests a second at its worst
+        # moments, where five failures in a row take a second), so there it only drives the
+        # fleet's shared streaks for races; the release job checks the claim.
+        if not SANITIZED:
+            for sidecar in sidecars:
+                self.assertFalse([e for e in sidecar.logs if e.get("msg") == TRANSITION],
+                                 "a breaker tripped on random failures")
         # The fleet counted them: one script run per failure.
         stats = self.redis.cli("INFO", "commandstats")
         evals = next(int(line.split("calls=")[1].split(",")[0]) for line in stats.splitlines()
