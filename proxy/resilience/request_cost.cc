@@ -7,76 +7,106 @@
 
 namespace bulwark::resilience {
 
-std::string_view CostCounter::at(std::size_t i) const {
-  return levels_[i].object ? std::string_view(levels_[i].key) : std::string_view("[]");
+namespace {
+
+using Place = CostCounter::Place;
+
+bool isText(Place p) {
+  switch (p) {
+    case Place::kPrompt:
+    case Place::kPromptItem:
+    case Place::kInput:
+    case Place::kInputItem:
+    case Place::kContent:
+    case Place::kPartText:
+      return true;
+    default:
+      return false;
+  }
 }
 
-bool CostCounter::pathIs(std::initializer_list<std::string_view> want) const {
-  if (levels_.size() != want.size()) return false;
-  std::size_t i = 0;
-  for (std::string_view w : want) {
-    if (at(i++) != w) return false;
+// The place of an array's elements.
+Place element(Place array) {
+  switch (array) {
+    case Place::kPrompt:
+      return Place::kPromptItem;
+    case Place::kInput:
+      return Place::kInputItem;
+    case Place::kMessages:
+      return Place::kMessage;
+    case Place::kContent:
+      return Place::kPart;
+    default:
+      return Place::kOther;
   }
+}
+
+// The place of the value under `key` in an object at `object`.
+Place member(Place object, std::string_view key) {
+  switch (object) {
+    case Place::kRoot:
+      return key == "prompt"     ? Place::kPrompt
+             : key == "input"    ? Place::kInput
+             : key == "messages" ? Place::kMessages
+                                 : Place::kOther;
+    case Place::kInputItem:
+    case Place::kMessage:
+      return key == "content" ? Place::kContent : Place::kOther;
+    case Place::kPart:
+      return key == "text" ? Place::kPartText : key == "type" ? Place::kPartType : Place::kOther;
+    default:
+      return Place::kOther;
+  }
+}
+
+}  // namespace
+
+// The place of the value being read, kept by the innermost open container; deeper than any
+// place that matters, everything is kOther.
+Place CostCounter::valuePlace() const {
+  if (depth_ == 0 || depth_ > kTracked) return Place::kOther;
+  return levels_[depth_ - 1].value;
+}
+
+bool CostCounter::open(bool object) {
+  Place place = depth_ == 0 ? (object ? Place::kRoot : Place::kOther) : valuePlace();
+  if (depth_ < kTracked) {
+    Level& level = levels_[depth_];
+    level = Level{place, object, object ? Place::kOther : element(place), false};
+  }
+  ++depth_;
   return true;
 }
 
-// prompt, prompt[]; input, input[], input[].content, input[].content[].text;
-// messages[].content, messages[].content[].text
-bool CostCounter::promptText() const {
-  return pathIs({"prompt"}) || pathIs({"prompt", "[]"}) || pathIs({"input"}) ||
-         pathIs({"input", "[]"}) || pathIs({"input", "[]", "content"}) ||
-         pathIs({"input", "[]", "content", "[]", "text"}) ||
-         pathIs({"messages", "[]", "content"}) ||
-         pathIs({"messages", "[]", "content", "[]", "text"});
-}
-
-bool CostCounter::partType() const {
-  return pathIs({"messages", "[]", "content", "[]", "type"}) ||
-         pathIs({"input", "[]", "content", "[]", "type"});
+bool CostCounter::close() {
+  if (depth_ > 0) --depth_;
+  return true;
 }
 
 bool CostCounter::Key(const char* s, rapidjson::SizeType len, bool) {
-  if (!levels_.empty()) levels_.back().key.assign(s, len);
+  if (depth_ == 0 || depth_ > kTracked) return true;
+  Level& level = levels_[depth_ - 1];
+  std::string_view key(s, len);
+  level.value = member(level.container, key);
+  level.output_cap = level.container == Place::kRoot &&
+                     (key == "max_tokens" || key == "max_completion_tokens" ||
+                      key == "max_output_tokens");
   return true;
 }
 
 bool CostCounter::String(const char* s, rapidjson::SizeType len, bool) {
-  if (partType()) {
+  Place place = valuePlace();
+  if (place == Place::kPartType) {
     std::string_view type(s, len);
     if (type == "image_url" || type == "input_image") ++images_;
-  } else if (promptText()) {
+  } else if (isText(place)) {
     text_bytes_ += len;
   }
   return true;
 }
 
 bool CostCounter::number(double value) {
-  if (levels_.size() == 1 && levels_[0].object) {
-    const std::string& key = levels_[0].key;
-    if (key == "max_tokens" || key == "max_completion_tokens" || key == "max_output_tokens") {
-      output_cap_ = value;
-    }
-  }
-  return true;
-}
-
-bool CostCounter::StartObject() {
-  levels_.push_back({true, ""});
-  return true;
-}
-
-bool CostCounter::EndObject(rapidjson::SizeType) {
-  if (!levels_.empty()) levels_.pop_back();
-  return true;
-}
-
-bool CostCounter::StartArray() {
-  levels_.push_back({false, ""});
-  return true;
-}
-
-bool CostCounter::EndArray(rapidjson::SizeType) {
-  if (!levels_.empty()) levels_.pop_back();
+  if (depth_ == 1 && levels_[0].output_cap) output_cap_ = value;
   return true;
 }
 

@@ -10,11 +10,9 @@
 
 #include <rapidjson/reader.h>
 
-#include <initializer_list>
+#include <array>
 #include <optional>
-#include <string>
 #include <string_view>
-#include <vector>
 
 #include "proxy/resilience/quota.h"
 
@@ -29,11 +27,11 @@ struct CostRules {
 QuotaCost estimateCost(std::string_view body, const CostRules& rules, bool generates_output);
 
 // The SAX handler behind estimateCost(), for a caller that reads other facts of the body in
-// the same pass. It walks the JSON keeping the path of the current value (object keys, and
-// "[]" for array elements) and adds up the strings found at the prompt-text paths.
+// the same pass. Each open object or array knows what it is (the root, "messages", a message,
+// its "content", a content part, ...) from its parent and its key, so every event is decided
+// in constant time, without keeping the path's keys. Nothing is allocated.
 class CostCounter : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, CostCounter> {
  public:
-  CostCounter() { levels_.reserve(8); }  // a chat body nests 5 deep: one allocation
   QuotaCost cost(const CostRules& rules, bool generates_output) const;
 
   bool Key(const char* s, rapidjson::SizeType len, bool copy);
@@ -44,23 +42,46 @@ class CostCounter : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, CostC
   bool Uint64(uint64_t v) { return number(static_cast<double>(v)); }
   bool Double(double v) { return number(v); }
   bool Default() { return true; }
-  bool StartObject();
-  bool EndObject(rapidjson::SizeType);
-  bool StartArray();
-  bool EndArray(rapidjson::SizeType);
+  bool StartObject() { return open(true); }
+  bool EndObject(rapidjson::SizeType) { return close(); }
+  bool StartArray() { return open(false); }
+  bool EndArray(rapidjson::SizeType) { return close(); }
+
+  // What a value is, by where it sits. Text: prompt, prompt[], input, input[],
+  // input[].content, input[].content[].text, messages[].content,
+  // messages[].content[].text. A part's type: (messages|input)[].content[].type.
+  enum class Place : unsigned char {
+    kOther,
+    kRoot,
+    kPrompt,
+    kPromptItem,
+    kInput,
+    kInputItem,
+    kMessages,
+    kMessage,
+    kContent,
+    kPart,
+    kPartText,
+    kPartType,
+  };
 
  private:
   struct Level {
-    bool object;
-    std::string key;  // in an object: the key of the value being read
+    Place container = Place::kOther;
+    bool object = false;
+    Place value = Place::kOther;  // the value being read: by its key, or the array's element
+    bool output_cap = false;      // a root key naming the output cap
   };
-  std::string_view at(std::size_t i) const;
-  bool pathIs(std::initializer_list<std::string_view> want) const;
-  bool promptText() const;
-  bool partType() const;
+  // The deepest place that matters is a content part's field: five containers down.
+  static constexpr int kTracked = 5;
+
+  Place valuePlace() const;
+  bool open(bool object);
+  bool close();
   bool number(double value);
 
-  std::vector<Level> levels_;
+  std::array<Level, kTracked> levels_{};
+  int depth_ = 0;
   double text_bytes_ = 0;
   int images_ = 0;
   std::optional<double> output_cap_;

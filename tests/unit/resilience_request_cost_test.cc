@@ -55,6 +55,24 @@ TEST(RequestCostTest, OtherStringsAndBadBodiesCostOnlyTheCap) {
   EXPECT_EQ(estimateCost("", kRules, false).tokens, 0);
 }
 
+TEST(RequestCostTest, OnlyTheNamedPlacesCountAtAnyDepth) {
+  // Text under a message's other keys, in nested tool results, or under a key spelled like an
+  // array marker is not prompt text; a part's text is, after any amount of nesting beside it.
+  std::string body = R"({"messages":[
+      "abcdefgh",
+      {"role":"tool","content":[{"type":"text","text":"abcd",
+                                 "extra":{"deep":[[[{"text":"zzzzzzzzzzzz"}]]]}}],
+       "name":"abcdefghijkl"}],
+      "prompt":{"[]":"abcdefghijkl"},
+      "metadata":{"messages":[{"content":"abcdefghijkl"}]},
+      "max_tokens":{"max_tokens":5}})";
+  EXPECT_EQ(estimateCost(body, kRules, true).tokens, 1 + 1000);
+  // After a deep value closes, the next sibling is read at its own place again.
+  std::string after = R"({"messages":[{"content":[{"type":"text","x":[[[[[[1]]]]]],
+                                                   "text":"abcdefgh"}]}],"max_tokens":2})";
+  EXPECT_EQ(estimateCost(after, kRules, true).tokens, 2 + 2);
+}
+
 TEST(RequestCostTest, BytesPerTokenScalesThePrompt) {
   CostRules two{2, 0, 0};
   EXPECT_EQ(estimateCost(R"({"prompt":"abcdefgh"})", two, true).tokens, 4);
