@@ -4,6 +4,7 @@
 #include <rapidjson/reader.h>
 
 #include <array>
+#include <charconv>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -268,6 +269,125 @@ std::optional<TopLevel> skimTopLevel(std::string_view json) {
   return std::nullopt;  // never closed
 }
 
+// Reading the two values directly, without a parser: the usage object's own members are
+// checked against JSON's grammar and its counts read; a nested value (the *_details objects)
+// is only matched for its brackets and strings, as the skim does. Anything unusual (an escape
+// in a key or the model, a control character, a malformed number or literal) returns
+// nullopt, and the caller parses the two values with the full parser instead, so the answer
+// for those is the parser's.
+constexpr std::array<std::string_view, 4> kCountNames = {"prompt_tokens", "input_tokens",
+                                                         "completion_tokens", "output_tokens"};
+
+// The end of the plain string whose opening quote is at `open` (the position after its
+// closing quote), or npos when it is unterminated or holds an escape or a control character.
+std::size_t plainStringEnd(std::string_view s, std::size_t open) {
+  for (std::size_t i = open + 1; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '"') return i + 1;
+    if (c == '\\' || c < 0x20) return std::string_view::npos;
+  }
+  return std::string_view::npos;
+}
+
+// The end of the bracketed value starting at `i`, strings followed with escapes allowed.
+std::size_t nestedEnd(std::string_view s, std::size_t i) {
+  int depth = 0;
+  for (; i < s.size(); ++i) {
+    const char c = s[i];
+    if (c == '"') {
+      i = stringEnd(s, i);
+      if (i == std::string_view::npos) return i;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if (c == '}' || c == ']') {
+      if (--depth == 0) return i + 1;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// A JSON number at `i`: its end, and whether it is an integer; npos when malformed.
+std::size_t numberEnd(std::string_view s, std::size_t i, bool& integer) {
+  auto digit = [&](std::size_t k) { return k < s.size() && s[k] >= '0' && s[k] <= '9'; };
+  if (i < s.size() && s[i] == '-') ++i;
+  if (!digit(i)) return std::string_view::npos;
+  if (s[i] == '0') {
+    ++i;
+  } else {
+    while (digit(i)) ++i;
+  }
+  integer = true;
+  if (i < s.size() && s[i] == '.') {
+    integer = false;
+    if (!digit(++i)) return std::string_view::npos;
+    while (digit(i)) ++i;
+  }
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    integer = false;
+    ++i;
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+    if (!digit(i)) return std::string_view::npos;
+    while (digit(i)) ++i;
+  }
+  return i;
+}
+
+std::optional<TokenUsage> usageDirect(const TopLevel& top) {
+  constexpr std::size_t npos = std::string_view::npos;
+  std::string_view u = top.usage;  // "{...}", balanced, as the skim found it
+  UsageFields fields;
+  fields.is_object = true;
+  std::size_t i = skipSpace(u, 1);
+  if (i == npos) return std::nullopt;
+  if (u[i] != '}') {
+    while (true) {
+      if (i == npos || u[i] != '"') return std::nullopt;
+      std::size_t key_end = plainStringEnd(u, i);
+      if (key_end == npos) return std::nullopt;
+      std::string_view key = u.substr(i + 1, key_end - i - 2);
+      std::size_t colon = skipSpace(u, key_end);
+      if (colon == npos || u[colon] != ':') return std::nullopt;
+      i = skipSpace(u, colon + 1);
+      if (i == npos) return std::nullopt;
+      const char c = u[i];
+      std::size_t end = npos;
+      if (c == '"') {
+        end = plainStringEnd(u, i);
+      } else if (c == '{' || c == '[') {
+        end = nestedEnd(u, i);
+      } else if (c == '-' || (c >= '0' && c <= '9')) {
+        bool integer = false;
+        end = numberEnd(u, i, integer);
+        long long n = 0;
+        if (end != npos && integer) {
+          auto [ptr, ec] = std::from_chars(u.data() + i, u.data() + end, n);
+          if (ec == std::errc() && ptr == u.data() + end) {  // out of range: not a count
+            for (std::size_t k = 0; k < kCountNames.size(); ++k) {
+              if (key == kCountNames[k] && !fields.counts[k]) fields.counts[k] = n;
+            }
+          }
+        }
+      } else {
+        for (std::string_view literal : {"true", "false", "null"}) {
+          if (u.substr(i, literal.size()) == literal) end = i + literal.size();
+        }
+      }
+      if (end == npos) return std::nullopt;
+      i = skipSpace(u, end);
+      if (i == npos) return std::nullopt;
+      if (u[i] == '}') break;
+      if (u[i] != ',') return std::nullopt;
+      i = skipSpace(u, i + 1);
+    }
+  }
+  if (skipSpace(u, i + 1) != npos) return std::nullopt;
+  if (!top.model.empty()) {
+    if (plainStringEnd(top.model, 0) != top.model.size()) return std::nullopt;
+    fields.model.emplace(top.model.substr(1, top.model.size() - 2));
+  }
+  return fields.result();
+}
+
 std::optional<TokenUsage> usageFast(std::string& json) {
   std::optional<TopLevel> top = skimTopLevel(json);
   if (!top) return std::nullopt;
@@ -275,6 +395,7 @@ std::optional<TokenUsage> usageFast(std::string& json) {
     if (top->response) return usageInPlace(json);  // nested: the full parse decides
     return std::nullopt;
   }
+  if (std::optional<TokenUsage> usage = usageDirect(*top)) return usage;
   // A small document of the two values, read with the same rules as the whole one.
   std::string small;
   small.reserve(top->model.size() + top->usage.size() + 24);

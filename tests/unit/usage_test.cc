@@ -95,6 +95,33 @@ TEST(UsageTest, StringsWithBracesQuotesAndKeyNamesDoNotMisleadTheSkim) {
   EXPECT_FALSE(usageFromJson(R"({"model":"unterminated,"usage":{"prompt_tokens":1}})"));
 }
 
+TEST(UsageTest, TheDirectReadAndTheParserAgreeOnUnusualUsageObjects) {
+  // Read without the parser: numbers in every JSON form (only integers count), literals,
+  // nested details, whitespace everywhere.
+  auto usage = usageFromJson(
+      R"({"usage":{ "x":true,"y":false ,"z":null,"prompt_tokens":-0,"input_tokens":3,)"
+      R"("completion_tokens":1e2,"output_tokens":7,"d":{"a":[1,{"b":"}"}]},"f":-1.5E-3 },)"
+      R"("model":"m"})");
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->prompt, 0);      // -0 is an integer: prompt_tokens wins over input_tokens
+  EXPECT_EQ(usage->completion, 7);  // 1e2 is not an integer
+  EXPECT_EQ(usage->model, "m");
+  // An escaped key or model goes to the parser, which decodes it.
+  usage = usageFromJson(R"({"usage":{"prompt\u005ftokens":3},"model":"a\tb"})");
+  ASSERT_TRUE(usage);
+  EXPECT_EQ(usage->prompt, 3);
+  EXPECT_EQ(usage->model, "a\tb");
+  // Malformed members are no answer, as the parser says.
+  for (const char* bad : {R"({"usage":{"prompt_tokens":01}})",
+                          R"({"usage":{"prompt_tokens":nul}})", R"({"usage":{"prompt_tokens":1,}})", R"({"usage":{"prompt_tokens" 1}})",
+                          R"({"usage":{"prompt_tokens":1 "completion_tokens":2}})",
+                          R"({"usage":{"prompt_tokens":-}})", R"({"usage":{"a":1.}})",
+                          R"({"usage":{"a":1e}})", "{\"usage\":{\"a\":\"x\ty\"}}",
+                          R"({"usage":{1:2}})"}) {
+    EXPECT_FALSE(usageFromJson(bad)) << bad;
+  }
+}
+
 TEST(UsageTest, StreamTapFindsTheFinalUsageChunkAcrossSplits) {
   std::string stream =
       "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n"
