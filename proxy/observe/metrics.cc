@@ -7,13 +7,16 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <set>
 #include <unordered_map>
 
+#include "proxy/support/thread_memo.h"
 #include "proxy/version.h"
 
 namespace bulwark::observe {
@@ -33,11 +36,81 @@ const Histogram::BucketBoundaries& latencyBuckets() {
   return buckets;
 }
 
+// A series made on first use and then read without a lock. Family::Add is thread-safe and
+// returns the same series for the same labels, so threads that race store the same address.
+template <typename M>
+class Lazy {
+ public:
+  template <typename Make>
+  M& get(Make make) {
+    M* m = series_.load(std::memory_order_acquire);
+    if (m == nullptr) {
+      m = &make();
+      series_.store(m, std::memory_order_release);
+    }
+    return *m;
+  }
+
+ private:
+  std::atomic<M*> series_{nullptr};
+};
+
+// The outcomes that are not status codes (see resilience::outcomeName).
+constexpr std::array<std::string_view, 4> kNamedOutcomes = {"connect_error", "timeout", "reset",
+                                                            "stream_error"};
+constexpr int kFirstCode = 100;
+constexpr int kCodes = 500;  // 100..599
+
+// The slot of an attempt outcome: a status code's, or after them a named outcome's; -1 for
+// anything else.
+int outcomeSlot(std::string_view outcome) {
+  int code = 0;
+  auto [end, ec] = std::from_chars(outcome.data(), outcome.data() + outcome.size(), code);
+  if (ec == std::errc() && end == outcome.data() + outcome.size() && code >= kFirstCode &&
+      code < kFirstCode + kCodes && outcome.size() == 3) {
+    return code - kFirstCode;
+  }
+  for (std::size_t i = 0; i < kNamedOutcomes.size(); ++i) {
+    if (outcome == kNamedOutcomes[i]) return kCodes + static_cast<int>(i);
+  }
+  return -1;
+}
+
+// The series of one (upstream, model): tokens by kind, and the rate limits by kind
+// (0 requests, 1 tokens).
+struct ModelSeries {
+  std::string_view label;  // the model's label (a view into the labels set)
+  Lazy<prometheus::Counter> prompt_tokens, completion_tokens;
+  std::array<Lazy<prometheus::Gauge>, 2> limit, remaining;
+};
+
+// The series of one upstream, made once for this registry's life and reached through a
+// per-thread memo: a request's metrics build and hash no label strings.
+struct UpstreamSeries {
+  explicit UpstreamSeries(std::string_view n) : name(n) {}
+  const std::string name;
+  const std::uint64_t id = support::newMemoOwner();
+  Lazy<Histogram> duration, ttfb, admission_wait;
+  Lazy<prometheus::Counter> body_bytes;
+  std::array<Lazy<prometheus::Counter>, kCodes> requests;  // by the code sent to the client
+  std::array<Lazy<prometheus::Counter>, kCodes + kNamedOutcomes.size()> attempts;
+  std::mutex models_mutex;
+  std::map<std::string_view, std::unique_ptr<ModelSeries>> models;  // by label
+};
+
+struct UpstreamMemoTag {};
+struct ModelMemoTag {};
+struct LabelMemoTag {};
+using UpstreamMemo = support::ThreadMemo<UpstreamMemoTag, UpstreamSeries*>;
+using ModelMemo = support::ThreadMemo<ModelMemoTag, ModelSeries*>;
+// Traffic names few models (a request's and its answer's, which differ): a short list.
+using LabelMemo = support::ThreadMemo<LabelMemoTag, std::string_view, 8>;
+
 }  // namespace
 
 struct Metrics::Impl {
   explicit Impl(const config::MetricsConfig& config)
-      : id(next_id.fetch_add(1)),
+      : id(support::newMemoOwner()),
         max_model_labels(config.max_model_labels),
         registry(std::make_shared<prometheus::Registry>()),
         requests(BuildCounter()
@@ -170,27 +243,47 @@ struct Metrics::Impl {
 
   // The label for a model name: the name itself while fewer than max_model_labels names have
   // been seen, then "other". The view stays valid for this instance's lifetime (set nodes never
-  // move, and the set only grows).
+  // move, and the set only grows), and a name keeps its label.
   std::string_view modelLabel(std::string_view model) {
     if (model.empty()) return "unknown";
-    // Traffic names few models (a request's and its answer's, which differ): a small per-thread
-    // list of recent answers saves the shared lock and any allocation.
-    struct Recent {
-      std::uint64_t id = 0;
-      std::vector<std::pair<std::string, std::string_view>> entries;
-    };
-    thread_local Recent recent;
-    if (recent.id != id) {
-      recent.id = id;
-      recent.entries.clear();
-    }
-    for (const auto& [name, label] : recent.entries) {
-      if (name == model) return label;
-    }
+    if (const std::string_view* label = LabelMemo::find(id, model)) return *label;
     std::string_view label = modelLabelLocked(model);
-    if (recent.entries.size() >= 8) recent.entries.clear();
-    recent.entries.emplace_back(std::string(model), label);
+    LabelMemo::remember(id, model, label);
     return label;
+  }
+
+  UpstreamSeries& upstreamSeries(std::string_view name) {
+    if (UpstreamSeries* const* memo = UpstreamMemo::find(id, name)) return **memo;
+    UpstreamSeries* found = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(upstreams_mutex);
+      auto it = upstreams.find(name);
+      if (it == upstreams.end()) {
+        auto series = std::make_unique<UpstreamSeries>(name);
+        it = upstreams.emplace(series->name, std::move(series)).first;
+      }
+      found = it->second.get();
+    }
+    UpstreamMemo::remember(id, name, found);
+    return *found;
+  }
+
+  // `model` as the request or answer named it; series are kept by its label.
+  ModelSeries& modelSeries(UpstreamSeries& upstream, std::string_view model) {
+    if (ModelSeries* const* memo = ModelMemo::find(upstream.id, model)) return **memo;
+    std::string_view label = modelLabel(model);
+    ModelSeries* found = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(upstream.models_mutex);
+      std::unique_ptr<ModelSeries>& slot = upstream.models[label];
+      if (!slot) {
+        slot = std::make_unique<ModelSeries>();
+        slot->label = label;
+      }
+      found = slot.get();
+    }
+    ModelMemo::remember(upstream.id, model, found);
+    return *found;
   }
 
   std::string_view modelLabelLocked(std::string_view model) {
@@ -203,7 +296,6 @@ struct Metrics::Impl {
     return "other";
   }
 
-  static inline std::atomic<std::uint64_t> next_id{1};
   std::uint64_t id;  // distinguishes instances in the per-thread caches
   int max_model_labels;
   std::shared_ptr<prometheus::Registry> registry;
@@ -232,47 +324,50 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Gauge>& build_info;
   std::mutex models_mutex;
   std::set<std::string, std::less<>> models;
+  std::mutex upstreams_mutex;
+  std::map<std::string_view, std::unique_ptr<UpstreamSeries>> upstreams;  // keys view names
 };
 
 Metrics::Metrics(const config::MetricsConfig& config) : impl_(std::make_unique<Impl>(config)) {}
 Metrics::~Metrics() = default;
 
 void Metrics::requestFinished(std::string_view upstream, int code, double seconds) {
-  std::string c = std::to_string(code);
-  impl_
-      ->metric(impl_->requests, 'r', {upstream, c},
-               [&] {
-                 return prometheus::Labels{{"upstream", std::string(upstream)}, {"code", c}};
-               })
-      .Increment();
-  impl_
-      ->metric(
-          impl_->request_duration, 'd', {upstream},
-          [&] {
-            return prometheus::Labels{{"upstream", std::string(upstream)}};
-          },
-          latencyBuckets())
+  UpstreamSeries& series = impl_->upstreamSeries(upstream);
+  auto make = [&]() -> prometheus::Counter& {
+    return impl_->requests.Add(
+        {{"upstream", series.name}, {"code", std::to_string(code)}});
+  };
+  if (code >= kFirstCode && code < kFirstCode + kCodes) {
+    series.requests[code - kFirstCode].get(make).Increment();
+  } else {
+    make().Increment();
+  }
+  series.duration
+      .get([&]() -> Histogram& {
+        return impl_->request_duration.Add({{"upstream", series.name}}, latencyBuckets());
+      })
       .Observe(seconds);
 }
 
 void Metrics::attempt(std::string_view upstream, std::string_view outcome) {
-  impl_
-      ->metric(impl_->attempts, 'a', {upstream, outcome},
-               [&] {
-                 return prometheus::Labels{{"upstream", std::string(upstream)},
-                                           {"outcome", std::string(outcome)}};
-               })
-      .Increment();
+  UpstreamSeries& series = impl_->upstreamSeries(upstream);
+  auto make = [&]() -> prometheus::Counter& {
+    return impl_->attempts.Add({{"upstream", series.name}, {"outcome", std::string(outcome)}});
+  };
+  int slot = outcomeSlot(outcome);
+  if (slot >= 0) {
+    series.attempts[slot].get(make).Increment();
+  } else {
+    make().Increment();
+  }
 }
 
 void Metrics::timeToFirstByte(std::string_view upstream, double seconds) {
-  impl_
-      ->metric(
-          impl_->ttfb, 't', {upstream},
-          [&] {
-            return prometheus::Labels{{"upstream", std::string(upstream)}};
-          },
-          latencyBuckets())
+  UpstreamSeries& series = impl_->upstreamSeries(upstream);
+  series.ttfb
+      .get([&]() -> Histogram& {
+        return impl_->ttfb.Add({{"upstream", series.name}}, latencyBuckets());
+      })
       .Observe(seconds);
 }
 
@@ -323,11 +418,11 @@ void Metrics::hedge(std::string_view upstream, std::string_view result) {
 }
 
 void Metrics::requestBodyBytes(std::string_view upstream, std::uint64_t bytes) {
-  impl_
-      ->metric(impl_->request_body_bytes, 'b', {upstream},
-               [&] {
-                 return prometheus::Labels{{"upstream", std::string(upstream)}};
-               })
+  UpstreamSeries& series = impl_->upstreamSeries(upstream);
+  series.body_bytes
+      .get([&]() -> prometheus::Counter& {
+        return impl_->request_body_bytes.Add({{"upstream", series.name}});
+      })
       .Increment(static_cast<double>(bytes));
 }
 
@@ -337,34 +432,39 @@ void Metrics::inflight(std::string_view upstream, int count) {
 
 void Metrics::tokens(std::string_view upstream, std::string_view model, long long prompt,
                      long long completion) {
-  std::string_view m = impl_->modelLabel(model);
-  for (const auto& [kind_name, count] :
-       {std::pair{"prompt", prompt}, std::pair{"completion", completion}}) {
-    if (count <= 0) continue;
-    const char* kind = kind_name;  // a plain variable: lambdas cannot capture bindings (C++17)
-    impl_
-        ->metric(impl_->tokens_total, 'k', {upstream, m, kind},
-                 [&] {
-                   return prometheus::Labels{{"upstream", std::string(upstream)},
-                                             {"model", std::string(m)},
-                                             {"kind", kind}};
-                 })
-        .Increment(static_cast<double>(count));
-  }
+  UpstreamSeries& series = impl_->upstreamSeries(upstream);
+  ModelSeries& m = impl_->modelSeries(series, model);
+  auto count = [&](Lazy<prometheus::Counter>& lazy, const char* kind, long long n) {
+    if (n <= 0) return;
+    lazy.get([&]() -> prometheus::Counter& {
+          return impl_->tokens_total.Add(
+              {{"upstream", series.name}, {"model", std::string(m.label)}, {"kind", kind}});
+        })
+        .Increment(static_cast<double>(n));
+  };
+  count(m.prompt_tokens, "prompt", prompt);
+  count(m.completion_tokens, "completion", completion);
 }
 
 void Metrics::rateLimit(std::string_view upstream, std::string_view model, std::string_view kind,
                         std::optional<double> limit, std::optional<double> remaining) {
-  std::string_view m = impl_->modelLabel(model);
-  auto labels = [&] {
-    return prometheus::Labels{
-        {"upstream", std::string(upstream)}, {"model", std::string(m)},
-        {"kind", std::string(kind)}};
+  UpstreamSeries& series = impl_->upstreamSeries(upstream);
+  ModelSeries& m = impl_->modelSeries(series, model);
+  auto set = [&](prometheus::Family<prometheus::Gauge>& family,
+                 std::array<Lazy<prometheus::Gauge>, 2>& by_kind, double value) {
+    auto make = [&]() -> prometheus::Gauge& {
+      return family.Add({{"upstream", series.name},
+                         {"model", std::string(m.label)},
+                         {"kind", std::string(kind)}});
+    };
+    if (kind == "requests" || kind == "tokens") {
+      by_kind[kind == "tokens" ? 1 : 0].get(make).Set(value);
+    } else {
+      make().Set(value);
+    }
   };
-  if (limit) impl_->metric(impl_->ratelimit_limit, 'L', {upstream, m, kind}, labels).Set(*limit);
-  if (remaining) {
-    impl_->metric(impl_->ratelimit_remaining, 'm', {upstream, m, kind}, labels).Set(*remaining);
-  }
+  if (limit) set(impl_->ratelimit_limit, m.limit, *limit);
+  if (remaining) set(impl_->ratelimit_remaining, m.remaining, *remaining);
 }
 
 void Metrics::admissionQueue(std::string_view upstream, int delta) {
@@ -377,13 +477,11 @@ void Metrics::admissionQueue(std::string_view upstream, int delta) {
 }
 
 void Metrics::admissionWait(std::string_view upstream, double seconds) {
-  impl_
-      ->metric(
-          impl_->admission_wait, 'w', {upstream},
-          [&] {
-            return prometheus::Labels{{"upstream", std::string(upstream)}};
-          },
-          latencyBuckets())
+  UpstreamSeries& series = impl_->upstreamSeries(upstream);
+  series.admission_wait
+      .get([&]() -> Histogram& {
+        return impl_->admission_wait.Add({{"upstream", series.name}}, latencyBuckets());
+      })
       .Observe(seconds);
 }
 

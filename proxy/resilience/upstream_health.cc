@@ -8,42 +8,15 @@
 #include <vector>
 #include <utility>
 
+#include "proxy/support/thread_memo.h"
+
 namespace bulwark::resilience {
 namespace {
 
-// What a thread has looked up in a map whose entries are never removed: (owner, key) -> entry,
-// so the shared lock is taken once per key and thread. Owners are told apart by a
-// process-unique id rather than their address, which a later owner may reuse.
-template <typename T>
-struct Recalled {
-  std::uint64_t owner = 0;
-  std::string key;
-  T* value = nullptr;
-};
-constexpr std::size_t kRecalledPerThread = 64;
-
-template <typename T>
-std::vector<Recalled<T>>& recalledOnThisThread() {
-  thread_local std::vector<Recalled<T>> list;
-  return list;
-}
-
-template <typename T>
-T* recall(std::uint64_t owner, std::string_view key) {
-  for (const Recalled<T>& r : recalledOnThisThread<T>()) {
-    if (r.owner == owner && r.key == key) return r.value;
-  }
-  return nullptr;
-}
-
-template <typename T>
-void remember(std::uint64_t owner, std::string_view key, T* value) {
-  std::vector<Recalled<T>>& list = recalledOnThisThread<T>();
-  if (list.size() >= kRecalledPerThread) list.clear();
-  list.push_back({owner, std::string(key), value});
-}
-
-std::atomic<std::uint64_t> next_owner_id{1};
+struct QuotaMemoTag {};
+struct UpstreamMemoTag {};
+using QuotaMemo = support::ThreadMemo<QuotaMemoTag, Quota*>;
+using UpstreamMemo = support::ThreadMemo<UpstreamMemoTag, UpstreamHealth*>;
 
 // The breaker shared by models beyond kMaxModelBreakers; also the metrics' overflow label.
 constexpr std::string_view kOtherModels = "other";
@@ -92,7 +65,7 @@ CircuitBreaker::TransitionListener forwardTransitions(
 }  // namespace
 
 UpstreamHealth::UpstreamHealth(std::string name, const config::Config& config, const Clock& clock)
-    : id_(next_owner_id.fetch_add(1, std::memory_order_relaxed)),
+    : id_(support::newMemoOwner()),
       name_(std::move(name)),
       clock_(clock),
       scope_(config.circuit_breaker.scope),
@@ -156,7 +129,7 @@ Millis UpstreamHealth::breakerWindow() const {
 
 Quota& UpstreamHealth::quotaFor(std::string_view model) {
   // Quotas are never removed, and a model keeps the quota it was first given.
-  if (Quota* recalled = recall<Quota>(id_, model)) return *recalled;
+  if (Quota* const* recalled = QuotaMemo::find(id_, model)) return **recalled;
   Quota* found = nullptr;
   {
     std::shared_lock lock(quota_mutex_);
@@ -173,7 +146,7 @@ Quota& UpstreamHealth::quotaFor(std::string_view model) {
       found = quota.get();
     }
   }
-  remember(id_, model, found);
+  QuotaMemo::remember(id_, model, found);
   return *found;
 }
 
@@ -237,7 +210,7 @@ void UpstreamHealth::setOutcomeListener(OutcomeListener listener) {
 }
 
 UpstreamRegistry::UpstreamRegistry(const config::Config& config, const Clock& clock)
-    : id_(next_owner_id.fetch_add(1, std::memory_order_relaxed)), clock_(clock) {
+    : id_(support::newMemoOwner()), clock_(clock) {
   for (const config::UpstreamConfig& upstream : config.upstreams) {
     all_.push_back(std::make_unique<UpstreamHealth>(upstream.name, config, clock_));
     current_.push_back(all_.back().get());
@@ -265,7 +238,7 @@ void UpstreamRegistry::reload(const config::Config& config) {
 
 UpstreamHealth* UpstreamRegistry::find(std::string_view name) {
   // Entries are never removed and a name keeps its entry: each thread remembers its finds.
-  if (UpstreamHealth* recalled = recall<UpstreamHealth>(id_, name)) return recalled;
+  if (UpstreamHealth* const* recalled = UpstreamMemo::find(id_, name)) return *recalled;
   UpstreamHealth* found = nullptr;
   {
     std::shared_lock lock(mutex_);
@@ -276,7 +249,7 @@ UpstreamHealth* UpstreamRegistry::find(std::string_view name) {
       }
     }
   }
-  if (found != nullptr) remember(id_, name, found);
+  if (found != nullptr) UpstreamMemo::remember(id_, name, found);
   return found;
 }
 
