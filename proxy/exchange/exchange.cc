@@ -98,11 +98,11 @@ Exchange::~Exchange() {
 void Exchange::start() {
   started_ = context_.clock.now();
   policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
-  wait_timer_.assign(context_.base, -1, 0, &Exchange::onWaitOver, this);
-  deadline_timer_.assign(context_.base, -1, 0, &Exchange::onDeadline, this);
-  hedge_timer_.assign(context_.base, -1, 0, &Exchange::onHedgeTimer, this);
-  cancel_losers_.assign(context_.base, -1, 0, &Exchange::onLosersCancelled, this);
-  queue_timer_.assign(context_.base, -1, 0, &Exchange::onQueueTimer, this);
+  wait_timer_.prepare(context_.base, -1, 0, &Exchange::onWaitOver, this);
+  deadline_timer_.prepare(context_.base, -1, 0, &Exchange::onDeadline, this);
+  hedge_timer_.prepare(context_.base, -1, 0, &Exchange::onHedgeTimer, this);
+  cancel_losers_.prepare(context_.base, -1, 0, &Exchange::onLosersCancelled, this);
+  queue_timer_.prepare(context_.base, -1, 0, &Exchange::onQueueTimer, this);
   // The route by path alone until the body (and its model) is in.
   applyRoute(config::routeFor(*config_, request_.path, ""));
 
@@ -139,7 +139,7 @@ void Exchange::applyRoute(const config::RouteConfig& route) {
   upstream_index_ = static_cast<int>(route.upstreams.front());
   upstream_ = &config_->upstreams[upstream_index_];
   timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
-  evtimer_add(deadline_timer_.get(), &until_deadline);
+  deadline_timer_.add(&until_deadline);
 }
 
 void Exchange::startBuffered() {
@@ -328,7 +328,7 @@ void Exchange::armQueueTimer(resilience::Millis wait) {
   wait = std::clamp(std::min(wait, kQueueRecheckMax), resilience::Millis(1),
                     std::max(left, resilience::Millis(1)));
   timeval tv = support::toTimeval(wait.count());
-  evtimer_add(queue_timer_.get(), &tv);
+  queue_timer_.add(&tv);
 }
 
 void Exchange::onQueueTimer(evutil_socket_t, short, void* arg) {
@@ -374,7 +374,7 @@ void Exchange::leaveQueue() {
   if (queued_.ticket != 0) queued_.quota->leave(queued_.ticket);
   context_.metrics.admissionQueue(config_->upstreams[queued_.index].name, -1);
   queued_ = QueuePlace{};
-  evtimer_del(queue_timer_.get());
+  queue_timer_.del();
 }
 
 void Exchange::refuseAdmission(int index, std::string_view reason, resilience::Millis wait,
@@ -495,7 +495,7 @@ void Exchange::onBodyReadable() {
 
 void Exchange::failBody() {
   if (phase_ == Phase::kCommitted) return;  // the upstream answered already; it goes on
-  evtimer_del(wait_timer_.get());
+  wait_timer_.del();
   cancelAttempts();  // the upstream is not to blame: no outcome for its breaker
   if (request_.body_stream->failure() == server::RequestBody::Failure::kTooLarge) {
     respondWithError(413, "request_too_large",
@@ -619,7 +619,7 @@ void Exchange::armHedge(const Try& t) {
   if (hedge->p95) after = t.lease.health()->ttfb().quantile(facts_.model, 0.95);
   if (!after) return;  // too few samples yet to know this upstream's p95
   timeval tv = support::toTimeval(after->count());
-  evtimer_add(hedge_timer_.get(), &tv);
+  hedge_timer_.add(&tv);
 }
 
 void Exchange::onHedgeTimer(evutil_socket_t, short, void* arg) {
@@ -660,10 +660,7 @@ void Exchange::onLosersCancelled(evutil_socket_t, short, void* arg) {
 }
 
 bool Exchange::Try::isEventStream() const {
-  if (head.status != 200) return false;
-  auto type = http::findHeader(head.headers, "content-type");
-  return type && type->size() >= 17 &&
-         http::equalsIgnoreCase(type->substr(0, 17), "text/event-stream");
+  return event_stream;
 }
 
 void Exchange::appendBulwarkHeaders(http::Headers& headers,
@@ -675,6 +672,11 @@ void Exchange::appendBulwarkHeaders(http::Headers& headers,
 void Exchange::onHead(Try& t, upstream::ResponseHead&& head) {
   t.head = std::move(head);
   t.has_head = true;
+  if (t.head.status == 200) {
+    auto type = http::findHeader(t.head.headers, "content-type");
+    t.event_stream = type && type->size() >= 17 &&
+                     http::equalsIgnoreCase(type->substr(0, 17), "text/event-stream");
+  }
   observeRateLimit(t);
   if (t.head.status >= 400) {
     t.hold = Hold::kErrorBody;
@@ -793,7 +795,7 @@ void Exchange::commit(Try& t, std::optional<std::uint64_t> content_length) {
   phase_ = Phase::kCommitted;
   committed_ = &t;
   winner_ = t.number;
-  evtimer_del(hedge_timer_.get());
+  hedge_timer_.del();
   t.hedge_result = "won";
   if (tries_.size() > 1) {
     // The first to reach the commit point wins the race; the others are cancelled at once
@@ -801,7 +803,7 @@ void Exchange::commit(Try& t, std::optional<std::uint64_t> content_length) {
     for (const auto& other : tries_) {
       if (other.get() != &t) other->hedge_result = "lost";
     }
-    event_active(cancel_losers_.get(), 0, 0);
+    cancel_losers_.activate();
   }
   upstream_ = t.upstream;
   upstream_index_ = t.upstream_index;
@@ -963,7 +965,7 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
       decision.source == resilience::RetryDelay::Source::kServer ? "server" : "backoff",
       static_cast<double>(decision.delay.count()) / 1000.0};
   timeval wait = support::toTimeval(decision.delay.count());
-  evtimer_add(wait_timer_.get(), &wait);
+  wait_timer_.add(&wait);
 }
 
 void Exchange::recordAttempt(Try& t, std::string_view outcome, bool breaker_failure,
@@ -1118,7 +1120,7 @@ void Exchange::interruptStream(const std::string& why) {
 
 void Exchange::terminate() {
   if (phase_ == Phase::kFinished) return;
-  evtimer_del(wait_timer_.get());
+  wait_timer_.del();
   if (phase_ == Phase::kCommitted) {
     interruptStream("Bulwark is shutting down (server.shutdown_grace reached)");
     return;
@@ -1153,7 +1155,7 @@ void Exchange::onDeadline(evutil_socket_t, short, void* arg) {
     self->refuseAdmission(index, "wait_exceeded", resilience::Millis(0), retry);
     return;
   }
-  evtimer_del(self->wait_timer_.get());
+  self->wait_timer_.del();
   // The attempts in flight ran out of the request's time: timeouts like any other, for the
   // breaker, the metrics and the logs.
   Outcome timeout = Outcome::timeout();
@@ -1173,9 +1175,9 @@ void Exchange::finish(int status, bool client_left) {
     confirming_.reset();
   }
   phase_ = Phase::kFinished;
-  evtimer_del(deadline_timer_.get());
-  evtimer_del(wait_timer_.get());
-  evtimer_del(hedge_timer_.get());
+  deadline_timer_.del();
+  wait_timer_.del();
+  hedge_timer_.del();
   std::chrono::duration<double> duration = context_.clock.now() - started_;
   context_.metrics.requestFinished(upstream_->name, status, duration.count());
   std::string_view upstream_request_id = upstream_request_id_;

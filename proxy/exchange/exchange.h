@@ -98,6 +98,7 @@ class Exchange final : public server::ActiveRequest {
     std::unique_ptr<upstream::Transfer> transfer;  // declared after body: it points into it
     upstream::ResponseHead head;
     bool has_head = false;
+    bool event_stream = false;  // the head: a 200 with Content-Type text/event-stream
     Hold hold = Hold::kNone;
     std::string held;                           // body bytes before the commit point (bounded)
     resilience::CommitPointScanner event_scan;  // where a held event stream's commit point is

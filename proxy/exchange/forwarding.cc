@@ -1,6 +1,5 @@
 #include "proxy/exchange/forwarding.h"
 
-#include <array>
 #include <cctype>
 
 #include <rapidjson/allocators.h>
@@ -25,12 +24,23 @@ bool isHopByHopHeader(std::string_view name) {
 namespace {
 
 // The header names that Connection headers list as hop-by-hop ("keep-alive", "close", ...),
-// read once per message rather than once per header.
+// read once per message rather than once per header. The tokens are views into a copy of the
+// Connection values (a short value stays inside the string, unallocated), so they stay valid
+// while the headers themselves are moved; a token the fixed hop-by-hop list already covers
+// ("keep-alive", the usual one) is not kept.
 class ConnectionTokens {
  public:
   explicit ConnectionTokens(const http::Headers& headers) {
     for (const http::Header& h : headers) {
-      if (equalsIgnoreCase(h.name, "connection")) http::appendHeaderTokens(h.value, tokens_);
+      if (!equalsIgnoreCase(h.name, "connection")) continue;
+      if (!values_.empty()) values_ += ',';
+      values_ += h.value;
+    }
+    if (values_.empty()) return;
+    std::vector<std::string_view> all;
+    http::appendHeaderTokens(values_, all);
+    for (std::string_view token : all) {
+      if (!isHopByHopHeader(token)) tokens_.push_back(token);
     }
   }
   bool names(std::string_view header) const {
@@ -41,6 +51,7 @@ class ConnectionTokens {
   }
 
  private:
+  std::string values_;
   std::vector<std::string_view> tokens_;
 };
 
@@ -104,29 +115,14 @@ http::Headers upstreamRequestHeaders(const http::Headers& client,
 }
 
 void stripForClient(http::Headers& headers) {
-  // Decided for every header first, then compacted: the tokens are views into the Connection
-  // header's value, which compacting moves.
-  constexpr std::size_t kOnStack = 64;
-  std::array<bool, kOnStack> on_stack{};
-  std::vector<bool> on_heap;
-  if (headers.size() > kOnStack) on_heap.resize(headers.size());
-  {
-    const ConnectionTokens connection(headers);
-    for (std::size_t i = 0; i < headers.size(); ++i) {
-      const http::Header& h = headers[i];
-      bool drop = isHopByHopHeader(h.name) || connection.names(h.name) ||
-                  equalsIgnoreCase(h.name, "content-length");  // the client side frames it
-      if (headers.size() > kOnStack) {
-        on_heap[i] = drop;
-      } else {
-        on_stack[i] = drop;
-      }
-    }
-  }
+  const ConnectionTokens connection(headers);
   std::size_t kept = 0;
   for (std::size_t i = 0; i < headers.size(); ++i) {
-    bool drop = headers.size() > kOnStack ? on_heap[i] : on_stack[i];
-    if (drop) continue;
+    const std::string& name = headers[i].name;
+    if (isHopByHopHeader(name) || connection.names(name) ||
+        equalsIgnoreCase(name, "content-length")) {  // the client side frames it
+      continue;
+    }
     if (kept != i) headers[kept] = std::move(headers[i]);
     ++kept;
   }

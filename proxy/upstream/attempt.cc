@@ -70,8 +70,8 @@ Attempt::Attempt(UpstreamClient& client, AttemptObserver& observer, AttemptReque
     profile_.append("\n").append(request_.ca_file);
   }
   timer_.assign(client_.base(), -1, 0, &Attempt::onTimeout, this);
-  deferred_.assign(client_.base(), -1, 0, &Attempt::onDeferredFailure, this);
-  upload_ready_.assign(client_.base(), -1, 0, &Attempt::onUploadReady, this);
+  deferred_.prepare(client_.base(), -1, 0, &Attempt::onDeferredFailure, this);
+  upload_ready_.prepare(client_.base(), -1, 0, &Attempt::onUploadReady, this);
 }
 
 Attempt::~Attempt() {
@@ -90,7 +90,7 @@ void Attempt::start() {
   bool warm = false;
   handle_ = client_.acquireHandle(warm_eligible_ ? &profile_ : nullptr, &warm);
   if (handle_ == nullptr || !configure(warm) || !client_.add(handle_, request_.multiplex)) {
-    event_active(deferred_.get(), 0, 0);
+    deferred_.activate();
     return;
   }
   in_multi_ = true;
@@ -291,7 +291,7 @@ size_t Attempt::readCallback(char* buffer, size_t size, size_t nitems, void* use
 }
 
 void Attempt::bodyReadable() {
-  if (upload_paused_ && !done_) event_active(upload_ready_.get(), 0, 0);
+  if (upload_paused_ && !done_) upload_ready_.activate();
 }
 
 void Attempt::onUploadReady(evutil_socket_t, short, void* arg) {
