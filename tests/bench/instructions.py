@@ -21,24 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402  (the origin and the Bulwark configuration)
-
-# "  1,234 (0.5%)  file:function [clone .isra.0] [/usr/lib/.../libcurl.so.4]": the object
-# is the last bracket.
-LINE = re.compile(r"^\s*([\d,]+)\s+\S+\s+(\S.*)\s+\[([^\[\]]+)\]\s*$")
-
 
 def owner(path: str, binary_name: str) -> str:
     name = path.rsplit("/", 1)[-1]
@@ -61,14 +53,39 @@ def owner(path: str, binary_name: str) -> str:
 
 
 def by_object(dump: Path, binary_name: str) -> dict[str, int]:
-    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100",
-                          str(dump)], capture_output=True, text=True, check=True).stdout
+    """Self instructions by owner, read from the callgrind dump itself: every function's cost
+    goes to the object it was compiled into ("ob="), code inlined from headers included.
+    (callgrind_annotate's listing names no object for a function's lines from another file,
+    such as std::string or rapidjson code inlined into Bulwark, so reading it loses those.)"""
+    names: dict[str, str] = {}
     totals: dict[str, int] = {}
-    for line in out.splitlines():
-        m = LINE.match(line)
-        if m:
-            key = owner(m.group(3), binary_name)
-            totals[key] = totals.get(key, 0) + int(m.group(1).replace(",", ""))
+    current = "???"
+    skip_call_cost = False
+    with open(dump, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(("ob=", "cob=")):
+                # "ob=(7) /path" names object 7 (a call's "cob=" may name it first); "ob=(7)"
+                # refers back to it.
+                ref = line.split("=", 1)[1].strip()
+                name = ref
+                if ref.startswith("("):
+                    key, _, name = ref.partition(")")
+                    name = name.strip()
+                    if name:
+                        names[key] = name
+                    name = names.get(key, "???")
+                if line.startswith("ob="):
+                    current = name
+            elif line.startswith("calls="):
+                skip_call_cost = True  # the next cost line is the callee's inclusive cost
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if skip_call_cost:
+                    skip_call_cost = False
+                    continue
+                fields = line.split()
+                if len(fields) > 1:
+                    key = owner(current, binary_name)
+                    totals[key] = totals.get(key, 0) + int(fields[1])
     return totals
 
 
