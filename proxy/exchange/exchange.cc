@@ -48,12 +48,12 @@ std::optional<bool> xShouldRetry(const http::Headers& headers) {
   return std::nullopt;
 }
 
-std::string newRequestId(resilience::Random& random) {
-  char buf[17];
+// 16 hex digits of randomness, written into the exchange itself (no allocation, no printf).
+void newRequestId(resilience::Random& random, std::array<char, 16>& out) {
   unsigned long long bits = static_cast<unsigned long long>(random.uniform01() * 4294967296.0);
   bits = (bits << 32) | static_cast<unsigned long long>(random.uniform01() * 4294967296.0);
-  std::snprintf(buf, sizeof buf, "%016llx", bits);
-  return buf;
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (std::size_t i = out.size(); i-- > 0; bits >>= 4) out[i] = kHex[bits & 0xf];
 }
 
 long long millisBetween(resilience::SteadyTime from, resilience::SteadyTime to) {
@@ -84,9 +84,10 @@ Exchange::Exchange(const ExchangeContext& context, server::HttpRequest request,
       config_(context.config()),
       request_(std::move(request)),
       sink_(sink),
-      request_id_(newRequestId(context.random)),
       route_(&config_->default_route),
-      backoff_(std::in_place, config_->default_route.retry, context.random) {}
+      backoff_(std::in_place, config_->default_route.retry, context.random) {
+  newRequestId(context.random, request_id_);
+}
 
 Exchange::~Exchange() {
   sink_.onDrained(nullptr);
@@ -291,7 +292,7 @@ void Exchange::refuse(const UpstreamSelection& selection, bool retry) {
   // The breaker opened (or the upstreams filled up) during the wait: stop retrying.
   observe::logWarn(
       "retry abandoned",
-      {{"request_id", request_id_},
+      {{"request_id", requestId()},
        {"upstream", upstream_->name},
        {"attempt", attempts_},
        {"not_retried_because", selection.breaker_rejected ? "circuit_open" : "overloaded"}});
@@ -384,7 +385,7 @@ void Exchange::refuseAdmission(int index, std::string_view reason, resilience::M
   if (retry) {
     // The upstream's own answer (its 429) goes to the client.
     observe::logWarn("retry abandoned",
-                     {{"request_id", request_id_},
+                     {{"request_id", requestId()},
                       {"upstream", upstream.name},
                       {"attempt", attempts_},
                       {"not_retried_because", std::string("rate_limit_") + std::string(reason)}});
@@ -987,7 +988,7 @@ void Exchange::endAttempt(Try& t, const AttemptEnd* end) {
           t.has_head ? http::findHeader(t.head.headers, "x-request-id").value_or("") : "";
       observe::logWarn(
           "upstream attempt failed",
-          {{"request_id", request_id_},
+          {{"request_id", requestId()},
            {"upstream", t.upstream->name},
            {"attempt", t.number},
            {"max_attempts", max_attempts_},
@@ -1093,7 +1094,7 @@ void Exchange::respondWithError(int status, std::string_view code, std::string_v
 
 void Exchange::interruptStream(const std::string& why) {
   observe::logWarn("stream interrupted after the commit point",
-                   {{"request_id", request_id_},
+                   {{"request_id", requestId()},
                     {"upstream", upstream_->name},
                     {"attempt", committed_ != nullptr ? committed_->number : attempts_},
                     {"bytes_sent", bytes_sent_},
@@ -1183,7 +1184,7 @@ void Exchange::finish(int status, bool client_left) {
   std::string_view upstream_request_id = upstream_request_id_;
   observe::logInfo(
       "request",
-      {{"request_id", request_id_},
+      {{"request_id", requestId()},
        {"method", request_.method},
        {"path", pathWithoutQuery(request_.path)},
        {"status", status},

@@ -20,6 +20,7 @@
 // context's AttemptFactory, so the machine runs in unit tests against a scripted fake.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <optional>
 #include <string>
@@ -57,7 +58,7 @@ class Exchange final : public server::ActiveRequest {
   // server::ActiveRequest: shutdown_grace is over.
   void terminate() override;
   Phase phase() const { return phase_; }
-  const std::string& requestId() const { return request_id_; }
+  std::string_view requestId() const { return {request_id_.data(), request_id_.size()}; }
   // Attempts running now (more than one only while a hedge races the first).
   std::size_t running() const { return tries_.size(); }
 
@@ -237,7 +238,7 @@ class Exchange final : public server::ActiveRequest {
   std::shared_ptr<const config::Config> config_;
   server::HttpRequest request_;
   server::ResponseSink& sink_;
-  std::string request_id_;
+  std::array<char, 16> request_id_{};  // hex digits
   Phase phase_ = Phase::kAdmitted;
   // The request's route: its timeouts, retry rules and failover chain. By path alone until
   // the body is read, then by path and model.

@@ -13,12 +13,23 @@ namespace bulwark::exchange {
 using http::equalsIgnoreCase;
 
 bool isHopByHopHeader(std::string_view name) {
-  static constexpr std::string_view kHopByHop[] = {"connection", "keep-alive",        "te",
-                                                   "trailer",    "transfer-encoding", "upgrade"};
-  for (std::string_view h : kHopByHop) {
-    if (equalsIgnoreCase(name, h)) return true;
+  // By length first: most header names match none of the lengths, and cost one switch.
+  if (name.size() >= 6 && (name[0] == 'p' || name[0] == 'P') &&
+      equalsIgnoreCase(name.substr(0, 6), "proxy-")) {
+    return true;
   }
-  return name.size() >= 6 && equalsIgnoreCase(name.substr(0, 6), "proxy-");
+  switch (name.size()) {
+    case 2:
+      return equalsIgnoreCase(name, "te");
+    case 7:
+      return equalsIgnoreCase(name, "trailer") || equalsIgnoreCase(name, "upgrade");
+    case 10:
+      return equalsIgnoreCase(name, "connection") || equalsIgnoreCase(name, "keep-alive");
+    case 17:
+      return equalsIgnoreCase(name, "transfer-encoding");
+    default:
+      return false;
+  }
 }
 
 namespace {

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace bulwark::observe {
@@ -23,11 +24,11 @@ struct UsageFields {
   std::array<std::optional<long long>, 4> counts;  // prompt, input, completion, output
   std::optional<std::string> model;                // the enclosing object's model
 
-  TokenUsage result() const {
+  TokenUsage result() && {
     TokenUsage out;
     out.prompt = counts[0] ? *counts[0] : counts[1].value_or(0);
     out.completion = counts[2] ? *counts[2] : counts[3].value_or(0);
-    if (model) out.model = *model;
+    if (model) out.model = std::move(*model);
     return out;
   }
 };
@@ -170,8 +171,10 @@ std::optional<TokenUsage> usageInPlace(std::string& json) {
     return std::nullopt;
   }
   if (!handler.root_is_object) return std::nullopt;
-  if (handler.root.is_object) return handler.root.result();
-  if (handler.response_is_object && handler.response.is_object) return handler.response.result();
+  if (handler.root.is_object) return std::move(handler.root).result();
+  if (handler.response_is_object && handler.response.is_object) {
+    return std::move(handler.response).result();
+  }
   return std::nullopt;
 }
 
@@ -281,12 +284,15 @@ constexpr std::array<std::string_view, 4> kCountNames = {"prompt_tokens", "input
 // The end of the plain string whose opening quote is at `open` (the position after its
 // closing quote), or npos when it is unterminated or holds an escape or a control character.
 std::size_t plainStringEnd(std::string_view s, std::size_t open) {
-  for (std::size_t i = open + 1; i < s.size(); ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c == '"') return i + 1;
-    if (c == '\\' || c < 0x20) return std::string_view::npos;
-  }
-  return std::string_view::npos;
+  // One table lookup per character: the ones a plain string may hold.
+  static constexpr auto kPlain = [] {
+    std::array<bool, 256> plain{};
+    for (int c = 0x20; c < 256; ++c) plain[c] = c != '"' && c != '\\';
+    return plain;
+  }();
+  std::size_t i = open + 1;
+  while (i < s.size() && kPlain[static_cast<unsigned char>(s[i])]) ++i;
+  return i < s.size() && s[i] == '"' ? i + 1 : std::string_view::npos;
 }
 
 // The end of the bracketed value starting at `i`, strings followed with escapes allowed.
@@ -385,7 +391,7 @@ std::optional<TokenUsage> usageDirect(const TopLevel& top) {
     if (plainStringEnd(top.model, 0) != top.model.size()) return std::nullopt;
     fields.model.emplace(top.model.substr(1, top.model.size() - 2));
   }
-  return fields.result();
+  return std::move(fields).result();
 }
 
 std::optional<TokenUsage> usageFast(std::string& json) {

@@ -39,7 +39,8 @@ RateLimitHeaders parseRateLimitHeaders(const http::Headers& headers) {
   bool seen[6] = {};
   for (const http::Header& h : headers) {
     std::string_view name = h.name;
-    if (name.size() <= kPrefix.size() || !http::equalsIgnoreCase(name.substr(0, 12), kPrefix)) {
+    if (name.size() <= kPrefix.size() || (name[0] != 'x' && name[0] != 'X') ||
+        !http::equalsIgnoreCase(name.substr(0, 12), kPrefix)) {
       continue;
     }
     name.remove_prefix(kPrefix.size());
