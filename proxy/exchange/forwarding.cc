@@ -150,10 +150,11 @@ namespace {
 
 // SAX handler that reads the top-level "model" string and "stream" flag, and stops as soon
 // as it has both.
-struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder> {
-  explicit FactsFinder(const rapidjson::MemoryStream& s) : stream(s) {}
+template <typename Stream>
+struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder<Stream>> {
+  explicit FactsFinder(Stream& s) : stream(s) {}
   enum class Next { kOther, kModel, kStream };
-  const rapidjson::MemoryStream& stream;
+  Stream& stream;  // for its position (InsituStringStream::Tell is not const)
   std::size_t key_end = 0;  // just after the "model" key
   int depth = 0;
   Next next = Next::kOther;
@@ -216,10 +217,11 @@ struct FactsFinder : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsFinder
 
 // Feeds every SAX event to the facts finder and the cost counter: one pass for both. The
 // finder's wish to stop early is ignored, since the cost needs the whole body.
-struct FactsAndCost : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsAndCost> {
-  FactsFinder& facts;
+template <typename Stream>
+struct FactsAndCost : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsAndCost<Stream>> {
+  FactsFinder<Stream>& facts;
   resilience::CostCounter& cost;
-  FactsAndCost(FactsFinder& f, resilience::CostCounter& c) : facts(f), cost(c) {}
+  FactsAndCost(FactsFinder<Stream>& f, resilience::CostCounter& c) : facts(f), cost(c) {}
   bool Null() { return facts.Null(), cost.Null(), true; }
   bool Bool(bool b) { return facts.Bool(b), cost.Bool(b), true; }
   bool Int(int i) { return facts.Int(i), cost.Int(i), true; }
@@ -241,10 +243,12 @@ struct FactsAndCost : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FactsAndCo
 
 }  // namespace
 
-RequestFacts readRequestFacts(std::string_view body, resilience::CostCounter* cost) {
-  if (body.empty() || body.front() != '{') return {};
-  rapidjson::MemoryStream stream(body.data(), body.size());
-  FactsFinder finder(stream);
+namespace {
+
+// One SAX pass over `stream` (the body, or its copy for an in-place parse).
+template <unsigned kFlags, typename Stream>
+RequestFacts readFacts(Stream& stream, std::string_view body, resilience::CostCounter* cost) {
+  FactsFinder<Stream> finder(stream);
   // Most bodies have no "stream" key at all: then the parse stops at the model.
   finder.seen_stream = body.find("\"stream\"") == std::string_view::npos;
   // A body that may name "model" twice is read to its end: the upstream's JSON parser keeps
@@ -257,14 +261,42 @@ RequestFacts readRequestFacts(std::string_view body, resilience::CostCounter* co
   rapidjson::MemoryPoolAllocator<> pool(stack_buffer, sizeof stack_buffer);
   rapidjson::GenericReader<rapidjson::UTF8<>, rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<>>
       reader(&pool, 256);
+  constexpr unsigned kAlways = rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag;
   if (cost != nullptr) {
-    FactsAndCost both(finder, *cost);
-    reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream, both);
+    FactsAndCost<Stream> both(finder, *cost);
+    reader.Parse<kAlways | kFlags>(stream, both);
   } else {
-    reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag>(stream,
-                                                                                     finder);
+    reader.Parse<kAlways | kFlags>(stream, finder);
   }
-  RequestFacts& facts = finder.facts;
+  return finder.facts;
+}
+
+// rapidjson's in-place stream under a type of its own: the reader works on a local copy of a
+// stream whose traits allow it (InsituStringStream's do) and writes the position back only
+// after each string, while the finder reads the position inside the string callbacks.
+struct InPlaceStream : rapidjson::InsituStringStream {
+  using rapidjson::InsituStringStream::InsituStringStream;
+};
+
+// Bodies up to this size are parsed in place in a copy: the parser then decodes strings where
+// they lie, instead of pushing every character of every string onto its stack (a 20 KiB chat
+// body: 459k instructions instead of 965k). The copy is the thread's, kept between requests.
+constexpr std::size_t kInPlaceMax = 256 * 1024;
+
+}  // namespace
+
+RequestFacts readRequestFacts(std::string_view body, resilience::CostCounter* cost) {
+  if (body.empty() || body.front() != '{') return {};
+  RequestFacts facts;
+  if (body.size() <= kInPlaceMax && body.find('\0') == std::string_view::npos) {
+    thread_local std::string copy;
+    copy.assign(body);  // NUL-terminated, as the in-place stream needs
+    InPlaceStream stream(copy.data());
+    facts = readFacts<rapidjson::kParseInsituFlag>(stream, body, cost);
+  } else {
+    rapidjson::MemoryStream stream(body.data(), body.size());
+    facts = readFacts<0>(stream, body, cost);
+  }
   if (facts.model_end > 0) {
     // Between the key and the end of its value: whitespace, ':', whitespace, the string.
     std::size_t quote = body.find('"', facts.model_begin);

@@ -151,6 +151,26 @@ TEST(RequestModelTest, OnePassReadsTheFactsAndTheCostAlike) {
   EXPECT_EQ(counter.cost(rules, true).tokens, 1 + 800 + 7);  // 4 bytes, an image, the cap
 }
 
+TEST(RequestModelTest, LargeBodiesAndBodiesWithANulReadAsSmallOnes) {
+  // Small bodies are parsed in place in a copy, large ones (and any with a NUL) where they lie:
+  // the same facts, positions and cost either way.
+  std::string content(300 * 1024, 'a');
+  std::string large = R"({"messages":[{"role":"user","content":")" + content +
+                      R"("}],"model" : "gpt\u002d4o","stream":true})";
+  resilience::CostRules rules;
+  resilience::CostCounter counter;
+  RequestFacts facts = readRequestFacts(large, &counter);
+  EXPECT_EQ(facts.model, "gpt-4o");
+  EXPECT_TRUE(facts.stream);
+  EXPECT_EQ(large.substr(facts.model_begin, facts.model_end - facts.model_begin),
+            R"("gpt\u002d4o")");
+  EXPECT_EQ(counter.cost(rules, true).tokens, 300 * 1024 / 4 + 1000);
+  std::string with_nul = std::string(R"({"model":"m","stream":true})") + '\0';
+  RequestFacts nul = readRequestFacts(with_nul);
+  EXPECT_EQ(nul.model, "m");
+  EXPECT_EQ(with_nul.substr(nul.model_begin, nul.model_end - nul.model_begin), R"("m")");
+}
+
 // ---- provider adaptation ----
 
 config::UpstreamConfig azure(std::string api_key = "") {
