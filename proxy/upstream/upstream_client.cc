@@ -169,6 +169,12 @@ int UpstreamClient::timerCallback(CURLM*, long timeout_ms, void* clientp) {
   auto* lane = static_cast<Lane*>(clientp);
   if (timeout_ms < 0) {
     evtimer_del(lane->timer.get());
+  } else if (timeout_ms == 0 && !lane->in_timer) {
+    // "At once" (a transfer was just added): run in this pass of the loop. A 0 ms timer
+    // would cost a pass of its own, with an epoll_wait, on every request. Asked again from
+    // inside the timer's own run, it waits for the next pass, so sockets are polled between.
+    evtimer_del(lane->timer.get());
+    event_active(lane->timer.get(), EV_TIMEOUT, 0);
   } else {
     timeval tv = support::toTimeval(timeout_ms);
     evtimer_add(lane->timer.get(), &tv);
@@ -183,7 +189,8 @@ void UpstreamClient::onSocketEvent(evutil_socket_t fd, short events, void* arg) 
   // A socket reported writable only may hold the upstream's answer by the time curl writes
   // (an upload refused part-way, the refusal followed by a reset): told both, curl reads
   // before it writes, so the answer is seen instead of being lost to the send error. Costs
-  // one empty read per writable-only event, which only uploads and connects see.
+  // one empty read per writable-only event: uploads and connects, and any transfer whose
+  // output outgrew the socket buffer (a large held body, an h2 connection with queued frames).
   if (events & EV_WRITE) action |= CURL_CSELECT_OUT | CURL_CSELECT_IN;
   int running = 0;
   curl_multi_socket_action(lane->multi.get(), fd, action, &running);
@@ -193,7 +200,9 @@ void UpstreamClient::onSocketEvent(evutil_socket_t fd, short events, void* arg) 
 void UpstreamClient::onTimer(evutil_socket_t, short, void* arg) {
   auto* lane = static_cast<Lane*>(arg);
   int running = 0;
+  lane->in_timer = true;
   curl_multi_socket_action(lane->multi.get(), CURL_SOCKET_TIMEOUT, 0, &running);
+  lane->in_timer = false;
   checkDone(*lane);
 }
 

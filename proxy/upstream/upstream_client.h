@@ -60,6 +60,7 @@ class UpstreamClient final : public AttemptFactory {
     support::EventPtr timer;
     std::unordered_map<curl_socket_t, support::EventPtr> socket_events;
     std::vector<CURL*> running;  // handles in the multi
+    bool in_timer = false;       // onTimer is running: a 0 ms timeout waits for the next pass
   };
 
   // Easy handles are pooled. A handle whose last transfer was a plain held-body POST keeps
