@@ -11,15 +11,6 @@ namespace {
 // and a slot opens again as soon as that probe reports.
 constexpr Millis kProbeBusyRetryAfter{1000};
 
-// Each of the kBuckets buckets covers window / kBuckets (at least 1 ms).
-std::int64_t bucketWidthMs(Millis window, int buckets) {
-  return std::max<std::int64_t>(1, window.count() / buckets);
-}
-
-std::int64_t steadyMs(SteadyTime t) {
-  return std::chrono::duration_cast<Millis>(t.time_since_epoch()).count();
-}
-
 }  // namespace
 
 const char* breakerStateName(BreakerState state) {
@@ -38,7 +29,7 @@ CircuitBreaker::CircuitBreaker(const config::CircuitBreakerConfig& config, const
     : clock_(clock),
       config_(config),
       current_recovery_(config.recovery_timeout),
-      bucket_width_ms_(bucketWidthMs(config.window, kBuckets)),
+      window_(config.window),
       min_requests_(config.min_requests),
       failure_rate_threshold_(config.failure_rate_threshold) {}
 
@@ -53,7 +44,7 @@ void CircuitBreaker::updateConfig(const config::CircuitBreakerConfig& config) {
   // The state, the consecutive count and a running recovery period are kept.
   if (config.window != config_.window) clearWindowLocked();
   config_ = config;
-  bucket_width_ms_.store(bucketWidthMs(config_.window, kBuckets), std::memory_order_relaxed);
+  window_.setWindowLocked(config_.window);
   min_requests_.store(config_.min_requests, std::memory_order_relaxed);
   failure_rate_threshold_.store(config_.failure_rate_threshold, std::memory_order_relaxed);
   if (state_.load(std::memory_order_relaxed) == BreakerState::kClosed) {
@@ -268,17 +259,7 @@ std::optional<std::pair<BreakerState, BreakerState>> CircuitBreaker::transitionL
   return std::make_pair(from, to);
 }
 
-CircuitBreaker::Bucket& CircuitBreaker::bucketAt(std::int64_t now_ms, std::int64_t* start) {
-  const std::int64_t width = bucket_width_ms_.load(std::memory_order_relaxed);
-  *start = now_ms - now_ms % width;
-  return window_[static_cast<std::size_t>((now_ms / width) % kBuckets)];
-}
-
 bool CircuitBreaker::countSuccess(SteadyTime now) {
-  std::int64_t start = 0;
-  Bucket& bucket = bucketAt(steadyMs(now), &start);
-  // A bucket still holding an older period is reset under the lock (addToWindowLocked).
-  if (bucket.start_ms.load(std::memory_order_acquire) != start) return false;
   // A success can complete a window that trips (the min_requests-th outcome, with the share
   // of failures already past the threshold): that one is decided under the lock.
   int total = 0;
@@ -290,45 +271,22 @@ bool CircuitBreaker::countSuccess(SteadyTime now) {
           failure_rate_threshold_.load(std::memory_order_relaxed)) {
     return false;
   }
-  bucket.total.fetch_add(1, std::memory_order_relaxed);
-  return true;
+  // A bucket still holding an older period is reset under the lock (addToWindowLocked).
+  return window_.tryAdd(now, 1, 0);
 }
 
 void CircuitBreaker::addToWindowLocked(bool failure, SteadyTime now) {
-  std::int64_t start = 0;
-  Bucket& bucket = bucketAt(steadyMs(now), &start);
-  if (bucket.start_ms.load(std::memory_order_relaxed) != start) {
-    bucket.total.store(0, std::memory_order_relaxed);
-    bucket.failures.store(0, std::memory_order_relaxed);
-    bucket.start_ms.store(start, std::memory_order_release);
-  }
-  bucket.total.fetch_add(1, std::memory_order_relaxed);
-  if (failure) bucket.failures.fetch_add(1, std::memory_order_relaxed);
+  window_.addLocked(now, 1, failure ? 1 : 0);
 }
 
 void CircuitBreaker::clearWindowLocked() {
-  for (Bucket& bucket : window_) {
-    bucket.start_ms.store(0, std::memory_order_relaxed);
-    bucket.total.store(0, std::memory_order_relaxed);
-    bucket.failures.store(0, std::memory_order_relaxed);
-  }
+  window_.clearLocked();
 }
 
 void CircuitBreaker::windowTotals(SteadyTime now, int* total, int* failures) const {
-  const std::int64_t width = bucket_width_ms_.load(std::memory_order_relaxed);
-  const std::int64_t now_ms = steadyMs(now);
-  const std::int64_t newest = now_ms - now_ms % width;
-  // The current bucket and the kBuckets - 1 before it: an outcome leaves the window at most
-  // `window` after it was recorded. Empty buckets (start 0) hold zeros.
-  const std::int64_t oldest = newest - (kBuckets - 1) * width;
-  *total = 0;
-  *failures = 0;
-  for (const Bucket& bucket : window_) {
-    const std::int64_t start = bucket.start_ms.load(std::memory_order_acquire);
-    if (start < oldest || start > newest) continue;
-    *total += bucket.total.load(std::memory_order_relaxed);
-    *failures += bucket.failures.load(std::memory_order_relaxed);
-  }
+  const SlidingCounts::Totals totals = window_.totals(now);
+  *total = static_cast<int>(totals.first);
+  *failures = static_cast<int>(totals.second);
 }
 
 void CircuitBreaker::notify(std::optional<std::pair<BreakerState, BreakerState>> transition) {

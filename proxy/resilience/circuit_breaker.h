@@ -31,6 +31,7 @@
 
 #include "config/config.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/sliding_counts.h"
 
 namespace bulwark::resilience {
 
@@ -100,18 +101,9 @@ class CircuitBreaker {
   BreakerState state() const { return state_.load(std::memory_order_acquire); }
 
  private:
-  // Atomic so that a success can be counted without the lock; reset only under it.
-  struct Bucket {
-    std::atomic<std::int64_t> start_ms{0};  // bucket's window position (steady ms), 0 = empty
-    std::atomic<int> total{0};
-    std::atomic<int> failures{0};
-  };
-  static constexpr int kBuckets = 10;
-
   // All below with mutex_ held. Returns the transition to report, if any.
   std::optional<std::pair<BreakerState, BreakerState>> transitionLocked(BreakerState to,
                                                                         SteadyTime now);
-  Bucket& bucketAt(std::int64_t now_ms, std::int64_t* start);
   // Counts a success in the current bucket without the lock; false when the bucket must be
   // reset first (the caller then takes the locked way).
   bool countSuccess(SteadyTime now);
@@ -133,9 +125,8 @@ class CircuitBreaker {
   Millis current_recovery_;
   int probes_in_flight_ = 0;
   SteadyTime probe_elsewhere_until_{};  // another sidecar probes for the fleet until then
-  std::array<Bucket, kBuckets> window_;
+  SlidingCounts window_;  // outcomes, counted failures
   // Copies of config_ values the lock-free success path reads; set under the lock.
-  std::atomic<std::int64_t> bucket_width_ms_;  // window / kBuckets
   std::atomic<int> min_requests_;
   std::atomic<double> failure_rate_threshold_;
   TransitionListener listener_;

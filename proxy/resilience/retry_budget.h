@@ -4,13 +4,12 @@
 // retry (and resetting a bucket) takes its own small mutex.
 #pragma once
 
-#include <array>
-#include <atomic>
 #include <cstdint>
 #include <mutex>
 
 #include "config/config.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/sliding_counts.h"
 
 namespace bulwark::resilience {
 
@@ -36,23 +35,12 @@ class RetryBudget {
   Usage usage() const;
 
  private:
-  // Atomic so that a request can be counted without the lock; reset only under it.
-  struct Bucket {
-    std::atomic<std::int64_t> start_ms{0};
-    std::atomic<std::int64_t> requests{0};
-    std::atomic<std::int64_t> retries{0};
-  };
-  static constexpr int kBuckets = 10;
-
-  Bucket& currentBucketLocked(SteadyTime now);
-  static void resetLocked(Bucket& bucket, std::int64_t start);
   Usage usageLocked(SteadyTime now) const;
 
   const Clock& clock_;
   mutable std::mutex mutex_;
   config::RetryBudgetConfig config_;
-  std::array<Bucket, kBuckets> buckets_;
-  std::atomic<std::int64_t> width_ms_;  // window / kBuckets, set under the lock
+  SlidingCounts window_;  // requests, retries
 };
 
 }  // namespace bulwark::resilience
