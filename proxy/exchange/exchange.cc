@@ -100,7 +100,7 @@ void Exchange::start() {
   started_ = context_.clock.now();
   policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
   wait_timer_.prepare(context_.base, -1, 0, &Exchange::onWaitOver, this);
-  deadline_timer_.prepare(context_.base, -1, 0, &Exchange::onDeadline, this);
+  deadline_timer_.assign(context_.base, -1, 0, &Exchange::onDeadline, this);
   hedge_timer_.prepare(context_.base, -1, 0, &Exchange::onHedgeTimer, this);
   cancel_losers_.prepare(context_.base, -1, 0, &Exchange::onLosersCancelled, this);
   queue_timer_.prepare(context_.base, -1, 0, &Exchange::onQueueTimer, this);
@@ -140,7 +140,7 @@ void Exchange::applyRoute(const config::RouteConfig& route) {
   upstream_index_ = static_cast<int>(route.upstreams.front());
   upstream_ = &config_->upstreams[upstream_index_];
   timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
-  deadline_timer_.add(&until_deadline);
+  evtimer_add(deadline_timer_.get(), &until_deadline);
 }
 
 void Exchange::startBuffered() {
@@ -237,6 +237,7 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
   int index = selection.index;
   confirming_ = Confirming{std::move(selection), &quota, retry, waited_seconds};
   phase_ = Phase::kQueued;
+  if (!alive_) alive_ = std::make_shared<int>(0);  // made only for the fleet's answer
   std::weak_ptr<int> alive = alive_;
   resilience::QuotaCost cost = cost_;
   std::string model = facts_.model;
@@ -1176,7 +1177,7 @@ void Exchange::finish(int status, bool client_left) {
     confirming_.reset();
   }
   phase_ = Phase::kFinished;
-  deadline_timer_.del();
+  evtimer_del(deadline_timer_.get());
   wait_timer_.del();
   hedge_timer_.del();
   std::chrono::duration<double> duration = context_.clock.now() - started_;

@@ -266,11 +266,11 @@ class Exchange final : public server::ActiveRequest {
   std::uint64_t body_bytes_sent_ = 0;  // request body bytes sent upstream, all attempts
   bool policies_apply_ = true;
   std::optional<resilience::Backoff> backoff_;  // the route's retry settings
-  support::InlineEvent wait_timer_;
-  support::InlineEvent deadline_timer_;
-  support::InlineEvent hedge_timer_;
-  support::InlineEvent cancel_losers_;  // deferred: a winner's callback cannot cancel transfers
-  support::InlineEvent queue_timer_;
+  support::OnDemandEvent wait_timer_;
+  support::InlineEvent deadline_timer_;  // every request arms it
+  support::OnDemandEvent hedge_timer_;
+  support::OnDemandEvent cancel_losers_;  // deferred: a winner's callback cannot cancel transfers
+  support::OnDemandEvent queue_timer_;
   // Quota-aware admission: on for a request that names a model (its body read whole) on a
   // route with admission enabled. Its estimated cost, and its place in a queue while queued.
   bool admission_ = false;
@@ -292,7 +292,7 @@ class Exchange final : public server::ActiveRequest {
     double waited_seconds;
   };
   std::optional<Confirming> confirming_;
-  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // for callbacks that may outlive it
+  std::shared_ptr<int> alive_;  // for callbacks that may outlive it; made on first use
   int hedges_ = 0;                                         // hedge attempts started
   int winner_ = 0;  // the attempt whose answer the client got
 

@@ -50,19 +50,6 @@ class InlineEvent {
     event_assign(&event_, base, fd, what, callback, arg);
     assigned_ = true;
   }
-  // Like assign(), but the event is assigned only when first added or activated: an event a
-  // request never uses costs neither the assignment nor the delete at teardown.
-  void prepare(event_base* base, evutil_socket_t fd, short what, event_callback_fn callback,
-               void* arg) {
-    reset();
-    lazy_ = Lazy{base, fd, what, callback, arg};
-  }
-  void add(const timeval* tv) { event_add(ready(), tv); }
-  void activate() { event_active(ready(), 0, 0); }
-  // Removes the event from the loop, if it was ever assigned.
-  void del() {
-    if (assigned_) event_del(&event_);
-  }
   void reset() {
     if (assigned_) event_del(&event_);
     assigned_ = false;
@@ -70,24 +57,50 @@ class InlineEvent {
   event* get() { return assigned_ ? &event_ : nullptr; }
 
  private:
-  struct Lazy {
-    event_base* base = nullptr;
-    evutil_socket_t fd = -1;
-    short what = 0;
-    event_callback_fn callback = nullptr;
-    void* arg = nullptr;
-  };
-  event* ready() {
-    if (!assigned_) {
-      event_assign(&event_, lazy_.base, lazy_.fd, lazy_.what, lazy_.callback, lazy_.arg);
-      assigned_ = true;
-    }
-    return &event_;
-  }
-
   event event_{};
   bool assigned_ = false;
-  Lazy lazy_;
+};
+
+// An event most owners never use (a retry's wait, a hedge, a deferred failure): made on its
+// first add or activation, so an owner that never uses it pays neither the allocation nor
+// the event_del at teardown, and carries a pointer instead of the event itself (120 bytes
+// less per exchange or attempt for each, which counts for every held stream).
+class OnDemandEvent {
+ public:
+  OnDemandEvent() = default;
+  ~OnDemandEvent() {
+    if (event_ != nullptr) event_free(event_);  // event_free deletes it from its base first
+  }
+  OnDemandEvent(const OnDemandEvent&) = delete;
+  OnDemandEvent& operator=(const OnDemandEvent&) = delete;
+
+  void prepare(event_base* base, evutil_socket_t fd, short what, event_callback_fn callback,
+               void* arg) {
+    base_ = base;
+    fd_ = fd;
+    what_ = what;
+    callback_ = callback;
+    arg_ = arg;
+  }
+  void add(const timeval* tv) { event_add(ready(), tv); }
+  void activate() { event_active(ready(), 0, 0); }
+  // Removes the event from the loop, if it was ever made.
+  void del() {
+    if (event_ != nullptr) event_del(event_);
+  }
+
+ private:
+  event* ready() {
+    if (event_ == nullptr) event_ = event_new(base_, fd_, what_, callback_, arg_);
+    return event_;
+  }
+
+  event* event_ = nullptr;
+  event_base* base_ = nullptr;
+  event_callback_fn callback_ = nullptr;
+  void* arg_ = nullptr;
+  evutil_socket_t fd_ = -1;
+  short what_ = 0;
 };
 
 inline timeval toTimeval(long long millis) {

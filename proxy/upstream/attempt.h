@@ -166,8 +166,8 @@ class Attempt final : public Transfer {
   std::string header_text_;
   std::vector<curl_slist> header_nodes_;
   support::InlineEvent timer_;
-  support::InlineEvent deferred_;
-  support::InlineEvent upload_ready_;  // deferred unpause of a streamed upload
+  support::OnDemandEvent deferred_;
+  support::OnDemandEvent upload_ready_;  // deferred unpause of a streamed upload
   TransferError timer_error_ = TransferError::kFirstByteTimeout;
   std::chrono::steady_clock::time_point due_{};       // when the current phase times out
   std::chrono::steady_clock::time_point fires_at_{};  // when the armed timer event fires
