@@ -199,6 +199,10 @@ class RateLimiter:
         self._at = clock()
         self.accepted = self.rejected = 0
         self.tokens_charged = 0.0
+        # When the first and the last admitted request were charged (clock time; None before
+        # any): the span over which clients kept the limiter busy.
+        self.first_charge_at: float | None = None
+        self.last_charge_at: float | None = None
 
     def _refill(self) -> None:
         now = self._clock()
@@ -215,6 +219,13 @@ class RateLimiter:
                     cap = payload[key]
                     break
         return prompt_tokens(payload) + cap
+
+    def token_capacity(self) -> float:
+        """The tokens the limiter could have admitted between its first and last admitted
+        request: the full bucket at the start plus the refill meanwhile (0 before any)."""
+        if self.first_charge_at is None:
+            return 0.0
+        return self.tpm * (1 + (self.last_charge_at - self.first_charge_at) / self.window)
 
     def headers(self) -> list[tuple[str, str]]:
         return [("x-ratelimit-limit-requests", str(int(self.rpm))),
@@ -234,6 +245,9 @@ class RateLimiter:
             self._tokens -= tokens
             self.accepted += 1
             self.tokens_charged += tokens
+            if self.first_charge_at is None:
+                self.first_charge_at = self._at
+            self.last_charge_at = self._at
             return None
         self.rejected += 1
         if self._requests < 1:

@@ -428,6 +428,12 @@ class RateLimiterTest(unittest.TestCase):
         now[0] = 3.0  # a limiter minute is 6 s: one request's worth refilled
         self.assertIsNone(limiter.charge(body))
         self.assertEqual((limiter.accepted, limiter.rejected, limiter.tokens_charged), (3, 1, 33))
+        # Admitted at 0 and at 3: a full bucket plus half a limiter minute's refill.
+        self.assertEqual((limiter.first_charge_at, limiter.last_charge_at), (0.0, 3.0))
+        self.assertEqual(limiter.token_capacity(), 15_000)
+        now[0] = 4.0
+        self.assertIsNotNone(limiter.charge(body))  # refused: the span does not grow
+        self.assertEqual(limiter.token_capacity(), 15_000)
         with FakeUpstream(rate_limits={"m": {"rpm": 1, "tpm": 100, "window": 2}}) as fake:
             self.assertEqual(fake.limiters["m"].window, 2)
 
