@@ -140,7 +140,7 @@ void Exchange::applyRoute(const config::RouteConfig& route) {
   upstream_index_ = static_cast<int>(route.upstreams.front());
   upstream_ = &config_->upstreams[upstream_index_];
   timeval until_deadline = support::toTimeval(std::max(0LL, millisBetween(started_, deadline_)));
-  evtimer_add(deadline_timer_.get(), &until_deadline);
+  deadline_timer_.add(&until_deadline);
 }
 
 void Exchange::startBuffered() {
@@ -1177,7 +1177,7 @@ void Exchange::finish(int status, bool client_left) {
     confirming_.reset();
   }
   phase_ = Phase::kFinished;
-  evtimer_del(deadline_timer_.get());
+  deadline_timer_.del();
   wait_timer_.del();
   hedge_timer_.del();
   std::chrono::duration<double> duration = context_.clock.now() - started_;

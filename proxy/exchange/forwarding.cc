@@ -249,13 +249,18 @@ namespace {
 template <unsigned kFlags, typename Stream>
 RequestFacts readFacts(Stream& stream, std::string_view body, resilience::CostCounter* cost) {
   FactsFinder<Stream> finder(stream);
-  // Most bodies have no "stream" key at all: then the parse stops at the model.
-  finder.seen_stream = body.find("\"stream\"") == std::string_view::npos;
   // A body that may name "model" twice is read to its end: the upstream's JSON parser keeps
   // the last one, so routing, breakers and renaming must too.
-  std::size_t first = body.find("\"model\"");
-  finder.last_model_wins = first != std::string_view::npos &&
-                           body.find("\"model\"", first + 1) != std::string_view::npos;
+  finder.last_model_wins = true;
+  if (cost == nullptr) {
+    // Only facts are wanted: the parse may stop once it has them. Most bodies have no
+    // "stream" key at all (then it stops at the model), and most name the model once. (With
+    // a cost to count the whole body is read anyway, and these scans would be wasted.)
+    finder.seen_stream = body.find("\"stream\"") == std::string_view::npos;
+    std::size_t first = body.find("\"model\"");
+    finder.last_model_wins = first != std::string_view::npos &&
+                             body.find("\"model\"", first + 1) != std::string_view::npos;
+  }
   // The parser's own stack starts in a buffer here: no allocation for ordinary bodies.
   alignas(16) char stack_buffer[1024];
   rapidjson::MemoryPoolAllocator<> pool(stack_buffer, sizeof stack_buffer);

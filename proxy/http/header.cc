@@ -9,15 +9,6 @@ std::optional<std::string_view> findHeader(const Headers& headers, std::string_v
   return std::nullopt;
 }
 
-std::string_view trimWhitespace(std::string_view s, bool and_line_ends) {
-  auto space = [&](char c) {
-    return c == ' ' || c == '\t' || (and_line_ends && (c == '\r' || c == '\n'));
-  };
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && space(s.back())) s.remove_suffix(1);
-  return s;
-}
-
 void appendHeaderTokens(std::string_view value, std::vector<std::string_view>& out) {
   while (!value.empty()) {
     size_t comma = value.find(',');

@@ -38,7 +38,15 @@ std::optional<std::string_view> findHeader(const Headers& headers, std::string_v
 void appendHeaderTokens(std::string_view value, std::vector<std::string_view>& out);
 
 // `s` without leading and trailing spaces and tabs (optional whitespace around a header value;
-// `and_line_ends` also drops trailing CR and LF, for a raw header line).
-std::string_view trimWhitespace(std::string_view s, bool and_line_ends = false);
+// `and_line_ends` also drops trailing CR and LF, for a raw header line). Inline: several calls
+// per header line of every response.
+inline std::string_view trimWhitespace(std::string_view s, bool and_line_ends = false) {
+  auto space = [&](char c) {
+    return c == ' ' || c == '\t' || (and_line_ends && (c == '\r' || c == '\n'));
+  };
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && space(s.back())) s.remove_suffix(1);
+  return s;
+}
 
 }  // namespace bulwark::http

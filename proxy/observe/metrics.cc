@@ -14,7 +14,6 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <unordered_map>
 
 #include "proxy/support/thread_memo.h"
 #include "proxy/version.h"
@@ -105,6 +104,8 @@ using UpstreamMemo = support::ThreadMemo<UpstreamMemoTag, UpstreamSeries*>;
 using ModelMemo = support::ThreadMemo<ModelMemoTag, ModelSeries*>;
 // Traffic names few models (a request's and its answer's, which differ): a short list.
 using LabelMemo = support::ThreadMemo<LabelMemoTag, std::string_view, 8>;
+struct ColdMemoTag {};
+using ColdMemo = support::ThreadMemo<ColdMemoTag, void*>;
 
 }  // namespace
 
@@ -216,28 +217,24 @@ struct Metrics::Impl {
     build_info.Add({{"version", version()}}).Set(1);
   }
 
-  // The metric of `family` with these label values. Family::Add builds a label map, hashes
-  // it and takes the family's lock on every call; a per-thread cache of the metric's address
-  // (stable for the registry's lifetime) makes the hot path a string lookup instead.
+  // The metric of `family` with these label values, for the rarer series (retries,
+  // admission, the fleet's link). Family::Add builds a label map, hashes it and takes the
+  // family's lock on every call; the thread's memo of the metric's address (stable for the
+  // registry's lifetime) makes a repeat a short scan instead.
   template <typename M, typename MakeLabels, typename... Extra>
   M& metric(prometheus::Family<M>& family, char family_key,
             std::initializer_list<std::string_view> values, MakeLabels make_labels,
             Extra&&... extra) {
-    thread_local std::unordered_map<std::string, void*> cache;
     thread_local std::string key;  // reused: building the key allocates nothing once warm
     key.clear();
-    char digits[24];
-    auto [end, ec] = std::to_chars(digits, digits + sizeof digits, id);
-    key.append(digits, end);
     key.push_back(family_key);
     for (std::string_view v : values) {
       key.append(v);
       key.push_back('\x1f');
     }
-    auto it = cache.find(key);
-    if (it != cache.end()) return *static_cast<M*>(it->second);
+    if (void* const* memo = ColdMemo::find(id, key)) return *static_cast<M*>(*memo);
     M& m = family.Add(make_labels(), std::forward<Extra>(extra)...);
-    cache.emplace(key, &m);
+    ColdMemo::remember(id, key, &m);
     return m;
   }
 

@@ -474,7 +474,7 @@ void ClientConnection::outputCallback(evbuffer*, const evbuffer_cb_info* info, v
   auto* self = static_cast<ClientConnection*>(arg);
   if (info->n_added == 0 || self->flush_pending_ || self->write_enabled_) return;
   self->flush_pending_ = true;
-  event_active(self->flush_.get(), 0, 0);
+  self->flush_.activate();
 }
 
 void ClientConnection::flushCallback(evutil_socket_t, short, void* arg) {

@@ -8,6 +8,7 @@
 #include <event2/http.h>
 #include <event2/listener.h>
 
+#include <cassert>
 #include <memory>
 
 namespace bulwark::support {
@@ -54,7 +55,20 @@ class InlineEvent {
     if (assigned_) event_del(&event_);
     assigned_ = false;
   }
-  event* get() { return assigned_ ? &event_ : nullptr; }
+  // Arming or firing an event that was never assigned is a bug (asserted); in a release
+  // build it does nothing rather than hand libevent a null event.
+  void add(const timeval* tv) {
+    assert(assigned_);
+    if (assigned_) event_add(&event_, tv);
+  }
+  void activate() {
+    assert(assigned_);
+    if (assigned_) event_active(&event_, 0, 0);
+  }
+  // Removes it from the loop; nothing to do when it was never assigned.
+  void del() {
+    if (assigned_) event_del(&event_);
+  }
 
  private:
   event event_{};

@@ -239,14 +239,14 @@ void Attempt::setTimer(TransferError error, std::chrono::milliseconds timeout) {
 void Attempt::armTimerAt(std::chrono::steady_clock::time_point at,
                          std::chrono::milliseconds in) {
   timeval tv = support::toTimeval(in.count());
-  evtimer_add(timer_.get(), &tv);
+  timer_.add(&tv);
   fires_at_ = at;
   timer_armed_ = true;
 }
 
 void Attempt::clearTimer() {
   if (!timer_armed_) return;
-  evtimer_del(timer_.get());
+  timer_.del();
   timer_armed_ = false;
 }
 

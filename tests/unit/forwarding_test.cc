@@ -131,6 +131,8 @@ TEST(RequestModelTest, OnePassReadsTheFactsAndTheCostAlike) {
       R"({"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":"abcd"},)"
       R"({"type":"image_url","image_url":{"url":"x"}}]}],"max_completion_tokens":7})",
       R"({"model":"a","model":"b","input":"12345678"})",
+      // Read to the end either way: the first "stream", the last top-level "model".
+      R"({"stream":false,"metadata":{"model":"x","stream":true},"model":"y","stream":true})",
       R"({"model":"a")",
       "not json",
   };
@@ -146,6 +148,9 @@ TEST(RequestModelTest, OnePassReadsTheFactsAndTheCostAlike) {
     resilience::QuotaCost cost = counter.cost(rules, true);
     EXPECT_EQ(cost.tokens, resilience::estimateCost(body, rules, true).tokens) << body;
   }
+  RequestFacts repeated = readRequestFacts(bodies[3]);
+  EXPECT_EQ(repeated.model, "y");
+  EXPECT_FALSE(repeated.stream);
   resilience::CostCounter counter;
   readRequestFacts(bodies[1], &counter);
   EXPECT_EQ(counter.cost(rules, true).tokens, 1 + 800 + 7);  // 4 bytes, an image, the cap

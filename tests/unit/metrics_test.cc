@@ -95,6 +95,31 @@ TEST(MetricsTest, TwoRegistriesOnOneThreadKeepTheirOwnSeries) {
   EXPECT_TRUE(has(text, R"(bulwark_tokens_total{kind="prompt",model="m",upstream="u"} 9)"));
 }
 
+TEST(MetricsTest, TheRarerSeriesCountPastWhatAThreadRemembers) {
+  // Retries, admission and the fleet's link errors: more label sets than a thread keeps in
+  // its memo (so it forgets and finds them again), and a second registry alive at once.
+  Metrics metrics(config::MetricsConfig{});
+  Metrics other(config::MetricsConfig{});
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 100; ++i) {
+      metrics.retry("u" + std::to_string(i), "status_503", "backoff", 0.1);
+    }
+    metrics.admissionRejection("u", "queue_full");
+    metrics.admissionQueue("u", 2);
+    metrics.admissionQueue("u", -1);
+    metrics.clusterError("connect");
+    other.clusterError("connect");
+  }
+  std::string text = metrics.serialize();
+  EXPECT_TRUE(has(text, R"(bulwark_retries_total{reason="status_503",upstream="u0"} 3)")) << text;
+  EXPECT_TRUE(has(text, R"(bulwark_retries_total{reason="status_503",upstream="u99"} 3)"));
+  EXPECT_TRUE(
+      has(text, R"(bulwark_admission_rejections_total{reason="queue_full",upstream="u"} 3)"));
+  EXPECT_TRUE(has(text, R"(bulwark_admission_queue_depth{upstream="u"} 3)"));
+  EXPECT_TRUE(has(text, R"(bulwark_cluster_errors_total{op="connect"} 3)"));
+  EXPECT_TRUE(has(other.serialize(), R"(bulwark_cluster_errors_total{op="connect"} 3)"));
+}
+
 TEST(MetricsTest, ThreadsCountIntoTheSameSeries) {
   Metrics metrics(config::MetricsConfig{});
   std::vector<std::thread> threads;
