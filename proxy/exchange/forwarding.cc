@@ -47,12 +47,9 @@ class ConnectionTokens {
       if (!values_.empty()) values_ += ',';
       values_ += h.value;
     }
-    if (values_.empty()) return;
-    std::vector<std::string_view> all;
-    http::appendHeaderTokens(values_, all);
-    for (std::string_view token : all) {
+    http::forEachHeaderToken(values_, [this](std::string_view token) {
       if (!isHopByHopHeader(token)) tokens_.push_back(token);
-    }
+    });
   }
   bool names(std::string_view header) const {
     for (std::string_view token : tokens_) {
@@ -343,7 +340,10 @@ std::string requestModel(std::string_view body) {
 
 std::string upstreamUrl(const config::UpstreamConfig& upstream, std::string_view path,
                         std::string_view model) {
-  std::string url = upstream.base_url;
+  std::string url;
+  // Enough for the plain case in one allocation (an Azure-style URL may grow once more).
+  url.reserve(upstream.base_url.size() + path.size() + 1);
+  url = upstream.base_url;
   if (!url.empty() && url.back() == '/') url.pop_back();
   if (upstream.api_version.empty()) {
     if (path.empty() || path.front() != '/') url += '/';

@@ -33,9 +33,6 @@ inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
 // The first header with this name, if any.
 std::optional<std::string_view> findHeader(const Headers& headers, std::string_view name);
 
-// Appends the items of a comma-separated header value (trimmed, empty ones skipped) to
-// `out`, e.g. "keep-alive" and "Upgrade" from Connection: keep-alive, Upgrade.
-void appendHeaderTokens(std::string_view value, std::vector<std::string_view>& out);
 
 // `s` without leading and trailing spaces and tabs (optional whitespace around a header value;
 // `and_line_ends` also drops trailing CR and LF, for a raw header line). Inline: several calls
@@ -47,6 +44,19 @@ inline std::string_view trimWhitespace(std::string_view s, bool and_line_ends = 
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && space(s.back())) s.remove_suffix(1);
   return s;
+}
+
+// Calls `fn` with each item of a comma-separated header value (trimmed, empty ones
+// skipped), e.g. "keep-alive" and "Upgrade" from Connection: keep-alive, Upgrade.
+template <typename Fn>
+void forEachHeaderToken(std::string_view value, Fn&& fn) {
+  while (!value.empty()) {
+    std::size_t comma = value.find(',');
+    std::string_view item = trimWhitespace(value.substr(0, comma));
+    if (!item.empty()) fn(item);
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
 }
 
 }  // namespace bulwark::http

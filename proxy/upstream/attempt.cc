@@ -1,5 +1,6 @@
 #include "proxy/upstream/attempt.h"
 
+#include <array>
 #include <charconv>
 #include <string_view>
 
@@ -195,10 +196,19 @@ bool Attempt::setHeaders() {
   for (const http::Header& hdr : request_.headers) size += hdr.name.size() + hdr.value.size() + 3;
   header_text_.clear();
   header_text_.reserve(size);
-  std::vector<std::size_t> starts;
-  starts.reserve(request_.headers.size() + 4);
+  // Where each line starts in header_text_ (which may still move as it grows): on the stack
+  // for the usual few dozen headers.
+  const std::size_t most = request_.headers.size() + 4;
+  std::array<std::size_t, 32> inline_starts;
+  std::vector<std::size_t> heap_starts;
+  std::size_t* starts = inline_starts.data();
+  if (most > inline_starts.size()) {
+    heap_starts.resize(most);
+    starts = heap_starts.data();
+  }
+  std::size_t lines = 0;
   auto add = [&](std::string_view a, std::string_view b = {}, std::string_view c = {}) {
-    starts.push_back(header_text_.size());
+    starts[lines++] = header_text_.size();
     header_text_.append(a).append(b).append(c).push_back('\0');
   };
   bool has_accept = false;
@@ -219,10 +229,10 @@ bool Attempt::setHeaders() {
   // of the body was read, and the request can go elsewhere). A held body goes at once.
   add(request_.stream_body ? "Expect: 100-continue" : "Expect:");
   // Linked only now: header_text_ no longer grows, so the pointers into it stay valid.
-  header_nodes_.assign(starts.size(), curl_slist{});
-  for (std::size_t i = 0; i < starts.size(); ++i) {
+  header_nodes_.assign(lines, curl_slist{});
+  for (std::size_t i = 0; i < lines; ++i) {
     header_nodes_[i].data = header_text_.data() + starts[i];
-    header_nodes_[i].next = i + 1 < starts.size() ? &header_nodes_[i + 1] : nullptr;
+    header_nodes_[i].next = i + 1 < lines ? &header_nodes_[i + 1] : nullptr;
   }
   return curl_easy_setopt(handle_, CURLOPT_HTTPHEADER, header_nodes_.data()) == CURLE_OK;
 }

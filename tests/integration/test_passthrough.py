@@ -214,6 +214,21 @@ class PassThroughTest(unittest.TestCase):
 
     # -- headers
 
+    def test_many_request_headers_all_arrive_in_order(self):
+        # Fifty end-to-end headers (more than a typical request's few dozen), one with an
+        # empty value: each reaches the upstream once, in the client's order.
+        sent = [(f"X-Custom-{i:02d}", f"value-{i}" * (1 + i % 4)) for i in range(50)]
+        sent[7] = ("X-Custom-07", "")
+        with RawConnection(self.port) as conn:
+            conn.send(raw_request("POST", CHAT_PATH, CHAT_BODY, headers=[
+                ("Content-Type", "application/json")] + sent))
+            resp = conn.read_response("POST")
+        self.assertEqual(resp.status, 200, resp.body[:500])
+        (req,) = self.fake.wait_for_requests(1)
+        got = [(k.lower(), v) for k, v in req.headers if k.lower().startswith("x-custom-")]
+        self.assertEqual(got, [(k.lower(), v) for k, v in sent])
+        self.assertEqual(req.body, CHAT_BODY)
+
     def test_hop_by_hop_headers_are_not_forwarded(self):
         self.fake.push({"body": chat_completion(), "headers": [
             ("Keep-Alive", "timeout=5"), ("Proxy-Foo", "x"), ("Proxy-Authenticate", "Basic"),
