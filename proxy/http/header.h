@@ -33,7 +33,6 @@ inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
 // The first header with this name, if any.
 std::optional<std::string_view> findHeader(const Headers& headers, std::string_view name);
 
-
 // `s` without leading and trailing spaces and tabs (optional whitespace around a header value;
 // `and_line_ends` also drops trailing CR and LF, for a raw header line). Inline: several calls
 // per header line of every response.
