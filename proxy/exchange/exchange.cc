@@ -104,13 +104,13 @@ void Exchange::start() {
   hedge_timer_.prepare(context_.base, -1, 0, &Exchange::onHedgeTimer, this);
   cancel_losers_.prepare(context_.base, -1, 0, &Exchange::onLosersCancelled, this);
   queue_timer_.prepare(context_.base, -1, 0, &Exchange::onQueueTimer, this);
-  // The route by path alone until the body (and its model) is in.
-  applyRoute(config::routeFor(*config_, request_.path, ""));
-
+  // A body already whole: its model picks the route at once.
   if (!request_.body_stream) {
     startBuffered();
     return;
   }
+  // The route by path alone until the body (and its model) is in.
+  applyRoute(config::routeFor(*config_, request_.path, ""));
   server::RequestBody& body = *request_.body_stream;
   body.onReadable([this] { onBodyReadable(); });
   if (!body.retained()) {
