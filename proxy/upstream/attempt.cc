@@ -1,6 +1,7 @@
 #include "proxy/upstream/attempt.h"
 
 #include <array>
+#include <cassert>
 #include <charconv>
 #include <string_view>
 
@@ -197,8 +198,10 @@ bool Attempt::setHeaders() {
   header_text_.clear();
   header_text_.reserve(size);
   // Where each line starts in header_text_ (which may still move as it grows): on the stack
-  // for the usual few dozen headers.
-  const std::size_t most = request_.headers.size() + 4;
+  // for the usual few dozen headers. Lines: one per header, and at most four below that set
+  // or suppress curl's defaults (Accept, Accept-Encoding, Content-Type, Expect).
+  constexpr std::size_t kOwnLines = 4;
+  const std::size_t most = request_.headers.size() + kOwnLines;
   std::array<std::size_t, 32> inline_starts;
   std::vector<std::size_t> heap_starts;
   std::size_t* starts = inline_starts.data();
@@ -208,6 +211,7 @@ bool Attempt::setHeaders() {
   }
   std::size_t lines = 0;
   auto add = [&](std::string_view a, std::string_view b = {}, std::string_view c = {}) {
+    assert(lines < most);
     starts[lines++] = header_text_.size();
     header_text_.append(a).append(b).append(c).push_back('\0');
   };
