@@ -63,9 +63,8 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // SSE chunks go out at once
   bev_.reset(bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE));
-  timer_.reset(evtimer_new(base, &ClientConnection::timerCallback, this));
-  kick_.reset(event_new(base, -1, 0, &ClientConnection::kickCallback, this));
-  body_room_.reset(event_new(base, -1, 0, &ClientConnection::bodyRoomCallback, this));
+  timer_.assign(base, -1, 0, &ClientConnection::timerCallback, this);
+  body_room_.prepare(base, -1, 0, &ClientConnection::bodyRoomCallback, this);
   bufferevent_setcb(bev_.get(), &ClientConnection::readCallback, &ClientConnection::writeCallback,
                     &ClientConnection::eventCallback, this);
   bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxBufferedInput);
@@ -77,7 +76,7 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
   // EV_WRITE (on by default for a socket bufferevent) only while a write is unfinished.
   bufferevent_disable(bev_.get(), EV_WRITE);
   bufferevent_enable(bev_.get(), EV_READ);
-  armTimer(limits_.idle_timeout_ms);
+  setDeadline(limits_.idle_timeout_ms);
 }
 
 ClientConnection::~ClientConnection() {
@@ -88,13 +87,29 @@ ClientConnection::~ClientConnection() {
   active_.reset();
 }
 
-void ClientConnection::armTimer(long long millis) {
+void ClientConnection::setDeadline(long long millis) {
+  long long due = monotonicMillis() + millis;
+  deadline_ms_ = due;
+  // A deadline pushed later only moves the stamp: the event, firing early, sets itself again
+  // for what is left. The event is re-armed only to fire sooner.
+  if (timer_fires_ms_ != 0 && timer_fires_ms_ <= due) return;
   timeval tv = support::toTimeval(millis);
-  evtimer_add(timer_.get(), &tv);
+  timer_.add(&tv);
+  timer_fires_ms_ = due;
+}
+
+void ClientConnection::clearDeadline() {
+  deadline_ms_ = 0;  // an armed event fires and finds nothing due
 }
 
 void ClientConnection::kick() {
-  event_active(kick_.get(), 0, 0);
+  // The response is done: what follows it (the next request, or the close) runs in the
+  // same deferred pass that writes its last bytes, after them.
+  after_response_pending_ = true;
+  if (!flush_pending_) {
+    flush_pending_ = true;
+    flush_.activate();
+  }
 }
 
 void ClientConnection::destroy() {
@@ -118,20 +133,28 @@ void ClientConnection::readCallback(bufferevent*, void* arg) {
           self->destroy();
           return;
         }
-        self->armTimer(std::min(kLingerIdleMs, left));
+        self->setDeadline(std::min(kLingerIdleMs, left));
       }
       return;
     }
-    case Phase::kReadingBody:
-      self->armTimer(self->limits_.header_timeout_ms);  // a gap between body bytes
-      break;
     default:
       break;
   }
   self->processInput();
 }
 
-bool ClientConnection::processInput() {
+void ClientConnection::processInput() {
+  bool head_begun = false;
+  parseInput(head_begun);
+  // A request still arriving is timed once this pass has read what there was, so a request
+  // that came whole (the usual case) moves no timer: the whole head within header_timeout
+  // of its first byte, and then each gap between body bytes within it.
+  if ((phase_ == Phase::kReadingHead && head_begun) || phase_ == Phase::kReadingBody) {
+    setDeadline(limits_.header_timeout_ms);
+  }
+}
+
+void ClientConnection::parseInput(bool& head_begun) {
   evbuffer* input = bufferevent_get_input(bev_.get());
   for (;;) {
     bool streaming = phase_ == Phase::kActive && body_ != nullptr;
@@ -146,8 +169,8 @@ bool ClientConnection::processInput() {
         // The upstream takes the body slower than the client sends it: the client waits
         // (TCP holds it once the input buffer is full) until the exchange makes room. Its
         // own clock stops meanwhile; the upstream's idle timeout covers this side.
-        evtimer_del(timer_.get());
-        return true;
+        clearDeadline();
+        return;
       }
     }
     evbuffer_iovec vec;
@@ -156,16 +179,16 @@ bool ClientConnection::processInput() {
         // The client owes body bytes: a gap between them is timed, unless it is still
         // waiting for its 100 Continue (the exchange's own timeouts cover that wait).
         if (!expect_continue_ || continue_sent_) {
-          armTimer(limits_.header_timeout_ms);
+          setDeadline(limits_.header_timeout_ms);
         } else {
-          evtimer_del(timer_.get());
+          clearDeadline();
         }
       }
       break;
     }
     if (phase_ == Phase::kIdle) {
       phase_ = Phase::kReadingHead;
-      armTimer(limits_.header_timeout_ms);  // the whole head must arrive within this
+      head_begun = true;
     }
     size_t consumed = 0;
     ParseStatus status = parser_.feed(static_cast<const char*>(vec.iov_base),
@@ -174,17 +197,14 @@ bool ClientConnection::processInput() {
     if (streaming && body_->retained() && body_->received() > limits_.parser.retry_body) {
       body_->stopRetaining();  // a chunked body grew past the retry limit: it streams
     }
-    if (phase_ == Phase::kReadingHead && parser_.headComplete()) {
-      phase_ = Phase::kReadingBody;
-      armTimer(limits_.header_timeout_ms);
-    }
+    if (phase_ == Phase::kReadingHead && parser_.headComplete()) phase_ = Phase::kReadingBody;
     switch (status) {
       case ParseStatus::kNeedMore:
-        if (consumed == 0) return true;
+        if (consumed == 0) return;
         continue;
       case ParseStatus::kComplete:
         startRequest(parser_.takeRequest());
-        return true;
+        return;
       case ParseStatus::kStreamStart:
         startStreamingRequest(parser_.takeRequest());
         continue;
@@ -196,7 +216,7 @@ bool ClientConnection::processInput() {
       case ParseStatus::kBodyTooLarge:
         if (streaming) {
           failBody(status);
-          return true;
+          return;
         }
         keep_alive_ = false;
         linger_ = true;
@@ -209,10 +229,9 @@ bool ClientConnection::processInput() {
                     "request body is larger than server.max_request_body (" +
                         std::to_string(limits_.parser.max_body) + " bytes)");
         }
-        return true;
+        return;
     }
   }
-  return true;
 }
 
 void ClientConnection::startStreamingRequest(HttpRequest request) {
@@ -225,7 +244,7 @@ void ClientConnection::startStreamingRequest(HttpRequest request) {
   body_->append(request.body.data(), request.body.size());  // a chunked body's start
   request.body.clear();
   request.body.shrink_to_fit();
-  body_->onRoom([this] { event_active(body_room_.get(), 0, 0); });
+  body_->onRoom([this] { body_room_.activate(); });
   parser_.streamBodyTo(body_.get());
   request.body_stream = body_;
   bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxStreamingInput);
@@ -238,7 +257,7 @@ void ClientConnection::endBody() {
   body_->end();
   body_.reset();
   bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxBufferedInput);
-  evtimer_del(timer_.get());  // the response is the exchange's to time now
+  clearDeadline();  // the response is the exchange's to time now
 }
 
 void ClientConnection::failBody(ParseStatus status) {
@@ -248,7 +267,7 @@ void ClientConnection::failBody(ParseStatus status) {
   std::shared_ptr<RequestBody> body = std::move(body_);
   parser_.streamBodyTo(nullptr);
   body->onRoom(nullptr);
-  evtimer_del(timer_.get());
+  clearDeadline();
   body->fail(status == ParseStatus::kBodyTooLarge ? RequestBody::Failure::kTooLarge
                                                   : RequestBody::Failure::kMalformed);
 }
@@ -258,7 +277,7 @@ void ClientConnection::bodyRoomCallback(evutil_socket_t, short, void* arg) {
 }
 
 void ClientConnection::startRequest(HttpRequest request) {
-  evtimer_del(timer_.get());
+  clearDeadline();
   phase_ = Phase::kActive;
   head_sent_ = false;
   chunked_ = false;
@@ -282,7 +301,7 @@ void ClientConnection::startRequest(HttpRequest request) {
 void ClientConnection::sendError(int status, std::string_view code, std::string_view message) {
   if (phase_ != Phase::kActive) {
     // An error found while reading: answer it as if it were a request's response.
-    evtimer_del(timer_.get());
+    clearDeadline();
     phase_ = Phase::kActive;
     head_sent_ = false;
     chunked_ = false;
@@ -371,7 +390,7 @@ void ClientConnection::sendContinue() {
   continue_sent_ = true;
   static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
   bufferevent_write(bev_.get(), kContinue, sizeof kContinue - 1);
-  if (body_) armTimer(limits_.header_timeout_ms);  // the body is owed from now on
+  if (body_) setDeadline(limits_.header_timeout_ms);  // the body is owed from now on
 }
 
 void ClientConnection::sendBody(const char* data, std::size_t len) {
@@ -416,10 +435,6 @@ void ClientConnection::onDrained(std::function<void()> callback) {
   drained_callback_ = std::move(callback);
 }
 
-void ClientConnection::kickCallback(evutil_socket_t, short, void* arg) {
-  static_cast<ClientConnection*>(arg)->afterResponse();
-}
-
 void ClientConnection::afterResponse() {
   if (phase_ != Phase::kActive || !response_done_) return;
   drained_callback_ = nullptr;
@@ -440,13 +455,13 @@ void ClientConnection::afterResponse() {
     return;
   }
   phase_ = Phase::kIdle;
-  armTimer(limits_.idle_timeout_ms);
+  setDeadline(limits_.idle_timeout_ms);
   processInput();  // a pipelined request may be waiting
 }
 
 void ClientConnection::closeAfterFlush() {
   phase_ = Phase::kClosing;
-  evtimer_del(timer_.get());
+  clearDeadline();
   if (pendingOutput() == 0) {
     closeFlushed();
     return;
@@ -467,7 +482,7 @@ void ClientConnection::closeFlushed() {
   shutdown(bufferevent_getfd(bev_.get()), SHUT_WR);
   evbuffer_drain(bufferevent_get_input(bev_.get()), SIZE_MAX);
   bufferevent_enable(bev_.get(), EV_READ);
-  armTimer(kLingerIdleMs);
+  setDeadline(kLingerIdleMs);
 }
 
 void ClientConnection::outputCallback(evbuffer*, const evbuffer_cb_info* info, void* arg) {
@@ -478,7 +493,12 @@ void ClientConnection::outputCallback(evbuffer*, const evbuffer_cb_info* info, v
 }
 
 void ClientConnection::flushCallback(evutil_socket_t, short, void* arg) {
-  static_cast<ClientConnection*>(arg)->flushOutput();
+  auto* self = static_cast<ClientConnection*>(arg);
+  bool after_response = std::exchange(self->after_response_pending_, false);
+  // Writing can end the connection only when it was closing; an active one is still here.
+  bool active = self->phase_ == Phase::kActive;
+  self->flushOutput();
+  if (active && after_response) self->afterResponse();
 }
 
 void ClientConnection::flushOutput() {
@@ -532,6 +552,16 @@ void ClientConnection::eventCallback(bufferevent*, short what, void* arg) {
 
 void ClientConnection::timerCallback(evutil_socket_t, short, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
+  self->timer_fires_ms_ = 0;
+  if (self->deadline_ms_ == 0) return;
+  long long left = self->deadline_ms_ - monotonicMillis();
+  if (left > 0) {
+    // Fired for an earlier deadline that has since moved later.
+    timeval tv = support::toTimeval(left);
+    self->timer_.add(&tv);
+    self->timer_fires_ms_ = self->deadline_ms_;
+    return;
+  }
   if (self->phase_ == Phase::kReadingHead || self->phase_ == Phase::kReadingBody || self->body_) {
     observe::logDebug("client too slow sending its request; connection dropped");
   }

@@ -64,7 +64,6 @@ class ClientConnection final : public ResponseSink {
   static void writeCallback(bufferevent* bev, void* arg);
   static void eventCallback(bufferevent* bev, short what, void* arg);
   static void timerCallback(evutil_socket_t, short, void* arg);
-  static void kickCallback(evutil_socket_t, short, void* arg);
   static void bodyRoomCallback(evutil_socket_t, short, void* arg);
   // Output is written straight to the socket, once per loop pass (flushCallback), and the
   // bufferevent's write event is enabled only while a write is left unfinished: a response
@@ -75,8 +74,10 @@ class ClientConnection final : public ResponseSink {
   // The output is written out: what the bufferevent's write callback did.
   void onOutputDrained();
 
-  // Parses buffered input; returns false when the connection was destroyed.
-  bool processInput();
+  // Parses buffered input, then times a request still arriving.
+  void processInput();
+  // The parsing loop; head_begun is set when a request's first byte was read.
+  void parseInput(bool& head_begun);
   void startRequest(HttpRequest request);
   // A request handed over with its body still to come (the parser's kStreamStart).
   void startStreamingRequest(HttpRequest request);
@@ -88,7 +89,11 @@ class ClientConnection final : public ResponseSink {
   // The output is flushed: close now, or first linger (see linger_).
   void closeFlushed();
   void destroy();
-  void armTimer(long long millis);
+  // The connection's one timer: the deadline is a monotonic stamp (0: none), and the event
+  // is re-armed only to fire sooner than it already will (timer_fires_ms_, 0: not armed).
+  void setDeadline(long long millis);
+  void clearDeadline();
+  // The response is done: after its output is written, the next request or the close.
   void kick();
   void afterResponse();
 
@@ -97,12 +102,16 @@ class ClientConnection final : public ResponseSink {
   RequestHandler& handler_;
   RequestParser parser_;
   support::BuffereventPtr bev_;
-  support::EventPtr timer_;
-  support::EventPtr kick_;
-  support::EventPtr body_room_;  // deferred: the exchange made room in body_
-  support::InlineEvent flush_;   // deferred: write the output at the end of this loop pass
+  support::InlineEvent timer_;
+  long long deadline_ms_ = 0;
+  long long timer_fires_ms_ = 0;
+  support::OnDemandEvent body_room_;  // deferred: the exchange made room in body_
+  // Deferred: write the output at the end of this loop pass, then (after_response_pending_)
+  // go on to the next request or close.
+  support::InlineEvent flush_;
   evbuffer_cb_entry* output_cb_ = nullptr;
   bool flush_pending_ = false;
+  bool after_response_pending_ = false;
   bool write_enabled_ = false;  // the bufferevent finishes a write the socket did not take
   Phase phase_ = Phase::kIdle;
   std::unique_ptr<ActiveRequest> active_;

@@ -99,7 +99,13 @@ void Attempt::start() {
   // Until the request is about to be written (the prereq callback), the transfer may wait in
   // libcurl for a connection or a stream slot, which no curl timeout covers. Nothing has been
   // sent then, so running out of this time is a connect failure: safe to retry anywhere.
-  setTimer(TransferError::kConnect, request_.connect_timeout + request_.first_byte_timeout);
+  // The event is set for the first-byte part alone: a reused connection starts sending in
+  // this same loop pass, and its first-byte deadline, later than that, only moves the stamp.
+  // A transfer still waiting for its connection then is checked again for what is left.
+  timer_error_ = TransferError::kConnect;
+  auto now = std::chrono::steady_clock::now();
+  due_ = now + request_.connect_timeout + request_.first_byte_timeout;
+  armTimerAt(now + request_.first_byte_timeout, request_.first_byte_timeout);
 }
 
 bool Attempt::configure(bool warm) {
@@ -340,6 +346,9 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
   if (line.starts_with("HTTP/")) {
     head = ResponseHead{};  // a new status line (after a 1xx, a fresh head)
     head.headers.reserve(16);
+    self->head_chunked_ = false;
+    self->head_decoded_ = false;
+    self->head_coding_seen_ = false;
     size_t space = line.find(' ');
     if (space != std::string_view::npos) {
       std::string_view code = line.substr(space + 1, 3);
@@ -350,9 +359,8 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
   std::string_view trimmed = http::trimWhitespace(line, /*and_line_ends=*/true);
   if (trimmed.empty()) {
     if (head.status >= 200) {
-      if (http::findHeader(head.headers, "transfer-encoding")) head.content_length.reset();
-      std::optional<std::string_view> coding = http::findHeader(head.headers, "content-encoding");
-      if (coding && !http::equalsIgnoreCase(*coding, "identity")) {
+      if (self->head_chunked_) head.content_length.reset();
+      if (self->head_decoded_) {
         // curl decodes the body: its length and coding are no longer what the headers say.
         std::erase_if(head.headers, [](const http::Header& hdr) {
           return http::equalsIgnoreCase(hdr.name, "content-encoding") ||
@@ -381,7 +389,13 @@ size_t Attempt::headerCallback(char* data, size_t size, size_t nmemb, void* user
   if (colon == std::string_view::npos) return len;
   http::Header h{std::string(http::trimWhitespace(trimmed.substr(0, colon))),
                  std::string(http::trimWhitespace(trimmed.substr(colon + 1)))};
-  if (http::equalsIgnoreCase(h.name, "content-length")) {
+  if (h.name.size() == 17 && http::equalsIgnoreCase(h.name, "transfer-encoding")) {
+    self->head_chunked_ = true;
+  } else if (h.name.size() == 16 && http::equalsIgnoreCase(h.name, "content-encoding")) {
+    // The first one counts, as a lookup by name would find it.
+    if (!self->head_coding_seen_) self->head_decoded_ = !http::equalsIgnoreCase(h.value, "identity");
+    self->head_coding_seen_ = true;
+  } else if (http::equalsIgnoreCase(h.name, "content-length")) {
     std::uint64_t n = 0;
     auto [ptr, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), n);
     bool valid = ec == std::errc() && ptr == h.value.data() + h.value.size() && !h.value.empty();

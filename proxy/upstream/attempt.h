@@ -174,6 +174,11 @@ class Attempt final : public Transfer {
   bool timer_armed_ = false;
   ResponseHead head_;
   bool head_done_ = false;
+  // Read from the head as its lines arrive: a Transfer-Encoding header, and a
+  // Content-Encoding (the first one) other than identity, which curl decodes.
+  bool head_chunked_ = false;
+  bool head_decoded_ = false;
+  bool head_coding_seen_ = false;
   bool body_started_ = false;
   bool paused_ = false;
   bool upload_paused_ = false;  // a streamed body waits for the client's next bytes

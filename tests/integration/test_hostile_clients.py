@@ -499,6 +499,58 @@ class SlowClientTest(HostileTestCase):
         self.assertEqual([r.header("x-probe") for r in self.fake.requests], ["1"])
 
 
+class KeepAliveTimeoutTest(HostileTestCase):
+    """server.idle_timeout (2 s here) closes a kept-alive connection counted from its last
+    response, however often its deadline moved; a head begun on it is still bounded by
+    header_timeout (1 s)."""
+
+    IDLE_TIMEOUT = 2.0
+    config = {**CONFIG, "server": {**CONFIG["server"], "idle_timeout": "2s"}}
+
+    def ask(self, conn: RawConnection) -> float:
+        conn.send(raw_request("POST", CHAT_PATH, CHAT_BODY))
+        resp = conn.read_response("POST")
+        self.assertEqual(resp.status, 200)
+        return time.monotonic()
+
+    def test_a_connection_used_within_each_idle_timeout_stays_open_then_closes(self):
+        with RawConnection(self.port, timeout=10) as conn:
+            first = self.ask(conn)
+            last = first
+            # Each request comes 1.4 s after the one before: past the first response's
+            # deadline, never past the latest one's.
+            for _ in range(2):
+                self.assertIsNone(conn.wait_closed(1.4), "closed while in use")
+                last = self.ask(conn)
+            self.assertGreater(last - first, self.IDLE_TIMEOUT)
+            closed_at = conn.wait_closed(self.IDLE_TIMEOUT + 2)
+        self.assertIsNotNone(closed_at, "an idle connection was never closed")
+        self.assertGreaterEqual(closed_at - last, self.IDLE_TIMEOUT - 0.05)
+        self.assertLess(closed_at - last, self.IDLE_TIMEOUT + 1.0)
+        self.assertEqual(len(self.fake.requests), 3)
+
+    def test_a_head_trickled_after_a_response_is_dropped_at_header_timeout(self):
+        with RawConnection(self.port, timeout=10) as conn:
+            self.ask(conn)
+            self.assertIsNone(conn.wait_closed(0.3))
+            head = raw_request("GET", "/v1/models", headers=[("X-Pad", "p" * 500)])
+            started = time.monotonic()
+            closed_at = None
+            try:
+                for i in range(len(head)):
+                    conn.send(head[i:i + 1])
+                    closed_at = conn.wait_closed(0.05)
+                    if closed_at is not None:
+                        break
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.monotonic()
+        self.assertIsNotNone(closed_at, "the whole slow head went through")
+        # Dropped by the head's own timeout, well before the idle deadline would have come.
+        self.assertGreaterEqual(closed_at - started, HEADER_TIMEOUT - 0.05)
+        self.assertLess(closed_at - started, self.IDLE_TIMEOUT - 0.3)
+        self.assertEqual(len(self.fake.requests), 1)
+
+
 # --- a client that never reads ---------------------------------------------------------------
 
 
