@@ -18,9 +18,6 @@
 namespace bulwark::server {
 
 namespace {
-// Unparsed input kept while a request is active (pipelined requests). Past this, reading
-// pauses until the current response is done.
-constexpr size_t kMaxBufferedInput = 1024 * 1024;
 // A streamed request body: what is held between the client and the upstream, and the most
 // unparsed input read ahead from the client's socket meanwhile.
 constexpr size_t kBodyWindow = 256 * 1024;
@@ -67,7 +64,6 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
   body_room_.prepare(base, -1, 0, &ClientConnection::bodyRoomCallback, this);
   bufferevent_setcb(bev_.get(), &ClientConnection::readCallback, &ClientConnection::writeCallback,
                     &ClientConnection::eventCallback, this);
-  bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxBufferedInput);
   timeval write_timeout = support::toTimeval(limits_.idle_timeout_ms);
   bufferevent_set_timeouts(bev_.get(), nullptr, &write_timeout);
   flush_.assign(base, -1, 0, &ClientConnection::flushCallback, this);
@@ -120,7 +116,11 @@ void ClientConnection::readCallback(bufferevent*, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
   switch (self->phase_) {
     case Phase::kActive:
-      if (!self->body_) return;  // pipelined bytes wait in the input buffer; reading goes on to see EOF
+      if (!self->body_) {
+        // Pipelined bytes wait in the input buffer; reading goes on to see EOF.
+        self->boundInput();
+        return;
+      }
       break;  // the active request's body, still arriving
     case Phase::kClosing: {
       evbuffer* input = bufferevent_get_input(self->bev_.get());
@@ -143,9 +143,21 @@ void ClientConnection::readCallback(bufferevent*, void* arg) {
   self->processInput();
 }
 
+void ClientConnection::boundInput() {
+  bool full = evbuffer_get_length(bufferevent_get_input(bev_.get())) >= input_limit_;
+  if (full == input_paused_) return;
+  input_paused_ = full;
+  if (full) {
+    bufferevent_disable(bev_.get(), EV_READ);
+  } else {
+    bufferevent_enable(bev_.get(), EV_READ);
+  }
+}
+
 void ClientConnection::processInput() {
   bool head_begun = false;
   parseInput(head_begun);
+  if (phase_ != Phase::kClosing) boundInput();
   // A request still arriving is timed once this pass has read what there was, so a request
   // that came whole (the usual case) moves no timer: the whole head within header_timeout
   // of its first byte, and then each gap between body bytes within it.
@@ -247,7 +259,7 @@ void ClientConnection::startStreamingRequest(HttpRequest request) {
   body_->onRoom([this] { body_room_.activate(); });
   parser_.streamBodyTo(body_.get());
   request.body_stream = body_;
-  bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxStreamingInput);
+  input_limit_ = kMaxStreamingInput;
   startRequest(std::move(request));
 }
 
@@ -256,7 +268,7 @@ void ClientConnection::endBody() {
   body_->onRoom(nullptr);
   body_->end();
   body_.reset();
-  bufferevent_setwatermark(bev_.get(), EV_READ, 0, kMaxBufferedInput);
+  input_limit_ = kMaxBufferedInput;
   clearDeadline();  // the response is the exchange's to time now
 }
 
@@ -467,7 +479,9 @@ void ClientConnection::closeAfterFlush() {
     return;
   }
   // The write callback closes once the output is flushed; the write timeout bounds the wait.
+  // Reading goes on meanwhile, to notice a client that leaves.
   evbuffer_drain(bufferevent_get_input(bev_.get()), SIZE_MAX);
+  boundInput();
 }
 
 void ClientConnection::closeFlushed() {
@@ -481,6 +495,7 @@ void ClientConnection::closeFlushed() {
   linger_ends_ms_ = monotonicMillis() + kLingerTotalMs;
   shutdown(bufferevent_getfd(bev_.get()), SHUT_WR);
   evbuffer_drain(bufferevent_get_input(bev_.get()), SIZE_MAX);
+  input_paused_ = false;
   bufferevent_enable(bev_.get(), EV_READ);
   setDeadline(kLingerIdleMs);
 }

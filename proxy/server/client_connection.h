@@ -76,6 +76,10 @@ class ClientConnection final : public ResponseSink {
 
   // Parses buffered input, then times a request still arriving.
   void processInput();
+  // Unparsed input is bounded (input_limit_): reading pauses while that much waits, and
+  // resumes once it is parsed. (A read watermark would do the same, but libevent then runs
+  // a callback and re-adds the read event at every change of the input buffer.)
+  void boundInput();
   // The parsing loop; head_begun is set when a request's first byte was read.
   void parseInput(bool& head_begun);
   void startRequest(HttpRequest request);
@@ -110,6 +114,11 @@ class ClientConnection final : public ResponseSink {
   // go on to the next request or close.
   support::InlineEvent flush_;
   evbuffer_cb_entry* output_cb_ = nullptr;
+  // Unparsed input kept while a request is active (pipelined requests). Past this, reading
+  // pauses until the current response is done.
+  static constexpr std::size_t kMaxBufferedInput = 1024 * 1024;
+  std::size_t input_limit_ = kMaxBufferedInput;
+  bool input_paused_ = false;
   bool flush_pending_ = false;
   bool after_response_pending_ = false;
   bool write_enabled_ = false;  // the bufferevent finishes a write the socket did not take

@@ -775,6 +775,38 @@ class PipelineTest(HostileTestCase):
         self.assertEqual([r.query for r in self.fake.requests], ["0", "1", "2"])
         self.assert_still_serving()
 
+    def test_input_sent_ahead_of_a_slow_answer_is_read_only_so_far(self):
+        """A client that floods a connection while its request waits finds TCP pushing back:
+        Bulwark holds at most 1 MiB of unparsed input per connection, then stops reading."""
+        pid = self.bulwark.proc.pid
+        self.assert_still_serving()
+        baseline = rss_kib(pid)
+        limit = 64 * MiB
+        sent = 0
+        with RawConnection(self.port, timeout=10) as conn:
+            conn.send(raw_request("GET", "/v1/models?0", headers=[("X-Fake-Delay", "2")]))
+            self.fake.wait_for_requests(2)
+            conn.sock.settimeout(0.5)
+            junk = b"x" * (64 * 1024)
+            try:
+                while sent < limit:
+                    sent += conn.sock.send(junk)
+            except (socket.timeout, TimeoutError):
+                pass
+            grew_kib = rss_kib(pid) - baseline
+            conn.sock.settimeout(10)
+            answer = conn.read_response()
+            refused = conn.read_response()
+            self.assertIsNotNone(conn.wait_closed(5))
+        self.assertLess(sent, limit, "Bulwark read the flood without bound")
+        self.assertLess(grew_kib, 8 * 1024, f"sent {sent} bytes")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.json()["n"], "0")
+        # What came after the answer is no request.
+        assert_openai_error(self, refused, 400, "bad_request")
+        self.assertEqual(len(self.fake.requests), 2)
+        self.assert_still_serving()
+
 
 class Http10Test(HostileTestCase):
 
