@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <ctime>
@@ -22,6 +23,8 @@ namespace {
 // unparsed input read ahead from the client's socket meanwhile.
 constexpr size_t kBodyWindow = 256 * 1024;
 constexpr size_t kMaxStreamingInput = 64 * 1024;
+// The most one read takes from the socket (as much as a bufferevent reads at once).
+constexpr size_t kReadChunk = 16 * 1024;
 // Lingering close: the longest wait for more input, the whole linger at most, and the most
 // bytes discarded (past the largest upload a client could have started).
 constexpr long long kLingerIdleMs = 5000;
@@ -62,8 +65,13 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
   bev_.reset(bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE));
   timer_.assign(base, -1, 0, &ClientConnection::timerCallback, this);
   body_room_.prepare(base, -1, 0, &ClientConnection::bodyRoomCallback, this);
-  bufferevent_setcb(bev_.get(), &ClientConnection::readCallback, &ClientConnection::writeCallback,
+  // The bufferevent writes; reading is the connection's own (see readableCallback).
+  bufferevent_setcb(bev_.get(), nullptr, &ClientConnection::writeCallback,
                     &ClientConnection::eventCallback, this);
+  read_event_.assign(base, fd, EV_READ | EV_PERSIST, &ClientConnection::readableCallback, this);
+  // A socket bufferevent keeps its input's end frozen for everyone but itself; this one never
+  // reads, so its input is the connection's to fill.
+  evbuffer_unfreeze(bufferevent_get_input(bev_.get()), 0);
   timeval write_timeout = support::toTimeval(limits_.idle_timeout_ms);
   bufferevent_set_timeouts(bev_.get(), nullptr, &write_timeout);
   flush_.assign(base, -1, 0, &ClientConnection::flushCallback, this);
@@ -71,7 +79,7 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
                                &ClientConnection::outputCallback, this);
   // EV_WRITE (on by default for a socket bufferevent) only while a write is unfinished.
   bufferevent_disable(bev_.get(), EV_WRITE);
-  bufferevent_enable(bev_.get(), EV_READ);
+  read_event_.add(nullptr);
   setDeadline(limits_.idle_timeout_ms);
 }
 
@@ -112,35 +120,59 @@ void ClientConnection::destroy() {
   server_.release(this);
 }
 
-void ClientConnection::readCallback(bufferevent*, void* arg) {
+void ClientConnection::readableCallback(evutil_socket_t fd, short, void* arg) {
   auto* self = static_cast<ClientConnection*>(arg);
-  switch (self->phase_) {
+  // One read of what the socket holds, up to kReadChunk, straight into the input buffer.
+  // (A bufferevent asks the kernel how much is readable first: a system call per read.)
+  evbuffer* input = bufferevent_get_input(self->bev_.get());
+  evbuffer_iovec vec;
+  if (evbuffer_reserve_space(input, kReadChunk, &vec, 1) < 1) {
+    self->destroy();  // out of memory
+    return;
+  }
+  ssize_t got = recv(fd, vec.iov_base, std::min(vec.iov_len, kReadChunk), 0);
+  if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (got <= 0) {
+    // The client closed or reset its side.
+    if (self->phase_ == Phase::kActive && !self->response_done_) {
+      observe::logDebug("client left before its response completed");
+    }
+    self->destroy();  // cancels the active request, if any
+    return;
+  }
+  vec.iov_len = static_cast<std::size_t>(got);
+  evbuffer_commit_space(input, &vec, 1);
+  self->onInput();
+}
+
+void ClientConnection::onInput() {
+  switch (phase_) {
     case Phase::kActive:
-      if (!self->body_) {
+      if (!body_) {
         // Pipelined bytes wait in the input buffer; reading goes on to see EOF.
-        self->boundInput();
+        boundInput();
         return;
       }
       break;  // the active request's body, still arriving
     case Phase::kClosing: {
-      evbuffer* input = bufferevent_get_input(self->bev_.get());
+      evbuffer* input = bufferevent_get_input(bev_.get());
       std::size_t discarded = evbuffer_get_length(input);
       evbuffer_drain(input, SIZE_MAX);
-      if (self->lingering_) {
-        self->linger_bytes_ += discarded;
-        long long left = self->linger_ends_ms_ - monotonicMillis();
-        if (self->linger_bytes_ > kLingerMaxBytes || left <= 0) {
-          self->destroy();
+      if (lingering_) {
+        linger_bytes_ += discarded;
+        long long left = linger_ends_ms_ - monotonicMillis();
+        if (linger_bytes_ > kLingerMaxBytes || left <= 0) {
+          destroy();
           return;
         }
-        self->setDeadline(std::min(kLingerIdleMs, left));
+        setDeadline(std::min(kLingerIdleMs, left));
       }
       return;
     }
     default:
       break;
   }
-  self->processInput();
+  processInput();
 }
 
 void ClientConnection::boundInput() {
@@ -148,9 +180,9 @@ void ClientConnection::boundInput() {
   if (full == input_paused_) return;
   input_paused_ = full;
   if (full) {
-    bufferevent_disable(bev_.get(), EV_READ);
+    read_event_.del();
   } else {
-    bufferevent_enable(bev_.get(), EV_READ);
+    read_event_.add(nullptr);
   }
 }
 
@@ -495,8 +527,8 @@ void ClientConnection::closeFlushed() {
   linger_ends_ms_ = monotonicMillis() + kLingerTotalMs;
   shutdown(bufferevent_getfd(bev_.get()), SHUT_WR);
   evbuffer_drain(bufferevent_get_input(bev_.get()), SIZE_MAX);
+  if (input_paused_) read_event_.add(nullptr);
   input_paused_ = false;
-  bufferevent_enable(bev_.get(), EV_READ);
   setDeadline(kLingerIdleMs);
 }
 
@@ -556,6 +588,7 @@ void ClientConnection::onOutputDrained() {
 }
 
 void ClientConnection::eventCallback(bufferevent*, short what, void* arg) {
+  // The write side: an error or the write timeout.
   auto* self = static_cast<ClientConnection*>(arg);
   if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
     if (self->phase_ == Phase::kActive && !self->response_done_) {

@@ -60,7 +60,9 @@ class ClientConnection final : public ResponseSink {
     kClosing,      // flushing the last bytes, then closing (lingering, if asked)
   };
 
-  static void readCallback(bufferevent* bev, void* arg);
+  static void readableCallback(evutil_socket_t fd, short, void* arg);
+  // New input is in the buffer: what the phase makes of it.
+  void onInput();
   static void writeCallback(bufferevent* bev, void* arg);
   static void eventCallback(bufferevent* bev, short what, void* arg);
   static void timerCallback(evutil_socket_t, short, void* arg);
@@ -106,6 +108,9 @@ class ClientConnection final : public ResponseSink {
   RequestHandler& handler_;
   RequestParser parser_;
   support::BuffereventPtr bev_;
+  // The socket's read event (after bev_: it is removed before the bufferevent closes the
+  // socket).
+  support::InlineEvent read_event_;
   support::InlineEvent timer_;
   long long deadline_ms_ = 0;
   long long timer_fires_ms_ = 0;
