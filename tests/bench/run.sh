@@ -38,8 +38,12 @@ workdir="$(mktemp -d "${TMPDIR:-/tmp}/bulwark-benchclient-XXXXXX")"
 trap 'rm -rf "$workdir"' EXIT
 cc -O2 -Wall -o "$workdir/benchclient" "$here/benchclient.c"
 export BENCH_CLIENT="$workdir/benchclient"
-# The libcurl ceiling: the same libraries Bulwark links (Debian's libcurl and libevent).
-cc -O2 -Wall -o "$workdir/ceiling" "$here/ceiling.c" -lcurl -levent
+# The libcurl ceiling: the same libraries Bulwark links (Debian's libcurl and libevent), on
+# the same allocator (mimalloc, when Bulwark is built with it), so that the allocator's gain
+# is not counted as Bulwark's own.
+allocator=()
+if readelf -d "$BULWARK_BIN" 2>/dev/null | grep -q 'libmimalloc'; then allocator=(-lmimalloc); fi
+cc -O2 -Wall -o "$workdir/ceiling" "$here/ceiling.c" "${allocator[@]}" -lcurl -levent
 export BENCH_CEILING="$workdir/ceiling"
 
 python3 "$here/bench.py"
