@@ -3,7 +3,6 @@
 
 #include <csignal>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -11,10 +10,6 @@
 #include "proxy/app.h"
 #include "proxy/observe/logger.h"
 #include "proxy/version.h"
-
-#ifdef BULWARK_MIMALLOC
-#include <mimalloc.h>
-#endif
 
 namespace {
 
@@ -32,16 +27,6 @@ void printErrors(FILE* out, const bulwark::config::LoadResult& result) {
 }  // namespace
 
 int main(int argc, char** argv) {
-#ifdef BULWARK_MIMALLOC
-  // Memory a burst left free goes back to the kernel at once rather than after a delay, as
-  // the C library's allocator returns its large blocks: a large body passing through leaves
-  // the process no bigger than it found it. (The allocator's environment variables, such as
-  // MIMALLOC_DECOMMIT_DELAY, still override this.)
-  if (std::getenv("MIMALLOC_DECOMMIT_DELAY") == nullptr &&
-      std::getenv("MIMALLOC_RESET_DELAY") == nullptr) {
-    mi_option_set(mi_option_decommit_delay, 0);
-  }
-#endif
   std::string config_path = "proxy.yaml";
   std::string check_path;
   bool check = false;

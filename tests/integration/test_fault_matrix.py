@@ -392,7 +392,14 @@ class ConflictingContentLengthTest(unittest.TestCase):
 class HugeUpstreamBodyTest(unittest.TestCase):
     """Upstream bodies are not trusted to be small: what Bulwark holds back before the commit
     point (an error body it reads to classify, a first event it waits for) is capped, and
-    past the cap the bytes stream through. Memory stays flat; the client gets every byte."""
+    past the cap the bytes stream through. Memory stays bounded, far below the body's size,
+    and the client gets every byte.
+
+    The bound, 12 MiB for a 48 MiB body, is what the HTTP/2 transport needs: its windows let
+    the upstream run megabytes ahead (6.5 MiB of growth on the C library's allocator), and
+    the allocator Bulwark runs on keeps freed pages for a short delay before it returns them
+    (10.2 MiB). A body twice as large grows the process by the same amount on both, so
+    nothing here is proportional to the body."""
 
     def test_huge_error_bodies_and_endless_first_events_stream_through_in_bounded_memory(self):
         # Incompressible, as real bodies nearly are: libcurl decodes a compressed body one
@@ -425,7 +432,7 @@ class HugeUpstreamBodyTest(unittest.TestCase):
                 self.assertEqual(received, len(big))
                 attempts = int(resp.header("x-bulwark-attempts"))
                 self.assertEqual(len(fake.requests), attempts)
-                self.assertLess(peak - baseline, 8 * 1024,
+                self.assertLess(peak - baseline, 12 * 1024,
                                 f"bulwark grew by {peak - baseline} KiB passing a 48 MiB body")
 
 
