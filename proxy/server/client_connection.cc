@@ -130,7 +130,7 @@ void ClientConnection::readableCallback(evutil_socket_t fd, short, void* arg) {
     self->destroy();  // out of memory
     return;
   }
-  ssize_t got = recv(fd, vec.iov_base, std::min(vec.iov_len, kReadChunk), 0);
+  ssize_t got = recv(fd, vec.iov_base, std::min(vec.iov_len, kReadChunk), MSG_DONTWAIT);
   if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
   if (got <= 0) {
     // The client closed or reset its side.
