@@ -29,8 +29,18 @@ return {n, began}
 // Reserves ARGV cost in this sidecar's fields of the hash KEYS[1] if every live sidecar's
 // reservations together stay within the room; answers 1 (reserved) or 0 (nothing held).
 // A sidecar is live while its key (ARGV[7] .. id) exists; a dead one's fields are dropped.
-// ARGV: id, cost tokens, cost requests, room tokens, room requests, ttl ms, alive prefix.
+// The room is only as good as the view it came from: a sidecar publishes a response's view
+// (field ARGV[8] of the hash KEYS[2]) before it drops that request's reservation, so if the
+// latest view was sent after ARGV[9] (the newest this sidecar has taken), its request may
+// be in neither; then nothing is held and the answer is that view.
+// ARGV: id, cost tokens, cost requests, room tokens, room requests, ttl ms, alive prefix,
+// view field, newest view taken (wall ms).
 constexpr char kReserveScript[] = R"lua(
+local latest = redis.call('HGET', KEYS[2], ARGV[8])
+if latest then
+  local sent = tonumber(string.match(latest, '\t(%d+)\t[^\t]*$'))
+  if sent and sent > tonumber(ARGV[9]) then return latest end
+end
 redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':t', ARGV[2])
 redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':r', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
@@ -201,7 +211,7 @@ bool Fleet::active() const {
 
 void Fleet::confirm(const std::string& upstream, const std::string& model,
                     const resilience::QuotaCost& cost, const resilience::QuotaCost& room,
-                    std::function<void(bool fits, Ticket ticket)> done) {
+                    long long seen, std::function<void(bool fits, Ticket ticket)> done) {
   RedisLink* link = t_link.get();
   if (link == nullptr || !link->up()) {
     done(true, Ticket{});
@@ -209,10 +219,26 @@ void Fleet::confirm(const std::string& upstream, const std::string& model,
   }
   std::string slot = upstream + "\t" + model;
   link->command(
-      {"EVAL", kReserveScript, "1", key("quota", "reserved", upstream, model), id_,
-       decimal(cost.tokens), decimal(cost.requests), decimal(room.tokens), decimal(room.requests),
-       std::to_string(kReservationTtlMs), config_.key_prefix + "alive:"},
+      {"EVAL", kReserveScript, "2", key("quota", "reserved", upstream, model),
+       config_.key_prefix + "quota:views", id_, decimal(cost.tokens), decimal(cost.requests),
+       decimal(room.tokens), decimal(room.requests), std::to_string(kReservationTtlMs),
+       config_.key_prefix + "alive:", slot, std::to_string(seen)},
       "reserve", [this, slot, cost, done = std::move(done)](const redisReply* reply) {
+        if (reply != nullptr && reply->type == REDIS_REPLY_STRING) {
+          // A newer view than the local one: take it, and let the request check again. It
+          // is marked as taken even if it does not parse, so the next check goes on.
+          std::string_view latest(reply->str, reply->len);
+          onMessage(latest);
+          std::vector<std::string_view> parts = split(latest, '\t');
+          long long sent = 0;
+          if (parts.size() >= 2) {
+            std::string_view field = parts[parts.size() - 2];
+            std::from_chars(field.data(), field.data() + field.size(), sent);
+          }
+          tookView(slot, sent);
+          done(false, Ticket{false, true});
+          return;
+        }
         if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) {
           done(true, Ticket{});  // no answer in time: the local view decides
           return;
@@ -229,6 +255,18 @@ void Fleet::confirm(const std::string& upstream, const std::string& model,
         }
         done(true, Ticket{true});
       });
+}
+
+long long Fleet::newestView(const std::string& upstream, const std::string& model) const {
+  std::lock_guard lock(views_mutex_);
+  auto it = newest_view_ms_.find(upstream + "\t" + model);
+  return it == newest_view_ms_.end() ? 0 : it->second;
+}
+
+void Fleet::tookView(const std::string& slot, long long as_of_ms) {
+  std::lock_guard lock(views_mutex_);
+  long long& newest = newest_view_ms_[slot];
+  newest = std::max(newest, as_of_ms);
 }
 
 void Fleet::end(const std::string& upstream, const std::string& model,
@@ -275,6 +313,7 @@ void Fleet::observed(const std::string& upstream, const std::string& model,
   if (link == nullptr || !link->up()) return;
   long long as_of_ms =
       std::chrono::duration_cast<resilience::Millis>(as_of.time_since_epoch()).count();
+  tookView(upstream + "\t" + model, as_of_ms);
   publishKept(upstream + "\t" + model,
               "quota\t" + upstream + "\t" + model + "\t" + field(h.limit_requests) + "\t" +
                   field(h.remaining_requests) + "\t" + field(h.reset_requests) + "\t" +
@@ -402,7 +441,7 @@ void Fleet::onMessage(std::string_view message) {
   if (parts[0] == "fail") {
     streak(upstream, model).dirty.store(true);
   } else if (parts[0] == "quota" && parts.size() == 11) {
-    if (parts[10] == id_) return;  // its own view, already taken
+    if (parts[10] == id_) return;  // its own view, already taken (and marked)
     resilience::RateLimitHeaders h;
     h.limit_requests = numberField(parts[3]);
     h.remaining_requests = numberField(parts[4]);
@@ -416,6 +455,8 @@ void Fleet::onMessage(std::string_view message) {
     resilience::SteadyTime as_of =
         now - resilience::Millis(wallMs(clock_) - static_cast<long long>(*as_of_ms));
     health->quotaFor(model).observe(h, now, std::min(as_of, now));
+    // Marked once the quota holds it (a stale one changes nothing, and is marked too).
+    tookView(upstream + "\t" + model, static_cast<long long>(*as_of_ms));
   } else if (parts[0] == "cooldown" && parts.size() == 5) {
     if (parts[4] == id_) return;
     std::optional<double> until_ms = numberField(parts[3]);

@@ -72,8 +72,9 @@ class Fleet final : public resilience::QuotaArbiter {
   // resilience::QuotaArbiter, on worker threads (each with its own link).
   bool active() const override;
   void confirm(const std::string& upstream, const std::string& model,
-               const resilience::QuotaCost& cost, const resilience::QuotaCost& room,
+               const resilience::QuotaCost& cost, const resilience::QuotaCost& room, long long seen,
                std::function<void(bool fits, Ticket ticket)> done) override;
+  long long newestView(const std::string& upstream, const std::string& model) const override;
   void end(const std::string& upstream, const std::string& model, const resilience::QuotaCost& cost,
            Ticket ticket) override;
   void observed(const std::string& upstream, const std::string& model,
@@ -131,6 +132,11 @@ class Fleet final : public resilience::QuotaArbiter {
   std::map<std::string, resilience::QuotaCost> reserved_;
   std::mutex streaks_mutex_;
   std::map<std::string, std::unique_ptr<Streak>> streaks_;
+  // The send time (wall ms) of the newest rate-limit view taken, by "upstream\tmodel": the
+  // reservation script compares it with the fleet's latest.
+  void tookView(const std::string& slot, long long as_of_ms);
+  mutable std::mutex views_mutex_;
+  std::map<std::string, long long> newest_view_ms_;
 };
 
 }  // namespace bulwark::fleet

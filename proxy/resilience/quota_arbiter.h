@@ -21,12 +21,21 @@ class QuotaArbiter {
   // later; `done(false)`: no room, nothing held. No answer in time: done(true) without a
   // fleet reservation (the local view decides), and end() does nothing for it. Called back
   // exactly once, on the calling thread, possibly before confirm() returns.
+  //
+  // `seen` is newestView() as read before the local view that `room` comes from. If the fleet
+  // holds a newer rate-limit view than that (one whose request has already left the
+  // reservations), nothing is reserved: the local quota takes the newer view, and done(false)
+  // comes with `newer_view`, to check again at once.
   struct Ticket {
     bool fleet_reserved = false;
+    bool newer_view = false;
   };
   virtual void confirm(const std::string& upstream, const std::string& model, const QuotaCost& cost,
-                       const QuotaCost& room,
+                       const QuotaCost& room, long long seen,
                        std::function<void(bool fits, Ticket ticket)> done) = 0;
+  // A mark of the newest rate-limit view of (upstream, model) this sidecar has taken, its own
+  // or another's: read it before the local quota's view.
+  virtual long long newestView(const std::string& upstream, const std::string& model) const = 0;
   // A confirmed reservation ended: settled, charged or released.
   virtual void end(const std::string& upstream, const std::string& model, const QuotaCost& cost,
                    Ticket ticket) = 0;

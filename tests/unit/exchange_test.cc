@@ -102,14 +102,16 @@ class FakeArbiter final : public resilience::QuotaArbiter {
   struct Call {
     resilience::QuotaCost cost;
     resilience::QuotaCost room;
+    long long seen = 0;
     std::function<void(bool, Ticket)> done;
   };
   bool active() const override { return true; }
   void confirm(const std::string&, const std::string&, const resilience::QuotaCost& cost,
-               const resilience::QuotaCost& room,
+               const resilience::QuotaCost& room, long long seen,
                std::function<void(bool, Ticket)> done) override {
-    calls.push_back({cost, room, std::move(done)});
+    calls.push_back({cost, room, seen, std::move(done)});
   }
+  long long newestView(const std::string&, const std::string&) const override { return newest; }
   void end(const std::string&, const std::string&, const resilience::QuotaCost& cost,
            Ticket ticket) override {
     if (ticket.fleet_reserved) ended_tokens += cost.tokens;
@@ -125,7 +127,15 @@ class FakeArbiter final : public resilience::QuotaArbiter {
     calls.erase(calls.begin());
     call.done(fits, Ticket{fits});
   }
+  // Answers the oldest pending confirm(): the fleet holds a newer view, now taken.
+  void answerNewerView(long long view) {
+    newest = view;
+    Call call = std::move(calls.front());
+    calls.erase(calls.begin());
+    call.done(false, Ticket{false, true});
+  }
 
+  long long newest = 0;
   std::vector<Call> calls;
   double ended_tokens = 0;
   int views = 0;
@@ -575,6 +585,29 @@ TEST_F(ExchangeTest, WhenTheFleetHasNoRoomTheRequestWaitsAndItsReservationGoesBa
   fleet.answer(true);
   EXPECT_EQ(fleet.ended_tokens, 100);
   EXPECT_TRUE(attempts_.urls.empty());
+}
+
+TEST_F(ExchangeTest, AViewNewerThanTheLocalOneHoldsNothingAndTheRequestAsksAgainWithIt) {
+  FakeArbiter fleet;
+  context_.arbiter = &fleet;
+  fleet.newest = 5000;
+  resilience::Quota& quota = quotaReports(1000);
+  Exchange& ex = request(kCosts100);
+  ASSERT_EQ(fleet.calls.size(), 1u);
+  EXPECT_EQ(fleet.calls[0].seen, 5000);  // the mark of the view the room came from
+  fleet.answerNewerView(6000);  // another sidecar's answer, sent later: its request may be in
+                                // neither the local view nor the reservations
+  EXPECT_EQ(ex.phase(), Exchange::Phase::kQueued);
+  EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
+  EXPECT_TRUE(attempts_.urls.empty());
+  event_base_loop(base_, EVLOOP_ONCE);  // asks again, with the newer view
+  ASSERT_EQ(fleet.calls.size(), 1u);
+  EXPECT_EQ(fleet.calls[0].seen, 6000);
+  fleet.answer(true);
+  ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting);
+  EXPECT_EQ(attempts_.urls.size(), 1u);
+  attempts_.current()->answer(200);
+  EXPECT_EQ(fleet.ended_tokens, 100);
 }
 
 TEST_F(ExchangeTest, ShutdownEndsEachPhaseOnce) {
