@@ -242,9 +242,9 @@ class Http2BackpressureTest(unittest.TestCase):
         with FakeUpstream(responder=respond) as fake, Bulwark([fake]) as bulwark:
             for _ in range(4):  # warm: connections, allocator
                 self.assertEqual(post(bulwark.port, CHAT).status, 200)
-            # One full-speed read of the same stream first: the allocator keeps the pages its
-            # size classes touched (mimalloc does not hand back 512 KiB pages as glibc unmaps
-            # large chunks), and that is not what the slow reader costs.
+            # One full-speed read of the same stream first: the allocator keeps the pages that
+            # stream's buffers touched (mimalloc keeps them where glibc hands large chunks
+            # back at once), and that is not what the slow reader costs.
             warm = post(bulwark.port, {**CHAT, "stream": True}, timeout=30)
             self.assertEqual((warm.status, len(warm.body) > 8 * 1024 * 1024), (200, True))
             baseline = rss_kib(bulwark.proc.pid)
