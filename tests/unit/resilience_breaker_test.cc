@@ -676,10 +676,13 @@ TEST(BreakerHammerTest, ConcurrentAdmitAndRecord) {
         // Counted down before the breaker frees the slot, so this count never exceeds the
         // breaker's own.
         if (admission.probe) probes_in_flight.fetch_sub(1);
+        // 55 % failures, 40 % successes: over the 50 % rate threshold, so a closed breaker
+        // trips at its min_requests-th outcome whatever the interleaving, rather than only on
+        // a lucky early streak.
         if (roll < 5) {
           breaker.release(admission.probe);
         } else {
-          breaker.record(/*counted_failure=*/roll < 45, admission.probe);
+          breaker.record(/*counted_failure=*/roll < 60, admission.probe);
         }
         if (i % 512 == 0) (void)breaker.snapshot();
       }
