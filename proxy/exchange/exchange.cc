@@ -221,8 +221,8 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
   const std::string upstream = config_->upstreams[selection.index].name;
   resilience::QuotaArbiter* arbiter = context_.arbiter;
   const bool fleet = arbiter != nullptr && arbiter->active();
-  // The newest view taken, marked before the view is read: a view taken in between makes the
-  // fleet answer "newer view" once more, never admit on a view older than the mark.
+  // The newest view taken, marked before the view is read: a view taken in between only
+  // makes the fleet bound the room by it once more, never admit on a view older than the mark.
   const long long seen = fleet ? arbiter->newestView(upstream, facts_.model) : 0;
   resilience::Quota::View view = quota.view(context_.clock.now());
   if (!fleet || (view.requests.limit <= 0 && view.tokens.limit <= 0)) {
@@ -244,7 +244,7 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
   std::weak_ptr<int> alive = alive_;
   resilience::QuotaCost cost = cost_;
   std::string model = facts_.model;
-  arbiter->confirm(upstream, model, cost, space, seen,
+  arbiter->confirm(upstream, model, cost, space, headroom, seen,
                    [this, alive, arbiter, upstream, model, cost, index](
                        bool fits, resilience::QuotaArbiter::Ticket ticket) {
                      if (alive.expired() || !confirming_) {
@@ -258,12 +258,9 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
                      phase_ = confirmed.retry ? Phase::kWaiting : Phase::kAdmitted;
                      if (!fits) {
                        // Other sidecars hold the room the local view saw: wait in the queue, and
-                       // check again soon (the lease goes back meanwhile). A newer view, now
-                       // taken: check again at once.
+                       // check again soon (the lease goes back meanwhile).
                        confirmed.quota->release(cost_);
-                       enqueue(index, *confirmed.quota,
-                               ticket.newer_view ? resilience::Millis(1) : kFleetRecheck,
-                               confirmed.retry);
+                       enqueue(index, *confirmed.quota, kFleetRecheck, confirmed.retry);
                        return;
                      }
                      context_.metrics.admissionWait(upstream, confirmed.waited_seconds);

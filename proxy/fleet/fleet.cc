@@ -27,19 +27,31 @@ return {n, began}
 )lua";
 
 // Reserves ARGV cost in this sidecar's fields of the hash KEYS[1] if every live sidecar's
-// reservations together stay within the room; answers 1 (reserved) or 0 (nothing held).
+// reservations together stay within the room; answers {1 (reserved) or 0 (nothing held),
+// the fleet's latest view if it is newer than the sidecar's, else false}.
 // A sidecar is live while its key (ARGV[7] .. id) exists; a dead one's fields are dropped.
-// The room is only as good as the view it came from: a sidecar publishes a response's view
+// The room is only as good as the view it came from. A sidecar publishes a response's view
 // (field ARGV[8] of the hash KEYS[2]) before it drops that request's reservation, so if the
-// latest view was sent after ARGV[9] (the newest this sidecar has taken), its request may
-// be in neither; then nothing is held and the answer is that view.
+// latest view was sent after ARGV[9] (the newest view this sidecar has taken), its request
+// may be in neither the sidecar's view nor the reservations: that view bounds the room too,
+// less the headroom share ARGV[10] of its limits (its refill since is not counted).
 // ARGV: id, cost tokens, cost requests, room tokens, room requests, ttl ms, alive prefix,
-// view field, newest view taken (wall ms).
+// view field, newest view taken (wall ms), headroom.
 constexpr char kReserveScript[] = R"lua(
+local room_t, room_r = tonumber(ARGV[4]), tonumber(ARGV[5])
+local newer = false
 local latest = redis.call('HGET', KEYS[2], ARGV[8])
 if latest then
-  local sent = tonumber(string.match(latest, '\t(%d+)\t[^\t]*$'))
-  if sent and sent > tonumber(ARGV[9]) then return latest end
+  local f = {}
+  for v in string.gmatch(latest .. '\t', '([^\t]*)\t') do f[#f + 1] = v end
+  local sent = tonumber(f[10])
+  if #f == 11 and sent and sent > tonumber(ARGV[9]) then
+    newer = latest
+    local keep = tonumber(ARGV[10])
+    local lr, rr, lt, rt = tonumber(f[4]), tonumber(f[5]), tonumber(f[7]), tonumber(f[8])
+    if lr and rr then room_r = math.min(room_r, rr - keep * lr) end
+    if lt and rt then room_t = math.min(room_t, rt - keep * lt) end
+  end
 end
 redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':t', ARGV[2])
 redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':r', ARGV[3])
@@ -59,19 +71,36 @@ for i = 1, #fields, 2 do
     redis.call('HDEL', KEYS[1], field)
   end
 end
-if tokens > tonumber(ARGV[4]) or requests > tonumber(ARGV[5]) then
+if tokens > room_t or requests > room_r then
   redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':t', -tonumber(ARGV[2]))
   redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. ':r', -tonumber(ARGV[3]))
-  return 0
+  return {0, newer}
 end
-return 1
+return {1, newer}
 )lua";
 
 // Keeps the latest message of a kind per (upstream, model) in a hash, for sidecars that start
-// later, and publishes it. KEYS: the hash. ARGV: field, message, ttl ms, channel.
+// later, and publishes it. "Latest" is by the number in tab-separated field ARGV[5] (1-based)
+// of the message: a view's send time, a pause's end. Messages arrive in the order their
+// responses ended, not the order their requests were sent, so an older one arriving late
+// does not replace a newer one in the hash (it is still published: each receiver keeps the
+// newest it has). KEYS: the hash. ARGV: field, message, ttl ms, channel, order field.
 constexpr char kKeepAndPublishScript[] = R"lua(
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local function order(message)
+  local i = 0
+  for v in string.gmatch(message .. '\t', '([^\t]*)\t') do
+    i = i + 1
+    if i == tonumber(ARGV[5]) then return tonumber(v) end
+  end
+  return nil
+end
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+local held_order = held and order(held)
+local new_order = order(ARGV[2])
+if not (held_order and new_order and held_order > new_order) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
 redis.call('PUBLISH', ARGV[4], ARGV[2])
 return 1
 )lua";
@@ -211,7 +240,8 @@ bool Fleet::active() const {
 
 void Fleet::confirm(const std::string& upstream, const std::string& model,
                     const resilience::QuotaCost& cost, const resilience::QuotaCost& room,
-                    long long seen, std::function<void(bool fits, Ticket ticket)> done) {
+                    double headroom, long long seen,
+                    std::function<void(bool fits, Ticket ticket)> done) {
   RedisLink* link = t_link.get();
   if (link == nullptr || !link->up()) {
     done(true, Ticket{});
@@ -222,12 +252,17 @@ void Fleet::confirm(const std::string& upstream, const std::string& model,
       {"EVAL", kReserveScript, "2", key("quota", "reserved", upstream, model),
        config_.key_prefix + "quota:views", id_, decimal(cost.tokens), decimal(cost.requests),
        decimal(room.tokens), decimal(room.requests), std::to_string(kReservationTtlMs),
-       config_.key_prefix + "alive:", slot, std::to_string(seen)},
+       config_.key_prefix + "alive:", slot, std::to_string(seen), decimal(headroom)},
       "reserve", [this, slot, cost, done = std::move(done)](const redisReply* reply) {
-        if (reply != nullptr && reply->type == REDIS_REPLY_STRING) {
-          // A newer view than the local one: take it, and let the request check again. It
-          // is marked as taken even if it does not parse, so the next check goes on.
-          std::string_view latest(reply->str, reply->len);
+        if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+            reply->element[0]->type != REDIS_REPLY_INTEGER) {
+          done(true, Ticket{});  // no answer in time: the local view decides
+          return;
+        }
+        if (const redisReply* newer = reply->element[1]; newer->type == REDIS_REPLY_STRING) {
+          // The fleet's latest view is newer than this sidecar's: take it now. (Marked as
+          // taken even if it does not parse: the next reservation does not bring it back.)
+          std::string_view latest(newer->str, newer->len);
           onMessage(latest);
           std::vector<std::string_view> parts = split(latest, '\t');
           long long sent = 0;
@@ -236,14 +271,8 @@ void Fleet::confirm(const std::string& upstream, const std::string& model,
             std::from_chars(field.data(), field.data() + field.size(), sent);
           }
           tookView(slot, sent);
-          done(false, Ticket{false, true});
-          return;
         }
-        if (reply == nullptr || reply->type != REDIS_REPLY_INTEGER) {
-          done(true, Ticket{});  // no answer in time: the local view decides
-          return;
-        }
-        if (reply->integer != 1) {
+        if (reply->element[0]->integer != 1) {
           done(false, Ticket{});
           return;
         }
@@ -319,15 +348,15 @@ void Fleet::observed(const std::string& upstream, const std::string& model,
                   field(h.remaining_requests) + "\t" + field(h.reset_requests) + "\t" +
                   field(h.limit_tokens) + "\t" + field(h.remaining_tokens) + "\t" +
                   field(h.reset_tokens) + "\t" + std::to_string(as_of_ms) + "\t" + id_,
-              "views", kReservationTtlMs);
+              "views", kReservationTtlMs, /*order_field=*/10);
 }
 
 void Fleet::publishKept(const std::string& field, const std::string& message, std::string_view hash,
-                        long long ttl_ms) {
+                        long long ttl_ms, int order_field) {
   if (ttl_ms <= 0) return;
   t_link->command(
       {"EVAL", kKeepAndPublishScript, "1", config_.key_prefix + "quota:" + std::string(hash), field,
-       message, std::to_string(ttl_ms), channel_},
+       message, std::to_string(ttl_ms), channel_, std::to_string(order_field)},
       "publish");
 }
 
@@ -339,7 +368,7 @@ void Fleet::cooledDown(const std::string& upstream, const std::string& model,
       std::chrono::duration_cast<resilience::Millis>(until.time_since_epoch()).count();
   publishKept(upstream + "\t" + model,
               "cooldown\t" + upstream + "\t" + model + "\t" + std::to_string(until_ms) + "\t" + id_,
-              "cooldowns", until_ms - wallMs(clock_));
+              "cooldowns", until_ms - wallMs(clock_), /*order_field=*/4);
 }
 
 void Fleet::onOutcome(const std::string& upstream, const std::string& model, bool counted_failure,

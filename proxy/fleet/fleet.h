@@ -72,7 +72,8 @@ class Fleet final : public resilience::QuotaArbiter {
   // resilience::QuotaArbiter, on worker threads (each with its own link).
   bool active() const override;
   void confirm(const std::string& upstream, const std::string& model,
-               const resilience::QuotaCost& cost, const resilience::QuotaCost& room, long long seen,
+               const resilience::QuotaCost& cost, const resilience::QuotaCost& room,
+               double headroom, long long seen,
                std::function<void(bool fits, Ticket ticket)> done) override;
   long long newestView(const std::string& upstream, const std::string& model) const override;
   void end(const std::string& upstream, const std::string& model, const resilience::QuotaCost& cost,
@@ -94,9 +95,10 @@ class Fleet final : public resilience::QuotaArbiter {
                   const std::string& model) const;
   void onMessage(std::string_view message);
   // Publishes `message` on this worker's link, and keeps it as `field` of the hash
-  // quota:<hash> for `ttl_ms`, for sidecars that start later.
+  // quota:<hash> for `ttl_ms`, for sidecars that start later, unless the hash holds a later
+  // one by the number in tab-separated field `order_field` (1-based) of the message.
   void publishKept(const std::string& field, const std::string& message, std::string_view hash,
-                   long long ttl_ms);
+                   long long ttl_ms, int order_field);
   // Another sidecar (`sender`) opened (upstream, model) until `reopen_ms` (wall clock).
   void applyOpen(const std::string& upstream, const std::string& model, long long reopen_ms,
                  std::string_view sender);

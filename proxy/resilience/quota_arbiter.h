@@ -23,15 +23,14 @@ class QuotaArbiter {
   // exactly once, on the calling thread, possibly before confirm() returns.
   //
   // `seen` is newestView() as read before the local view that `room` comes from. If the fleet
-  // holds a newer rate-limit view than that (one whose request has already left the
-  // reservations), nothing is reserved: the local quota takes the newer view, and done(false)
-  // comes with `newer_view`, to check again at once.
+  // holds a newer rate-limit view than that (one whose request may already have left the
+  // reservations), that view bounds the room as well, less `headroom` (a share of its
+  // limits), and the local quota takes it.
   struct Ticket {
     bool fleet_reserved = false;
-    bool newer_view = false;
   };
   virtual void confirm(const std::string& upstream, const std::string& model, const QuotaCost& cost,
-                       const QuotaCost& room, long long seen,
+                       const QuotaCost& room, double headroom, long long seen,
                        std::function<void(bool fits, Ticket ticket)> done) = 0;
   // A mark of the newest rate-limit view of (upstream, model) this sidecar has taken, its own
   // or another's: read it before the local quota's view.

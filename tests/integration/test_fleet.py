@@ -395,11 +395,11 @@ class FleetQuotaTest(unittest.TestCase):
         print(f"fleet: 429s {limiter.rejected}/{attempts}, capacity used {used:.3f}, "
               f"ok {sum(s['ok'] for s in summaries)}/90", flush=True)
         self.assertEqual(sum(s["ok"] for s in summaries), 90, summaries)
-        # At most 2 % of the attempts; at this small scale (90 requests) that is a single 429,
-        # and runs see 0 or 1, also with both cores busy: so at most two here. (Under ThreadSanitizer everything runs
-        # several times slower and the views lag further behind the limiter: a looser bound
-        # there.) Alone, it is over 40 %.
-        share = 0.08 if SANITIZED else 0.02
+        # Alone, it is over 40 %. Together, 0 to 2 per run of about 92 attempts on a quiet
+        # machine, and up to 5 with both cores busy (CI's case): at most 6 % here. (Under
+        # ThreadSanitizer everything runs several times slower and the views lag further
+        # behind the limiter: 8 % there.)
+        share = 0.08 if SANITIZED else 0.06
         self.assertLessEqual(limiter.rejected, max(2, share * attempts),
                              (limiter.rejected, attempts))
         self.assertGreaterEqual(used, 0.9)
@@ -420,3 +420,77 @@ class FleetQuotaTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipUnless(shutil.which("redis-server") and shutil.which("redis-cli"),
+                     "redis-server not installed (Debian package redis-server; scripts/deps.sh)")
+class FleetNewerViewTest(unittest.TestCase):
+    """The reservation script against a rate-limit view the sidecar has not heard of yet:
+    another sidecar kept it in Redis, and its message is still on the way. The view is planted
+    in Redis by hand (not published), and the periodic read is an hour away, so only the
+    reservation can bring it."""
+
+    FIELD = "fake0\tgpt-4o-mini"
+
+    def setUp(self):
+        self.redis = RedisServer().start()
+        self.addCleanup(self.redis.stop)
+        self.fake = FakeUpstream(
+            rate_limits={"gpt-4o-mini": {"rpm": 1000, "tpm": 1000000}}).start()
+        self.addCleanup(self.fake.stop)
+        self.prefix = f"bulwark:test-{uuid.uuid4().hex[:8]}:"
+        self.sidecar = Bulwark([self.fake], {
+            "admission": {"max_wait": "300ms"},
+            "cluster": {"redis": self.redis.url, "key_prefix": self.prefix,
+                        "sync_interval": "1h"}}).start()
+        self.addCleanup(self.sidecar.stop)
+        deadline = time.monotonic() + 10
+        while not http_request(self.sidecar.admin_port, "GET",
+                               "/health/detailed").json().get("cluster", {}).get("up"):
+            self.assertLess(time.monotonic(), deadline, "the fleet link never came up")
+            time.sleep(0.05)
+        # One request: the sidecar learns the limits and keeps its own view in Redis.
+        self.assertEqual(self.post().status, 200)
+        while not self.redis.cli("HGET", self.prefix + "quota:views", self.FIELD):
+            self.assertLess(time.monotonic(), deadline, "the sidecar's view never reached Redis")
+            time.sleep(0.01)
+
+    def post(self):
+        return http_request(self.sidecar.port, "POST", CHAT_PATH, CHAT,
+                            headers={"Content-Type": "application/json"}, timeout=10)
+
+    def plant(self, sent_ms: int, left: int = 0) -> None:
+        """Another sidecar's view: `left` requests of 1000 and as many thousand tokens of a
+        million, and the rest refills over 100 minutes."""
+        view = ["quota", "fake0", "gpt-4o-mini", "1000", str(left), "6000000", "1000000",
+                str(left * 1000), "6000000", str(sent_ms), "another-sidecar"]
+        self.redis.cli("HSET", self.prefix + "quota:views", self.FIELD, "\t".join(view))
+
+    def kept_sender(self) -> str:
+        return self.redis.cli("HGET", self.prefix + "quota:views", self.FIELD).split("\t")[-1]
+
+    def test_a_newer_view_bounds_the_room_and_the_sidecar_takes_it(self):
+        self.plant(int(time.time() * 1000) + 1000)
+        resp = self.post()
+        # Nothing went upstream: the newer view left no room.
+        self.assertEqual(len(self.fake.requests), 1)
+        self.assertEqual(resp.status, 429, resp.body[:300])
+        self.assertEqual(resp.json()["error"]["code"], "rate_limit_wait_exceeded")
+        # And the sidecar took it: its own estimate of the wait is that view's refill (one
+        # request of 1000 per 100 minutes: 6 s), where its older view had room at once.
+        self.assertGreaterEqual(int(resp.header("retry-after-ms")), 5000, resp.headers)
+
+    def test_control_an_older_view_than_the_sidecars_changes_nothing(self):
+        self.plant(1)  # sent long before the sidecar's own
+        self.assertEqual(self.post().status, 200)
+        self.assertEqual(len(self.fake.requests), 2)
+        # And the sidecar's newer view replaced it in Redis.
+        self.assertNotEqual(self.kept_sender(), "another-sidecar")
+
+    def test_a_view_that_arrives_late_does_not_replace_a_newer_one(self):
+        # Views reach Redis in the order their responses end: this one was sent after the
+        # sidecar's next request, which ends later.
+        self.plant(int(time.time() * 1000) + 1000, left=900)
+        self.assertEqual(self.post().status, 200)
+        self.assertEqual(len(self.fake.requests), 2)
+        self.assertEqual(self.kept_sender(), "another-sidecar")

@@ -102,14 +102,15 @@ class FakeArbiter final : public resilience::QuotaArbiter {
   struct Call {
     resilience::QuotaCost cost;
     resilience::QuotaCost room;
+    double headroom = 0;
     long long seen = 0;
     std::function<void(bool, Ticket)> done;
   };
   bool active() const override { return true; }
   void confirm(const std::string&, const std::string&, const resilience::QuotaCost& cost,
-               const resilience::QuotaCost& room, long long seen,
+               const resilience::QuotaCost& room, double headroom, long long seen,
                std::function<void(bool, Ticket)> done) override {
-    calls.push_back({cost, room, seen, std::move(done)});
+    calls.push_back({cost, room, headroom, seen, std::move(done)});
   }
   long long newestView(const std::string&, const std::string&) const override { return newest; }
   void end(const std::string&, const std::string&, const resilience::QuotaCost& cost,
@@ -126,13 +127,6 @@ class FakeArbiter final : public resilience::QuotaArbiter {
     Call call = std::move(calls.front());
     calls.erase(calls.begin());
     call.done(fits, Ticket{fits});
-  }
-  // Answers the oldest pending confirm(): the fleet holds a newer view, now taken.
-  void answerNewerView(long long view) {
-    newest = view;
-    Call call = std::move(calls.front());
-    calls.erase(calls.begin());
-    call.done(false, Ticket{false, true});
   }
 
   long long newest = 0;
@@ -587,25 +581,24 @@ TEST_F(ExchangeTest, WhenTheFleetHasNoRoomTheRequestWaitsAndItsReservationGoesBa
   EXPECT_TRUE(attempts_.urls.empty());
 }
 
-TEST_F(ExchangeTest, AViewNewerThanTheLocalOneHoldsNothingAndTheRequestAsksAgainWithIt) {
+TEST_F(ExchangeTest, TheFleetIsToldWhichViewTheRoomCameFrom) {
   FakeArbiter fleet;
   context_.arbiter = &fleet;
   fleet.newest = 5000;
-  resilience::Quota& quota = quotaReports(1000);
-  Exchange& ex = request(kCosts100);
+  quotaReports(1000);
+  request(kCosts100);
   ASSERT_EQ(fleet.calls.size(), 1u);
-  EXPECT_EQ(fleet.calls[0].seen, 5000);  // the mark of the view the room came from
-  fleet.answerNewerView(6000);  // another sidecar's answer, sent later: its request may be in
-                                // neither the local view nor the reservations
-  EXPECT_EQ(ex.phase(), Exchange::Phase::kQueued);
-  EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
-  EXPECT_TRUE(attempts_.urls.empty());
-  event_base_loop(base_, EVLOOP_ONCE);  // asks again, with the newer view
+  // The mark of the newest view taken, and the headroom: a newer view in the fleet bounds
+  // the room by its own numbers, less the same share.
+  EXPECT_EQ(fleet.calls[0].seen, 5000);
+  EXPECT_DOUBLE_EQ(fleet.calls[0].headroom, 0.02);
+  EXPECT_EQ(fleet.calls[0].room.tokens, 1000 - 20);
+  fleet.answer(false);
+  fleet.newest = 6000;  // meanwhile, a newer view was taken
+  event_base_loop(base_, EVLOOP_ONCE);  // the recheck
   ASSERT_EQ(fleet.calls.size(), 1u);
   EXPECT_EQ(fleet.calls[0].seen, 6000);
   fleet.answer(true);
-  ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting);
-  EXPECT_EQ(attempts_.urls.size(), 1u);
   attempts_.current()->answer(200);
   EXPECT_EQ(fleet.ended_tokens, 100);
 }
