@@ -427,7 +427,7 @@ void Exchange::observeRateLimit(Try& t) {
     fresh = t.quota->observe(limits, context_.clock.now(), as_of);
     if (context_.arbiter != nullptr && context_.arbiter->active()) {
       context_.arbiter->observed(t.upstream->name, facts_.model, limits,
-                                 context_.clock.wallNow() - (context_.clock.now() - as_of));
+                                 context_.clock.wallNow() - (context_.clock.now() - as_of), cost_);
     }
     context_.metrics.rateLimit(t.upstream->name, facts_.model, "requests", limits.limit_requests,
                                limits.remaining_requests);

@@ -2,6 +2,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <random>
@@ -45,7 +46,7 @@ if latest then
   local f = {}
   for v in string.gmatch(latest .. '\t', '([^\t]*)\t') do f[#f + 1] = v end
   local sent = tonumber(f[10])
-  if #f == 11 and sent and sent > tonumber(ARGV[9]) then
+  if #f >= 11 and sent and sent > tonumber(ARGV[9]) then
     newer = latest
     local keep = tonumber(ARGV[10])
     local lr, rr, lt, rt = tonumber(f[4]), tonumber(f[5]), tonumber(f[7]), tonumber(f[8])
@@ -191,7 +192,8 @@ void Fleet::start(event_base* main_base) {
     metrics_.clusterUp(this->up());
   };
   subscriber_ = std::make_unique<RedisLink>(main_base, linkOptions("subscriber"), subscriber_hooks);
-  subscriber_->subscribe(channel_, [this](std::string_view message) { onMessage(message); });
+  subscriber_->subscribe(
+      channel_, [this](std::string_view message) { onMessage(message, Source::kPublished); });
   RedisLink::Hooks syncer_hooks = errors;
   syncer_hooks.on_state = [this](bool up) {
     syncer_up_.store(up, std::memory_order_relaxed);
@@ -263,13 +265,15 @@ void Fleet::confirm(const std::string& upstream, const std::string& model,
           // The fleet's latest view is newer than this sidecar's: take it now. (Marked as
           // taken even if it does not parse: the next reservation does not bring it back.)
           std::string_view latest(newer->str, newer->len);
-          onMessage(latest);
           std::vector<std::string_view> parts = split(latest, '\t');
           long long sent = 0;
-          if (parts.size() >= 2) {
-            std::string_view field = parts[parts.size() - 2];
-            std::from_chars(field.data(), field.data() + field.size(), sent);
+          if (parts.size() >= 11) {
+            std::from_chars(parts[9].data(), parts[9].data() + parts[9].size(), sent);
+            std::lock_guard lock(views_mutex_);
+            handed_back_.push_back(std::string(parts[10]) + "\t" + std::string(parts[9]));
+            if (handed_back_.size() > kHandedBackKept) handed_back_.pop_front();
           }
+          onMessage(latest, Source::kReserved);
           tookView(slot, sent);
         }
         if (reply->element[0]->integer != 1) {
@@ -290,6 +294,15 @@ long long Fleet::newestView(const std::string& upstream, const std::string& mode
   std::lock_guard lock(views_mutex_);
   auto it = newest_view_ms_.find(upstream + "\t" + model);
   return it == newest_view_ms_.end() ? 0 : it->second;
+}
+
+bool Fleet::handedBack(std::string_view sender, std::string_view sent_ms) {
+  std::string mark = std::string(sender) + "\t" + std::string(sent_ms);
+  std::lock_guard lock(views_mutex_);
+  auto it = std::find(handed_back_.begin(), handed_back_.end(), mark);
+  if (it == handed_back_.end()) return false;
+  handed_back_.erase(it);
+  return true;
 }
 
 void Fleet::tookView(const std::string& slot, long long as_of_ms) {
@@ -337,7 +350,8 @@ std::optional<resilience::Millis> millisField(std::string_view text) {
 }  // namespace
 
 void Fleet::observed(const std::string& upstream, const std::string& model,
-                     const resilience::RateLimitHeaders& h, resilience::WallTime as_of) {
+                     const resilience::RateLimitHeaders& h, resilience::WallTime as_of,
+                     const resilience::QuotaCost& cost) {
   RedisLink* link = t_link.get();
   if (link == nullptr || !link->up()) return;
   long long as_of_ms =
@@ -347,7 +361,8 @@ void Fleet::observed(const std::string& upstream, const std::string& model,
               "quota\t" + upstream + "\t" + model + "\t" + field(h.limit_requests) + "\t" +
                   field(h.remaining_requests) + "\t" + field(h.reset_requests) + "\t" +
                   field(h.limit_tokens) + "\t" + field(h.remaining_tokens) + "\t" +
-                  field(h.reset_tokens) + "\t" + std::to_string(as_of_ms) + "\t" + id_,
+                  field(h.reset_tokens) + "\t" + std::to_string(as_of_ms) + "\t" + id_ + "\t" +
+                  decimal(cost.requests) + "\t" + decimal(cost.tokens),
               "views", kReservationTtlMs, /*order_field=*/10);
 }
 
@@ -460,7 +475,7 @@ void Fleet::applyOpen(const std::string& upstream, const std::string& model, lon
   applying([&] { breaker.applyFleetOpen(until, /*probe_elsewhere=*/true, grace); });
 }
 
-void Fleet::onMessage(std::string_view message) {
+void Fleet::onMessage(std::string_view message, Source source) {
   std::vector<std::string_view> parts = split(message, '\t');
   if (parts.size() < 3) return;
   std::string upstream(parts[1]);
@@ -469,7 +484,7 @@ void Fleet::onMessage(std::string_view message) {
   if (health == nullptr) return;  // not an upstream of this sidecar
   if (parts[0] == "fail") {
     streak(upstream, model).dirty.store(true);
-  } else if (parts[0] == "quota" && parts.size() == 11) {
+  } else if (parts[0] == "quota" && (parts.size() == 11 || parts.size() == 13)) {
     if (parts[10] == id_) return;  // its own view, already taken (and marked)
     resilience::RateLimitHeaders h;
     h.limit_requests = numberField(parts[3]);
@@ -483,7 +498,14 @@ void Fleet::onMessage(std::string_view message) {
     resilience::SteadyTime now = clock_.now();
     resilience::SteadyTime as_of =
         now - resilience::Millis(wallMs(clock_) - static_cast<long long>(*as_of_ms));
-    health->quotaFor(model).observe(h, now, std::min(as_of, now));
+    resilience::Quota& quota = health->quotaFor(model);
+    std::optional<double> requests = parts.size() == 13 ? numberField(parts[11]) : std::nullopt;
+    std::optional<double> tokens = parts.size() == 13 ? numberField(parts[12]) : std::nullopt;
+    if (source == Source::kPublished && requests && tokens && !handedBack(parts[10], parts[9])) {
+      quota.observeOthers(h, now, std::min(as_of, now), {*requests, *tokens});
+    } else {
+      quota.observe(h, now, std::min(as_of, now));
+    }
     // Marked once the quota holds it (a stale one changes nothing, and is marked too).
     tookView(upstream + "\t" + model, static_cast<long long>(*as_of_ms));
   } else if (parts[0] == "cooldown" && parts.size() == 5) {
@@ -516,7 +538,7 @@ void Fleet::sync() {
                        for (std::size_t i = 0; i < reply->elements; ++i) {
                          const redisReply* value = reply->element[i];
                          if (value->type == REDIS_REPLY_STRING) {
-                           onMessage(std::string_view(value->str, value->len));
+                           onMessage(std::string_view(value->str, value->len), Source::kSynced);
                          }
                        }
                      });

@@ -31,6 +31,7 @@
 #include <event2/event.h>
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -79,7 +80,8 @@ class Fleet final : public resilience::QuotaArbiter {
   void end(const std::string& upstream, const std::string& model, const resilience::QuotaCost& cost,
            Ticket ticket) override;
   void observed(const std::string& upstream, const std::string& model,
-                const resilience::RateLimitHeaders& headers, resilience::WallTime as_of) override;
+                const resilience::RateLimitHeaders& headers, resilience::WallTime as_of,
+                const resilience::QuotaCost& cost) override;
   void cooledDown(const std::string& upstream, const std::string& model,
                   resilience::WallTime until) override;
 
@@ -93,7 +95,11 @@ class Fleet final : public resilience::QuotaArbiter {
   // <prefix><family>:<upstream>[:<model>]:<what>, family "breaker" or "quota".
   std::string key(std::string_view family, std::string_view what, const std::string& upstream,
                   const std::string& model) const;
-  void onMessage(std::string_view message);
+  // Where a message came from: published just now, read back by the sync, or handed back by
+  // a reservation. Only a published rate-limit view counts its request when it is stale: the
+  // others were published once already, and this sidecar saw them then or sees them later.
+  enum class Source { kPublished, kSynced, kReserved };
+  void onMessage(std::string_view message, Source source);
   // Publishes `message` on this worker's link, and keeps it as `field` of the hash
   // quota:<hash> for `ttl_ms`, for sidecars that start later, unless the hash holds a later
   // one by the number in tab-separated field `order_field` (1-based) of the message.
@@ -139,6 +145,12 @@ class Fleet final : public resilience::QuotaArbiter {
   void tookView(const std::string& slot, long long as_of_ms);
   mutable std::mutex views_mutex_;
   std::map<std::string, long long> newest_view_ms_;
+  // Views a reservation handed back before their publication arrived ("id\tsent ms"), the
+  // newest few: their publication is not counted again.
+  std::deque<std::string> handed_back_;
+  static constexpr std::size_t kHandedBackKept = 64;
+  // Whether the view `sender` sent at `sent_ms` was handed back (forgotten once asked).
+  bool handedBack(std::string_view sender, std::string_view sent_ms);
 };
 
 }  // namespace bulwark::fleet

@@ -126,10 +126,25 @@ bool Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
 
 bool Quota::observe(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of) {
   std::lock_guard lock(mutex_);
-  bool requests = requests_.observe(h.limit_requests, h.remaining_requests, h.reset_requests, now,
-                                    as_of);
+  bool requests =
+      requests_.observe(h.limit_requests, h.remaining_requests, h.reset_requests, now, as_of);
   bool tokens = tokens_.observe(h.limit_tokens, h.remaining_tokens, h.reset_tokens, now, as_of);
   return requests && tokens;
+}
+
+bool Quota::observeOthers(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of,
+                          const QuotaCost& cost) {
+  std::lock_guard lock(mutex_);
+  bool taken = true;
+  auto take = [&](Bucket& bucket, std::optional<double> limit, std::optional<double> remaining,
+                  std::optional<Millis> reset, double amount) {
+    if (bucket.observe(limit, remaining, reset, now, as_of)) return;
+    taken = false;
+    if (bucket.limit > 0) bucket.remaining = std::max(0.0, bucket.remaining - amount);
+  };
+  take(requests_, h.limit_requests, h.remaining_requests, h.reset_requests, cost.requests);
+  take(tokens_, h.limit_tokens, h.remaining_tokens, h.reset_tokens, cost.tokens);
+  return taken;
 }
 
 Quota::Admission Quota::tryReserve(const QuotaCost& cost, double headroom, SteadyTime now,

@@ -65,6 +65,11 @@ class Quota {
   // upstream in another order, and the view held may not count this one).
   bool observe(const RateLimitHeaders& headers, SteadyTime now);
   bool observe(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of);
+  // Another sidecar's view, from the answer to its request of `cost`: taken as observe()
+  // takes it. A bucket that finds it stale counts that request instead (it may be in no view
+  // held), as the sender counts its own request when its view is stale.
+  bool observeOthers(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of,
+                     const QuotaCost& cost);
   // Reserves `cost` if it fits, keeping `headroom` (a share of each limit) free, and nothing
   // queued is ahead of it: a newcomer (ticket 0) is behind every queued request, a queued one
   // behind those with smaller tickets (an admitted ticket leaves the queue). Without a wait

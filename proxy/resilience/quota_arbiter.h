@@ -38,10 +38,11 @@ class QuotaArbiter {
   // A confirmed reservation ended: settled, charged or released.
   virtual void end(const std::string& upstream, const std::string& model, const QuotaCost& cost,
                    Ticket ticket) = 0;
-  // A response's rate-limit headers, counted by the upstream at `as_of`: every sidecar's view
-  // takes them (the freshest view wins), as the sidecar's own quota did.
+  // A response's rate-limit headers, counted by the upstream at `as_of`, for a request of
+  // `cost`: every sidecar's view takes them (the freshest view wins), as the sidecar's own
+  // quota did; one whose view is newer counts the request instead.
   virtual void observed(const std::string& upstream, const std::string& model,
-                        const RateLimitHeaders& headers, WallTime as_of) = 0;
+                        const RateLimitHeaders& headers, WallTime as_of, const QuotaCost& cost) = 0;
   // A rate-limit 429 paused (upstream, model) until `until`: every sidecar pauses.
   virtual void cooledDown(const std::string& upstream, const std::string& model,
                           WallTime until) = 0;

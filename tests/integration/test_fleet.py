@@ -487,6 +487,43 @@ class FleetNewerViewTest(unittest.TestCase):
         # And the sidecar's newer view replaced it in Redis.
         self.assertNotEqual(self.kept_sender(), "another-sidecar")
 
+    def quota(self) -> dict:
+        return http_request(self.sidecar.admin_port, "GET", "/health/detailed").json()[
+            "services"]["fake0"]["quotas"]["gpt-4o-mini"]
+
+    def publish(self, sent_ms: int, left: int, cost: tuple[int, int] | None = None) -> None:
+        """Another sidecar's view as it publishes it, with its request's cost (requests,
+        tokens) when given."""
+        view = ["quota", "fake0", "gpt-4o-mini", "1000", str(left), "6000000", "1000000",
+                str(left * 1000), "6000000", str(sent_ms), "another-sidecar"]
+        if cost:
+            view += [str(cost[0]), str(cost[1])]
+        self.assertEqual(self.redis.cli("PUBLISH", self.prefix + "events", "\t".join(view)), "1")
+
+    def test_a_stale_view_from_another_sidecar_still_counts_its_request(self):
+        # (Views sent in the past: a sidecar takes a send time ahead of its own clock as now.)
+        now_ms = int(time.time() * 1000)
+        # A newer view than the sidecar's own: it takes it (500 requests left, slow refill).
+        self.publish(now_ms, left=500, cost=(1, 20))
+        deadline = time.monotonic() + 10
+        while self.quota()["requests"]["remaining"] != 500:
+            self.assertLess(time.monotonic(), deadline, self.quota())
+            time.sleep(0.01)
+        # Two views older than that one arrive late. An old-style one without the cost
+        # changes nothing; one with it counts its request (1 request, 700 tokens), which the
+        # newer view may not have counted. Messages arrive in order: once the second shows,
+        # the first was applied.
+        self.publish(now_ms - 50, left=900)
+        self.publish(now_ms - 50, left=900, cost=(1, 700))
+        while self.quota()["tokens"]["remaining"] == 500000:
+            self.assertLess(time.monotonic(), deadline, self.quota())
+            time.sleep(0.01)
+        quota = self.quota()
+        self.assertEqual(quota["requests"]["remaining"], 499, quota)
+        # (Less what has refilled since: about 83 tokens a second.)
+        self.assertGreaterEqual(quota["tokens"]["remaining"], 500000 - 700, quota)
+        self.assertLess(quota["tokens"]["remaining"], 500000 - 600, quota)
+
     def test_a_view_that_arrives_late_does_not_replace_a_newer_one(self):
         # Views reach Redis in the order their responses end: this one was sent after the
         # sidecar's next request, which ends later.

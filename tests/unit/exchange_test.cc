@@ -118,7 +118,7 @@ class FakeArbiter final : public resilience::QuotaArbiter {
     if (ticket.fleet_reserved) ended_tokens += cost.tokens;
   }
   void observed(const std::string&, const std::string&, const resilience::RateLimitHeaders&,
-                resilience::WallTime) override {
+                resilience::WallTime, const resilience::QuotaCost&) override {
     ++views;
   }
   void cooledDown(const std::string&, const std::string&, resilience::WallTime) override {}
@@ -553,9 +553,9 @@ TEST_F(ExchangeTest, InAFleetTheLocalAdmissionWaitsForTheFleetsConfirmation) {
   EXPECT_EQ(fleet.calls[0].room.tokens, 1000 - 20);  // what is left, less the headroom
   fleet.answer(true);
   ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting);
-  attempts_.current()->answer(200, "{}", "application/json",
-                              {{"x-ratelimit-limit-tokens", "1000"},
-                               {"x-ratelimit-remaining-tokens", "900"}});
+  attempts_.current()->answer(
+      200, "{}", "application/json",
+      {{"x-ratelimit-limit-tokens", "1000"}, {"x-ratelimit-remaining-tokens", "900"}});
   EXPECT_EQ(fleet.ended_tokens, 100);  // the fleet's reservation ends with the local one
   EXPECT_EQ(fleet.views, 1);           // and the view goes to the fleet
   EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
@@ -594,7 +594,7 @@ TEST_F(ExchangeTest, TheFleetIsToldWhichViewTheRoomCameFrom) {
   EXPECT_DOUBLE_EQ(fleet.calls[0].headroom, 0.02);
   EXPECT_EQ(fleet.calls[0].room.tokens, 1000 - 20);
   fleet.answer(false);
-  fleet.newest = 6000;  // meanwhile, a newer view was taken
+  fleet.newest = 6000;                  // meanwhile, a newer view was taken
   event_base_loop(base_, EVLOOP_ONCE);  // the recheck
   ASSERT_EQ(fleet.calls.size(), 1u);
   EXPECT_EQ(fleet.calls[0].seen, 6000);

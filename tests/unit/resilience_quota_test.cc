@@ -175,6 +175,27 @@ TEST(QuotaTest, AnswersArrivingOutOfOrderNeverRaiseTheViewWithAStaleCount) {
   EXPECT_EQ(quota.view(clock.now()).tokens.reserved, 0);
 }
 
+TEST(QuotaTest, AnotherSidecarsStaleViewCountsItsRequestInstead) {
+  fakes::FakeClock clock;
+  Quota quota;
+  const SteadyTime start = clock.now();
+  quota.observe(parseRateLimitHeaders(openAiHeaders(100, 10000, "0s")), clock.now());
+  // A newer view from another sidecar is taken like one of this sidecar's own.
+  EXPECT_TRUE(quota.observeOthers(parseRateLimitHeaders(openAiHeaders(90, 8000, "0s")), clock.now(),
+                                  start, {1, 500}));
+  EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 8000);
+  // An older one is not; its request is counted against the view held, and nothing this
+  // sidecar reserved is touched.
+  ASSERT_TRUE(quota.tryReserve({1, 1000}, 0, clock.now()).admitted);
+  EXPECT_FALSE(quota.observeOthers(parseRateLimitHeaders(openAiHeaders(95, 9000, "0s")),
+                                   clock.now(), start - milliseconds(5), {1, 500}));
+  Quota::View v = quota.view(clock.now());
+  EXPECT_EQ(v.tokens.remaining, 7500);
+  EXPECT_EQ(v.requests.remaining, 89);
+  EXPECT_EQ(v.tokens.reserved, 1000);
+  EXPECT_EQ(v.requests.reserved, 1);
+}
+
 TEST(QuotaTest, AWorkersLateClockReadingNeverCreditsARefillTwice) {
   fakes::FakeClock clock;
   Quota quota;
