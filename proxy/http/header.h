@@ -2,6 +2,8 @@
 // Plain values; no I/O.
 #pragma once
 
+#include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,12 +24,58 @@ inline char asciiLower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
 }
 
+// Eight bytes at once: each of 'A'..'Z' lowered, every other byte (non-ASCII included) kept.
+// A byte's low seven bits plus 0x25 carry into its top bit when above 'Z', plus 0x3F when at
+// least 'A' (never into the next byte); letters are where exactly one of the two carried.
+inline std::uint64_t asciiLower8(std::uint64_t w) {
+  constexpr std::uint64_t kEach = 0x0101010101010101ULL;
+  std::uint64_t low7 = w & (0x7F * kEach);
+  std::uint64_t above_z = low7 + 0x25 * kEach;
+  std::uint64_t from_a = low7 + 0x3F * kEach;
+  std::uint64_t upper = (from_a ^ above_z) & ~w & (0x80 * kEach);
+  return w | (upper >> 2);
+}
+
+inline std::uint64_t load8(const char* p) {
+  std::uint64_t w;
+  std::memcpy(&w, p, sizeof w);
+  return w;
+}
+
+// Eight bytes at a time (the last eight may overlap those before): header names such as
+// x-ratelimit-remaining-requests are compared several times per response.
 inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (asciiLower(a[i]) != asciiLower(b[i])) return false;
+  const std::size_t n = a.size();
+  if (n != b.size()) return false;
+  if (n < 8) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (asciiLower(a[i]) != asciiLower(b[i])) return false;
+    }
+    return true;
   }
-  return true;
+  for (std::size_t i = 0; i + 8 < n; i += 8) {
+    if (asciiLower8(load8(a.data() + i)) != asciiLower8(load8(b.data() + i))) return false;
+  }
+  return asciiLower8(load8(a.data() + n - 8)) == asciiLower8(load8(b.data() + n - 8));
+}
+
+// Whether `s` holds a CR or an LF, eight bytes at a time (a zero byte of the word XORed with
+// CR or LF is one of them): short header names and values cost no library call.
+inline bool hasLineBreak(std::string_view s) {
+  constexpr std::uint64_t kEach = 0x0101010101010101ULL;
+  auto holds = [](std::uint64_t w, char c) {
+    std::uint64_t v = w ^ (static_cast<std::uint64_t>(c) * kEach);
+    return ((v - kEach) & ~v & (0x80 * kEach)) != 0;
+  };
+  std::size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    std::uint64_t w = load8(s.data() + i);
+    if (holds(w, '\r') || holds(w, '\n')) return true;
+  }
+  for (; i < s.size(); ++i) {
+    if (s[i] == '\r' || s[i] == '\n') return true;
+  }
+  return false;
 }
 
 // The first header with this name, if any.

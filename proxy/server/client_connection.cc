@@ -39,10 +39,6 @@ long long monotonicMillis() {
 
 // A header that would split the response head. Two memchr passes: find_first_of with a
 // set of two runs a memchr per character, and a plain loop costs more per byte.
-bool hasLineBreak(std::string_view s) {
-  return std::memchr(s.data(), '\r', s.size()) != nullptr ||
-         std::memchr(s.data(), '\n', s.size()) != nullptr;
-}
 
 void appendNumber(std::string& out, std::uint64_t n) {
   char digits[24];
@@ -75,8 +71,8 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
   timeval write_timeout = support::toTimeval(limits_.idle_timeout_ms);
   bufferevent_set_timeouts(bev_.get(), nullptr, &write_timeout);
   flush_.assign(base, -1, 0, &ClientConnection::flushCallback, this);
-  output_cb_ = evbuffer_add_cb(bufferevent_get_output(bev_.get()),
-                               &ClientConnection::outputCallback, this);
+  output_cb_ =
+      evbuffer_add_cb(bufferevent_get_output(bev_.get()), &ClientConnection::outputCallback, this);
   // EV_WRITE (on by default for a socket bufferevent) only while a write is unfinished.
   bufferevent_disable(bev_.get(), EV_WRITE);
   read_event_.add(nullptr);
@@ -85,7 +81,8 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
 
 ClientConnection::~ClientConnection() {
   // The output buffer may outlive this object inside libevent: it must not call back.
-  if (output_cb_ != nullptr) evbuffer_remove_cb_entry(bufferevent_get_output(bev_.get()), output_cb_);
+  if (output_cb_ != nullptr)
+    evbuffer_remove_cb_entry(bufferevent_get_output(bev_.get()), output_cb_);
   if (body_) body_->onRoom(nullptr);
   // Cancel the request first: it may still hold this connection as its sink.
   active_.reset();
@@ -393,7 +390,7 @@ void ClientConnection::sendHead(int status, const http::Headers& headers,
   head += "\r\n";
   for (const http::Header& h : headers) {
     if (isFramingHeader(h.name)) continue;
-    if (hasLineBreak(h.name) || hasLineBreak(h.value)) {
+    if (http::hasLineBreak(h.name) || http::hasLineBreak(h.value)) {
       continue;
     }
     head += h.name;
