@@ -67,15 +67,21 @@ inline bool hasLineBreak(std::string_view s) {
     std::uint64_t v = w ^ (static_cast<std::uint64_t>(c) * kEach);
     return ((v - kEach) & ~v & (0x80 * kEach)) != 0;
   };
-  std::size_t i = 0;
-  for (; i + 8 <= s.size(); i += 8) {
-    std::uint64_t w = load8(s.data() + i);
-    if (holds(w, '\r') || holds(w, '\n')) return true;
+  const std::size_t n = s.size();
+  if (n < 8) {
+    for (char c : s) {
+      if (c == '\r' || c == '\n') return true;
+    }
+    return false;
   }
-  for (; i < s.size(); ++i) {
-    if (s[i] == '\r' || s[i] == '\n') return true;
+  auto breaks = [&](std::size_t at) {
+    std::uint64_t w = load8(s.data() + at);
+    return holds(w, '\r') || holds(w, '\n');
+  };
+  for (std::size_t i = 0; i + 8 < n; i += 8) {
+    if (breaks(i)) return true;
   }
-  return false;
+  return breaks(n - 8);  // the last eight, overlapping those before
 }
 
 // The first header with this name, if any.
