@@ -189,8 +189,13 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """CPU seconds in user space and in the kernel, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 # --- the servers ----------------------------------------------------------------------------
@@ -266,14 +271,10 @@ class Nginx:
             self.proc = None
 
 
-def origin_nginx(pki: dict | None, tls_port: int) -> Nginx:
-    """The origin. With pki a second server answers the same over TLS on tls_port, with a
-    certificate from the test CA. It offers HTTP/1.1 only (ALPN): see the README on why the
-    TLS round is not HTTP/2."""
+def answering_server(listen: str, extra: str = "") -> str:
+    """An nginx server block that answers the chat completion itself, as the origin does."""
     body = ORIGIN_RESPONSE.replace("\\", "\\\\").replace("'", "\\'")
-
-    def server(listen: str, extra: str) -> str:
-        return f"""  server {{
+    return f"""  server {{
     listen {listen} backlog=4096;{extra}
     location = /v1/chat/completions {{
       default_type application/json;
@@ -286,17 +287,31 @@ def origin_nginx(pki: dict | None, tls_port: int) -> Nginx:
     location / {{ return 404; }}
   }}"""
 
+
+def origin_nginx(pki: dict | None, tls_port: int) -> Nginx:
+    """The origin. With pki a second server answers the same over TLS on tls_port, with a
+    certificate from the test CA. It offers HTTP/1.1 only (ALPN): see the README on why the
+    TLS round is not HTTP/2."""
     tls = "" if not pki else f"""
     ssl_certificate {pki['cert']};
     ssl_certificate_key {pki['key']};
     ssl_session_cache shared:origin:10m;"""
 
     def block(port: int) -> str:
-        blocks = [server(f"127.0.0.1:{port}", "")]
+        blocks = [answering_server(f"127.0.0.1:{port}")]
         if pki:
-            blocks.append(server(f"127.0.0.1:{tls_port} ssl", tls))
+            blocks.append(answering_server(f"127.0.0.1:{tls_port} ssl", tls))
         return "\n".join(blocks)
     return Nginx("origin", block, PIN_LOAD)
+
+
+def answering_nginx() -> Nginx:
+    """The client side alone: nginx pinned as a proxy is, answering each request itself (the
+    origin's answer) over the same keep-alive connections from wrk. Its CPU per request is
+    what reading a request and writing an answer cost on this machine, kernel included: work
+    any proxy does on top of its upstream side, and the ceiling does not."""
+    return Nginx("answering", lambda port: answering_server(f"127.0.0.1:{port}"),
+                 PIN_UNDER_TEST)
 
 
 def proxy_nginx(name: str, upstream_port: int, ca_file: str = "") -> Nginx:
@@ -448,6 +463,7 @@ def run_ceiling(port: int, seconds: float, ca_file: str = "") -> dict:
         raise RuntimeError(f"ceiling failed ({out.returncode}): {out.stderr}")
     data = json.loads(lines[-1])
     data["cpu_ms_per_1000"] = data["cpu_us_per_request"]
+    data["user_us"], data["sys_us"] = data["user_us_per_request"], data["sys_us_per_request"]
     return data
 
 
@@ -495,12 +511,15 @@ def measure_throughput(targets: dict, results: dict, key: str = "throughput",
                 if data["errors"]:
                     FAILURES.append(f"{key} ceiling round {r}: {data['errors']} errors")
                 continue
-            cpu0 = cpu_seconds(pid) if pid else 0.0
+            user0, sys0 = cpu_split(pid) if pid else (0.0, 0.0)
             data = run_wrk(port, SECONDS)
-            cpu1 = cpu_seconds(pid) if pid else 0.0
+            user1, sys1 = cpu_split(pid) if pid else (0.0, 0.0)
             if pid:
-                data["cpu_s"] = cpu1 - cpu0
-                data["cpu_ms_per_1000"] = 1e6 * data["cpu_s"] / max(1, data["requests"])
+                n = max(1, data["requests"])
+                data["cpu_s"] = (user1 - user0) + (sys1 - sys0)
+                data["cpu_ms_per_1000"] = 1e6 * data["cpu_s"] / n
+                data["user_us"] = 1e6 * (user1 - user0) / n
+                data["sys_us"] = 1e6 * (sys1 - sys0) / n
             if data["errors"]:
                 FAILURES.append(f"{key} {name} round {r}: {data['errors']} errors")
             runs[name].append(data)
@@ -513,13 +532,25 @@ def measure_throughput(targets: dict, results: dict, key: str = "throughput",
             "rps": median([d["rps"] for d in runs[name]]),
             "cpu_ms_per_1000": median([d.get("cpu_ms_per_1000") for d in runs[name]]),
         }
+        if all("user_us" in d for d in runs[name]):
+            for part in ("user_us", "sys_us"):
+                results[key][name][part] = median([d[part] for d in runs[name]])
     if "ceiling" in runs:
-        # Bulwark's own CPU per request: its CPU minus the ceiling's, paired within each round.
+        # Bulwark's own CPU per request: its CPU minus the ceiling's, paired within each round;
+        # and above both the ceiling and the client side alone (nginx answering by itself).
         for name in ("bulwark", "baseline"):
             if name in runs:
                 results[key][name]["own_us_per_request"] = median(
                     [b["cpu_ms_per_1000"] - c["cpu_ms_per_1000"]
                      for b, c in zip(runs[name], runs["ceiling"])])
+                if "answering" in runs:
+                    both = list(zip(runs[name], runs["ceiling"], runs["answering"]))
+                    results[key][name]["above_both_us_per_request"] = median(
+                        [b["cpu_ms_per_1000"] - c["cpu_ms_per_1000"] - a["cpu_ms_per_1000"]
+                         for b, c, a in both])
+                    for part in ("user_us", "sys_us"):
+                        results[key][name][f"above_both_{part}"] = median(
+                            [b[part] - c[part] - a[part] for b, c, a in both])
 
 
 def measure_latency(targets: dict, results: dict) -> None:
@@ -761,6 +792,21 @@ def ceiling_table(res: dict) -> list[str]:
     own = lambda k: get(res, k, "bulwark", "own_us_per_request")
     line("**Bulwark's own CPU per request above the ceiling, µs** (goal ≤ 12)",
          lambda k: f"{fmt(own(k), 1)} ({verdict(own(k) <= 12) if own(k) is not None else '—'})")
+    if any(get(res, k, "answering") for k in keys):
+        line("the client side alone (nginx answering each request itself): CPU per request, µs",
+             lambda k: fmt(get(res, k, "answering", "cpu_ms_per_1000"), 1))
+
+        def split(name: str):
+            return lambda k: (f"{fmt(get(res, k, name, 'user_us'), 1)} / "
+                              f"{fmt(get(res, k, name, 'sys_us'), 1)}")
+        line("user / kernel CPU per request, µs: ceiling", split("ceiling"))
+        line("user / kernel: the client side alone", split("answering"))
+        line("user / kernel: Bulwark", split("bulwark"))
+        line("**Bulwark's CPU per request above the ceiling and the client side alone, µs** "
+             "(user / kernel)", lambda k: (
+                 f"{fmt(get(res, k, 'bulwark', 'above_both_us_per_request'), 1)} "
+                 f"({fmt(get(res, k, 'bulwark', 'above_both_user_us'), 1)} / "
+                 f"{fmt(get(res, k, 'bulwark', 'above_both_sys_us'), 1)})"))
     line("Bulwark / ceiling throughput", lambda k: ratio(get(res, k, "bulwark", "rps"),
                                                          get(res, k, "ceiling", "rps")))
     line("Bulwark / nginx throughput", lambda k: ratio(get(res, k, "bulwark", "rps"),
@@ -1008,14 +1054,17 @@ def main() -> int:
         f"{results['idle']['nginx_master']} KiB), bulwark {results['idle']['bulwark']} KiB")
 
     if "throughput" in ONLY:
+        answering = answering_nginx().start()
+        check_answers(answering.port, "nginx answering by itself")
         targets = {"nginx": (ngx.port, ngx.pid), "bulwark": (bw.port, bw.pid),
-                   "ceiling": (origin.port, 0)}
+                   "ceiling": (origin.port, 0), "answering": (answering.port, answering.pid)}
         base = Bulwark("baseline-proxy", origin.port, baseline_bin).start() \
             if baseline_bin else None
         if base:
             check_answers(base.port, "baseline bulwark")
             targets["baseline"] = (base.port, base.pid)
         measure_throughput(targets, results)
+        answering.stop()
         if base:
             base.stop()
         if not SMOKE:  # for context only: how fast the origin is on its own
@@ -1032,14 +1081,16 @@ def main() -> int:
         bw = Bulwark("bulwark-tls", tls_port, bulwark_bin, pki["ca_file"]).start()
         for port, what in ((ngx.port, "nginx over TLS"), (bw.port, "bulwark over TLS")):
             check_answers(port, what)
+        answering = answering_nginx().start()  # the client side stays plain HTTP
         targets = {"nginx": (ngx.port, ngx.pid), "bulwark": (bw.port, bw.pid),
-                   "ceiling": (tls_port, 0)}
+                   "ceiling": (tls_port, 0), "answering": (answering.port, answering.pid)}
         base = Bulwark("baseline-tls", tls_port, baseline_bin, pki["ca_file"]).start() \
             if baseline_bin else None
         if base:
             check_answers(base.port, "baseline bulwark over TLS")
             targets["baseline"] = (base.port, base.pid)
         measure_throughput(targets, results, "tls", pki["ca_file"])
+        answering.stop()
         ngx.stop()
         bw.stop()
         if base:

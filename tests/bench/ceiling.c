@@ -41,11 +41,12 @@ static double now_s(void) {
   return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static double cpu_s(void) {
+/* CPU time in user space and in the kernel, seconds. */
+static void cpu_s(double *user, double *sys) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
-         ru.ru_stime.tv_usec / 1e6;
+  *user = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6;
+  *sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
 static void check_done(void) {
@@ -227,17 +228,22 @@ int main(int argc, char **argv) {
   evtimer_add(stop_timer, &tv);
   event_base_dispatch(base);
   long long req0 = requests, err0 = errors;
-  double t0 = now_s(), c0 = cpu_s();
+  double u0, s0, u1, s1;
+  double t0 = now_s();
+  cpu_s(&u0, &s0);
   tv.tv_sec = (long)seconds;
   tv.tv_usec = (long)((seconds - (long)seconds) * 1e6);
   evtimer_add(stop_timer, &tv);
   event_base_dispatch(base);
-  double t1 = now_s(), c1 = cpu_s();
+  double t1 = now_s();
+  cpu_s(&u1, &s1);
+  double c0 = u0 + s0, c1 = u1 + s1;
   long long n = requests - req0, e = errors - err0;
   printf("{\"requests\": %lld, \"errors\": %lld, \"duration_us\": %.0f, \"rps\": %.1f, "
-         "\"cpu_s\": %.4f, \"cpu_us_per_request\": %.2f, \"header_lines\": %zu, "
-         "\"body_bytes\": %zu}\n",
+         "\"cpu_s\": %.4f, \"cpu_us_per_request\": %.2f, \"user_us_per_request\": %.2f, "
+         "\"sys_us_per_request\": %.2f, \"header_lines\": %zu, \"body_bytes\": %zu}\n",
          n, e, (t1 - t0) * 1e6, n / (t1 - t0), c1 - c0, n ? 1e6 * (c1 - c0) / n : 0.0,
-         header_lines, body_bytes);
+         n ? 1e6 * (u1 - u0) / n : 0.0, n ? 1e6 * (s1 - s0) / n : 0.0, header_lines,
+         body_bytes);
   return n > 0 && e == 0 ? 0 : 1;
 }

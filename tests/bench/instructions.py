@@ -43,6 +43,8 @@ def owner(path: str, binary_name: str) -> str:
         return "libc (with malloc)"
     if "libstdc++" in name:
         return "libstdc++"
+    if name == "nginx":
+        return "nginx"
     # Compiler-made clones ("[clone .isra.0]") print without their object; only the binary
     # under test has symbols for them.
     if name == binary_name or name.startswith("bulwark") or name.startswith("clone ") or \
@@ -95,12 +97,29 @@ def run_once(binary: Path, origin_port: int, requests: int, client: Path, label:
     the instructions by library, and the requests that completed."""
     proxy = bench.Bulwark(label, origin_port, binary)
     dump = proxy.dir / "callgrind.out"
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}",
-           str(binary), "--config", str(proxy.dir / "proxy.yaml")]
-    proc = bench.spawn(cmd, f"{label}.log", cwd=str(proxy.dir))
+    return run_under_callgrind([str(binary), "--config", str(proxy.dir / "proxy.yaml")],
+                               proxy.dir, proxy.port, dump, requests, client, label, binary.name)
+
+
+def run_answering_once(requests: int, client: Path, label: str) -> dict:
+    """nginx answering each request itself (one process, no master), under callgrind."""
+    prefix = bench.TMP / label
+    prefix.mkdir(parents=True, exist_ok=True)
+    port = bench.free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text("master_process off;\n" + bench.nginx_conf(
+        prefix, bench.answering_server(f"127.0.0.1:{port}")))
+    return run_under_callgrind([bench.NGINX, "-p", str(prefix), "-c", str(conf)], prefix, port,
+                               prefix / "callgrind.out", requests, client, label, "nginx")
+
+
+def run_under_callgrind(cmd: list[str], cwd: Path, port: int, dump: Path, requests: int,
+                        client: Path, label: str, binary_name: str) -> dict:
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", *cmd]
+    proc = bench.spawn(cmd, f"{label}.log", cwd=str(cwd))
     try:
-        bench.wait_port(proxy.port, timeout=120, proc=proc)
-        r = subprocess.run([str(client), "rate", "-p", str(proxy.port), "-c", "4", "-b",
+        bench.wait_port(port, timeout=120, proc=proc)
+        r = subprocess.run([str(client), "rate", "-p", str(port), "-c", "4", "-b",
                             str(bench.TMP / "body.json"), "-r", "200", "-d",
                             f"{requests / 200:g}"],
                            check=True, capture_output=True, text=True, timeout=600)
@@ -111,15 +130,20 @@ def run_once(binary: Path, origin_port: int, requests: int, client: Path, label:
         bench.stop(proc)
     return {"requests": sent.get("completed", 0),
             "errors": sent.get("errors", 0) + sent.get("non200", 0),
-            "totals": by_object(dump, binary.name)}
+            "totals": by_object(dump, binary_name)}
 
 
-def run_bulwark(binary: Path, origin_port: int, requests: int, client: Path, label: str) -> dict:
+def run_bulwark(binary: Path | None, origin_port: int, requests: int, client: Path,
+                label: str) -> dict:
     """Instructions per request: two runs, `requests` / 4 and `requests` requests, each from
     start to exit; the difference is what the extra requests cost (start-up, warm-up and
-    shutdown cancel out)."""
-    small = run_once(binary, origin_port, requests // 4, client, f"{label}-small")
-    large = run_once(binary, origin_port, requests, client, f"{label}-large")
+    shutdown cancel out). Without a binary: nginx answering by itself, the same way."""
+    if binary is None:
+        small = run_answering_once(requests // 4, client, f"{label}-small")
+        large = run_answering_once(requests, client, f"{label}-large")
+    else:
+        small = run_once(binary, origin_port, requests // 4, client, f"{label}-small")
+        large = run_once(binary, origin_port, requests, client, f"{label}-large")
     extra = max(1, large["requests"] - small["requests"])
     keys = set(small["totals"]) | set(large["totals"])
     return {"requests": extra, "errors": small["errors"] + large["errors"],
@@ -178,6 +202,12 @@ def main() -> int:
         results["ceiling"] = run_ceiling(ceiling, origin.port, 10)
         print(f"ceiling: {sum(results['ceiling']['per_request'].values()):,.0f} instructions "
               "per request", flush=True)
+        # The client side alone: what reading a request and writing the answer cost in a
+        # lean server (nginx answering by itself), work every proxy does and the ceiling not.
+        results["answering"] = run_bulwark(None, origin.port, args.requests, client,
+                                           "answering")
+        print(f"answering: {sum(results['answering']['per_request'].values()):,.0f} "
+              "instructions per request", flush=True)
     finally:
         origin.stop()
         bench.cleanup()
@@ -187,8 +217,9 @@ def main() -> int:
     lines = ["# Instructions per request (user space, callgrind)", "",
              f"Bulwark: the difference between a run of {args.requests // 4} and a run of "
              f"{args.requests} requests (4 keep-alive connections, 200 a second, plain HTTP/1.1 "
-             "to the bench's nginx origin), each from start to exit. The ceiling: 10 s with 4 "
-             "transfers, start-up included. Kernel work is not counted.", "",
+             "to the bench's nginx origin), each from start to exit; the answering nginx (the client "
+             "side alone: nginx answering each request itself) the same way. The ceiling: 10 s "
+             "with 4 transfers, start-up included. Kernel work is not counted.", "",
              "| | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     for part in parts:
         if all(abs(results[n]["per_request"].get(part, 0)) < 1 for n in names):
@@ -201,6 +232,11 @@ def main() -> int:
         own = sum(results["bulwark"]["per_request"].values()) - \
             sum(results["ceiling"]["per_request"].values())
         lines += ["", f"Bulwark above the ceiling: {own:,.0f} instructions per request."]
+        if "answering" in results:
+            side = sum(results["answering"]["per_request"].values())
+            lines.append(f"The client side alone (`answering`: nginx answering each request "
+                         f"itself, the same method as Bulwark's runs): {side:,.0f}. Bulwark "
+                         f"above the ceiling and that: {own - side:,.0f}.")
     if "baseline" in results:
         b = sum(results["baseline"]["per_request"].values())
         a = sum(results["bulwark"]["per_request"].values())
