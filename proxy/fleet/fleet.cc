@@ -46,7 +46,7 @@ if latest then
   local f = {}
   for v in string.gmatch(latest .. '\t', '([^\t]*)\t') do f[#f + 1] = v end
   local sent = tonumber(f[10])
-  if #f >= 11 and sent and sent > tonumber(ARGV[9]) then
+  if #f == 11 and sent and sent > tonumber(ARGV[9]) then
     newer = latest
     local keep = tonumber(ARGV[10])
     local lr, rr, lt, rt = tonumber(f[4]), tonumber(f[5]), tonumber(f[7]), tonumber(f[8])
@@ -267,11 +267,8 @@ void Fleet::confirm(const std::string& upstream, const std::string& model,
           std::string_view latest(newer->str, newer->len);
           std::vector<std::string_view> parts = split(latest, '\t');
           long long sent = 0;
-          if (parts.size() >= 11) {
+          if (parts.size() == 11) {
             std::from_chars(parts[9].data(), parts[9].data() + parts[9].size(), sent);
-            std::lock_guard lock(views_mutex_);
-            handed_back_.push_back(std::string(parts[10]) + "\t" + std::string(parts[9]));
-            if (handed_back_.size() > kHandedBackKept) handed_back_.pop_front();
           }
           onMessage(latest, Source::kReserved);
           tookView(slot, sent);
@@ -296,12 +293,15 @@ long long Fleet::newestView(const std::string& upstream, const std::string& mode
   return it == newest_view_ms_.end() ? 0 : it->second;
 }
 
-bool Fleet::handedBack(std::string_view sender, std::string_view sent_ms) {
-  std::string mark = std::string(sender) + "\t" + std::string(sent_ms);
+bool Fleet::firstSight(std::string_view sender, std::string_view seq) {
+  std::string key = std::string(sender) + ";" + std::string(seq);
   std::lock_guard lock(views_mutex_);
-  auto it = std::find(handed_back_.begin(), handed_back_.end(), mark);
-  if (it == handed_back_.end()) return false;
-  handed_back_.erase(it);
+  if (!seen_views_.insert(key).second) return false;
+  seen_order_.push_back(std::move(key));
+  if (seen_order_.size() > kSeenViewsKept) {
+    seen_views_.erase(seen_order_.front());
+    seen_order_.pop_front();
+  }
   return true;
 }
 
@@ -361,8 +361,9 @@ void Fleet::observed(const std::string& upstream, const std::string& model,
               "quota\t" + upstream + "\t" + model + "\t" + field(h.limit_requests) + "\t" +
                   field(h.remaining_requests) + "\t" + field(h.reset_requests) + "\t" +
                   field(h.limit_tokens) + "\t" + field(h.remaining_tokens) + "\t" +
-                  field(h.reset_tokens) + "\t" + std::to_string(as_of_ms) + "\t" + id_ + "\t" +
-                  decimal(cost.requests) + "\t" + decimal(cost.tokens),
+                  field(h.reset_tokens) + "\t" + std::to_string(as_of_ms) + "\t" + id_ + ";" +
+                  decimal(cost.requests) + ";" + decimal(cost.tokens) + ";" +
+                  std::to_string(view_seq_.fetch_add(1, std::memory_order_relaxed)),
               "views", kReservationTtlMs, /*order_field=*/10);
 }
 
@@ -484,8 +485,11 @@ void Fleet::onMessage(std::string_view message, Source source) {
   if (health == nullptr) return;  // not an upstream of this sidecar
   if (parts[0] == "fail") {
     streak(upstream, model).dirty.store(true);
-  } else if (parts[0] == "quota" && (parts.size() == 11 || parts.size() == 13)) {
-    if (parts[10] == id_) return;  // its own view, already taken (and marked)
+  } else if (parts[0] == "quota" && parts.size() == 11) {
+    // The sender, and (from builds that send them) its request's cost and the view's number:
+    // "id;requests;tokens;seq". Builds that read only the id see another sidecar's view.
+    std::vector<std::string_view> sender = split(parts[10], ';');
+    if (sender[0] == id_) return;  // its own view, already taken (and marked)
     resilience::RateLimitHeaders h;
     h.limit_requests = numberField(parts[3]);
     h.remaining_requests = numberField(parts[4]);
@@ -499,9 +503,14 @@ void Fleet::onMessage(std::string_view message, Source source) {
     resilience::SteadyTime as_of =
         now - resilience::Millis(wallMs(clock_) - static_cast<long long>(*as_of_ms));
     resilience::Quota& quota = health->quotaFor(model);
-    std::optional<double> requests = parts.size() == 13 ? numberField(parts[11]) : std::nullopt;
-    std::optional<double> tokens = parts.size() == 13 ? numberField(parts[12]) : std::nullopt;
-    if (source == Source::kPublished && requests && tokens && !handedBack(parts[10], parts[9])) {
+    std::optional<double> requests, tokens;
+    bool first = false;
+    if (sender.size() == 4) {
+      requests = numberField(sender[1]);
+      tokens = numberField(sender[2]);
+      first = firstSight(sender[0], sender[3]);
+    }
+    if (first && source != Source::kSynced && requests && tokens) {
       quota.observeOthers(h, now, std::min(as_of, now), {*requests, *tokens});
     } else {
       quota.observe(h, now, std::min(as_of, now));

@@ -31,12 +31,14 @@
 #include <event2/event.h>
 
 #include <atomic>
+#include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 
 #include "config/config.h"
 #include "proxy/fleet/redis_link.h"
@@ -96,8 +98,9 @@ class Fleet final : public resilience::QuotaArbiter {
   std::string key(std::string_view family, std::string_view what, const std::string& upstream,
                   const std::string& model) const;
   // Where a message came from: published just now, read back by the sync, or handed back by
-  // a reservation. Only a published rate-limit view counts its request when it is stale: the
-  // others were published once already, and this sidecar saw them then or sees them later.
+  // a reservation. Another sidecar's rate-limit view that is stale counts its request at its
+  // first arrival by publication or reservation; one the sync read first never does (the
+  // sync reads what was kept, which this sidecar's subscription may have missed).
   enum class Source { kPublished, kSynced, kReserved };
   void onMessage(std::string_view message, Source source);
   // Publishes `message` on this worker's link, and keeps it as `field` of the hash
@@ -145,12 +148,15 @@ class Fleet final : public resilience::QuotaArbiter {
   void tookView(const std::string& slot, long long as_of_ms);
   mutable std::mutex views_mutex_;
   std::map<std::string, long long> newest_view_ms_;
-  // Views a reservation handed back before their publication arrived ("id\tsent ms"), the
-  // newest few: their publication is not counted again.
-  std::deque<std::string> handed_back_;
-  static constexpr std::size_t kHandedBackKept = 64;
-  // Whether the view `sender` sent at `sent_ms` was handed back (forgotten once asked).
-  bool handedBack(std::string_view sender, std::string_view sent_ms);
+  // The other sidecars' views seen lately, by "sender;number" (the newest kSeenViewsKept): a
+  // view arrives by its publication and may also come back with a reservation or the sync,
+  // and only its first arrival may count its request.
+  std::unordered_set<std::string> seen_views_;
+  std::deque<std::string> seen_order_;
+  static constexpr std::size_t kSeenViewsKept = 1024;
+  // Whether this is the first arrival of `sender`'s view number `seq` (noted now).
+  bool firstSight(std::string_view sender, std::string_view seq);
+  std::atomic<std::uint64_t> view_seq_{0};  // numbers this sidecar's views
 };
 
 }  // namespace bulwark::fleet

@@ -37,9 +37,6 @@ long long monotonicMillis() {
   return static_cast<long long>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-// A header that would split the response head. Two memchr passes: find_first_of with a
-// set of two runs a memchr per character, and a plain loop costs more per byte.
-
 void appendNumber(std::string& out, std::uint64_t n) {
   char digits[24];
   auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);

@@ -459,18 +459,20 @@ class FleetNewerViewTest(unittest.TestCase):
         return http_request(self.sidecar.port, "POST", CHAT_PATH, CHAT,
                             headers={"Content-Type": "application/json"}, timeout=10)
 
-    def plant(self, sent_ms: int, left: int = 0) -> None:
+    def plant(self, sent_ms: int, left: int = 0, sender: str = "another-sidecar") -> None:
         """Another sidecar's view: `left` requests of 1000 and as many thousand tokens of a
         million, and the rest refills over 100 minutes."""
         view = ["quota", "fake0", "gpt-4o-mini", "1000", str(left), "6000000", "1000000",
-                str(left * 1000), "6000000", str(sent_ms), "another-sidecar"]
+                str(left * 1000), "6000000", str(sent_ms), sender]
         self.redis.cli("HSET", self.prefix + "quota:views", self.FIELD, "\t".join(view))
 
     def kept_sender(self) -> str:
-        return self.redis.cli("HGET", self.prefix + "quota:views", self.FIELD).split("\t")[-1]
+        return self.redis.cli("HGET", self.prefix + "quota:views", self.FIELD).split(
+            "\t")[-1].split(";")[0]
 
     def test_a_newer_view_bounds_the_room_and_the_sidecar_takes_it(self):
-        self.plant(int(time.time() * 1000) + 1000)
+        # As current builds send it: the sender field also holds the request's cost.
+        self.plant(int(time.time() * 1000) + 1000, sender="another-sidecar;1;1000;7")
         resp = self.post()
         # Nothing went upstream: the newer view left no room.
         self.assertEqual(len(self.fake.requests), 1)
@@ -491,38 +493,39 @@ class FleetNewerViewTest(unittest.TestCase):
         return http_request(self.sidecar.admin_port, "GET", "/health/detailed").json()[
             "services"]["fake0"]["quotas"]["gpt-4o-mini"]
 
-    def publish(self, sent_ms: int, left: int, cost: tuple[int, int] | None = None) -> None:
-        """Another sidecar's view as it publishes it, with its request's cost (requests,
-        tokens) when given."""
+    def publish(self, sent_ms: int, left: int, cost: tuple[int, int] | None = None,
+                number: int = 0) -> None:
+        """Another sidecar's view as it publishes it; with `cost` (requests, tokens) and its
+        view `number` in the sender field, as current builds send it, else as older ones."""
+        sender = "another-sidecar" + (f";{cost[0]};{cost[1]};{number}" if cost else "")
         view = ["quota", "fake0", "gpt-4o-mini", "1000", str(left), "6000000", "1000000",
-                str(left * 1000), "6000000", str(sent_ms), "another-sidecar"]
-        if cost:
-            view += [str(cost[0]), str(cost[1])]
+                str(left * 1000), "6000000", str(sent_ms), sender]
         self.assertEqual(self.redis.cli("PUBLISH", self.prefix + "events", "\t".join(view)), "1")
 
-    def test_a_stale_view_from_another_sidecar_still_counts_its_request(self):
+    def test_a_stale_view_from_another_sidecar_still_counts_its_request_once(self):
         # (Views sent in the past: a sidecar takes a send time ahead of its own clock as now.)
         now_ms = int(time.time() * 1000)
         # A newer view than the sidecar's own: it takes it (500 requests left, slow refill).
-        self.publish(now_ms, left=500, cost=(1, 20))
+        self.publish(now_ms, left=500, cost=(1, 20), number=1)
         deadline = time.monotonic() + 10
         while self.quota()["requests"]["remaining"] != 500:
             self.assertLess(time.monotonic(), deadline, self.quota())
             time.sleep(0.01)
-        # Two views older than that one arrive late. An old-style one without the cost
-        # changes nothing; one with it counts its request (1 request, 700 tokens), which the
-        # newer view may not have counted. Messages arrive in order: once the second shows,
-        # the first was applied.
+        # Views older than that one arrive late. One from an older build, without the cost,
+        # changes nothing. One with it counts its request (1 request, 700 tokens), which the
+        # newer view may not count, and only once when it arrives twice. A last one (1
+        # request, 100 tokens) shows when all of them were applied: messages keep their order.
         self.publish(now_ms - 50, left=900)
-        self.publish(now_ms - 50, left=900, cost=(1, 700))
-        while self.quota()["tokens"]["remaining"] == 500000:
+        self.publish(now_ms - 50, left=900, cost=(1, 700), number=2)
+        self.publish(now_ms - 50, left=900, cost=(1, 700), number=2)
+        self.publish(now_ms - 40, left=900, cost=(1, 100), number=3)
+        while self.quota()["tokens"]["remaining"] > 500000 - 750:  # refill only adds
             self.assertLess(time.monotonic(), deadline, self.quota())
             time.sleep(0.01)
         quota = self.quota()
-        self.assertEqual(quota["requests"]["remaining"], 499, quota)
-        # (Less what has refilled since: about 83 tokens a second.)
-        self.assertGreaterEqual(quota["tokens"]["remaining"], 500000 - 700, quota)
-        self.assertLess(quota["tokens"]["remaining"], 500000 - 600, quota)
+        self.assertEqual(quota["requests"]["remaining"], 498, quota)
+        # 800 tokens counted, not 1500 (less what has refilled since: ~83 a second).
+        self.assertGreaterEqual(quota["tokens"]["remaining"], 500000 - 800, quota)
 
     def test_a_view_that_arrives_late_does_not_replace_a_newer_one(self):
         # Views reach Redis in the order their responses end: this one was sent after the
