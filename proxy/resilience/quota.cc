@@ -125,11 +125,7 @@ bool Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
 }
 
 bool Quota::observe(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of) {
-  std::lock_guard lock(mutex_);
-  bool requests =
-      requests_.observe(h.limit_requests, h.remaining_requests, h.reset_requests, now, as_of);
-  bool tokens = tokens_.observe(h.limit_tokens, h.remaining_tokens, h.reset_tokens, now, as_of);
-  return requests && tokens;
+  return observeOthers(h, now, as_of, QuotaCost{0, 0});  // nothing to count when stale
 }
 
 bool Quota::observeOthers(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of,
@@ -140,7 +136,7 @@ bool Quota::observeOthers(const RateLimitHeaders& h, SteadyTime now, SteadyTime 
                   std::optional<Millis> reset, double amount) {
     if (bucket.observe(limit, remaining, reset, now, as_of)) return;
     taken = false;
-    if (bucket.limit > 0) bucket.remaining = std::max(0.0, bucket.remaining - amount);
+    bucket.count(amount);
   };
   take(requests_, h.limit_requests, h.remaining_requests, h.reset_requests, cost.requests);
   take(tokens_, h.limit_tokens, h.remaining_tokens, h.reset_tokens, cost.tokens);
@@ -212,7 +208,7 @@ void Quota::charge(const QuotaCost& cost) {
   std::lock_guard lock(mutex_);
   for (auto [bucket, amount] : {std::pair{&requests_, cost.requests}, {&tokens_, cost.tokens}}) {
     bucket->reserved = std::max(0.0, bucket->reserved - amount);
-    if (bucket->limit > 0) bucket->remaining = std::max(0.0, bucket->remaining - amount);
+    bucket->count(amount);
   }
 }
 

@@ -13,6 +13,7 @@
 // reserves from the same quota.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -111,6 +112,10 @@ class Quota {
     bool observe(std::optional<double> limit, std::optional<double> remaining,
                  std::optional<Millis> reset, SteadyTime now, SteadyTime as_of);
     SteadyTime as_of{};  // when the server counted the view `remaining` came from
+    // A request the view held may not count: what is left drops by its `amount`.
+    void count(double amount) {
+      if (limit > 0) remaining = std::max(0.0, remaining - amount);
+    }
     // How long until `amount` fits under the limit less `keep`; 0 when it fits now.
     std::optional<Millis> waitFor(double amount, double keep) const;
     BucketView view(SteadyTime now) const;

@@ -68,8 +68,8 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
   timeval write_timeout = support::toTimeval(limits_.idle_timeout_ms);
   bufferevent_set_timeouts(bev_.get(), nullptr, &write_timeout);
   flush_.assign(base, -1, 0, &ClientConnection::flushCallback, this);
-  output_cb_ =
-      evbuffer_add_cb(bufferevent_get_output(bev_.get()), &ClientConnection::outputCallback, this);
+  output_cb_ = evbuffer_add_cb(bufferevent_get_output(bev_.get()),
+                               &ClientConnection::outputCallback, this);
   // EV_WRITE (on by default for a socket bufferevent) only while a write is unfinished.
   bufferevent_disable(bev_.get(), EV_WRITE);
   read_event_.add(nullptr);
@@ -78,8 +78,7 @@ ClientConnection::ClientConnection(ClientServer& server, event_base* base, evuti
 
 ClientConnection::~ClientConnection() {
   // The output buffer may outlive this object inside libevent: it must not call back.
-  if (output_cb_ != nullptr)
-    evbuffer_remove_cb_entry(bufferevent_get_output(bev_.get()), output_cb_);
+  if (output_cb_ != nullptr) evbuffer_remove_cb_entry(bufferevent_get_output(bev_.get()), output_cb_);
   if (body_) body_->onRoom(nullptr);
   // Cancel the request first: it may still hold this connection as its sink.
   active_.reset();
