@@ -416,6 +416,11 @@ std::optional<TokenUsage> usageFromJson(std::string_view json) {
   return usageFast(copy);
 }
 
+std::optional<TokenUsage> usageFromJsonByParser(std::string_view json) {
+  std::string copy(json);
+  return usageInPlace(copy);
+}
+
 void UsageTap::feed(const char* data, std::size_t len) {
   if (overflow_) return;
   if (!event_stream_) {

@@ -20,6 +20,10 @@ struct TokenUsage {
 // The usage of one JSON document ({"usage":{...}} or {"response":{"usage":{...}}}).
 std::optional<TokenUsage> usageFromJson(std::string_view json);
 
+// The same, read by the full JSON parser over the whole document: slower, and the reference
+// the fast read above must agree with on every well-formed document.
+std::optional<TokenUsage> usageFromJsonByParser(std::string_view json);
+
 class UsageTap {
  public:
   // `event_stream`: the body is text/event-stream; otherwise JSON (any other body: disable).

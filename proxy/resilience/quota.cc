@@ -13,6 +13,12 @@ namespace {
 
 std::optional<double> number(std::string_view value) {
   std::string_view v = http::trimWhitespace(value);
+  // Counts are whole numbers: read as one first, the general parse only for the rest.
+  unsigned long long whole = 0;
+  auto [whole_end, whole_ec] = std::from_chars(v.data(), v.data() + v.size(), whole);
+  if (whole_ec == std::errc() && whole_end == v.data() + v.size()) {
+    return static_cast<double>(whole);
+  }
   double out = 0;
   auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
   if (ec != std::errc() || end != v.data() + v.size() || !std::isfinite(out) || out < 0) {

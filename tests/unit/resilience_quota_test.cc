@@ -39,6 +39,16 @@ TEST(RateLimitHeadersTest, ReadsOpenAisHeadersAndSkipsBadOnes) {
                                                 {"x-ratelimit-reset-tokens", "soon"}});
   EXPECT_FALSE(bad.any());
   EXPECT_FALSE(parseRateLimitHeaders({{"content-type", "application/json"}}).any());
+  // Whole numbers are the usual form; a fraction, an exponent or one past 64 bits still reads.
+  RateLimitHeaders odd = parseRateLimitHeaders({{"x-ratelimit-limit-requests", " 12.5 "},
+                                                {"x-ratelimit-limit-tokens", "2e3"},
+                                                {"x-ratelimit-remaining-tokens",
+                                                 "18446744073709551616"},
+                                                {"x-ratelimit-remaining-requests", "7x"}});
+  EXPECT_EQ(odd.limit_requests, 12.5);
+  EXPECT_EQ(odd.limit_tokens, 2000);
+  EXPECT_EQ(odd.remaining_tokens, 18446744073709551616.0);
+  EXPECT_FALSE(odd.remaining_requests);
 }
 
 TEST(QuotaTest, BeforeAnyHeadersNothingBlocks) {

@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
+#include <vector>
+
+#include <rapidjson/document.h>
 
 namespace bulwark::observe {
 namespace {
@@ -146,6 +150,61 @@ TEST(UsageTest, JsonTapGivesUpOnHugeBodies) {
   tap.feed(chunk.data(), chunk.size());
   tap.feed("{}", 2);
   EXPECT_FALSE(tap.finish());
+}
+
+// The fast read (a skim for the two top-level values, then a direct read of them) must give
+// the parser's answer for every well-formed document. Answers and mangled copies of them
+// (bytes replaced, inserted or removed where they matter to a skim: quotes, backslashes,
+// brackets, separators) are checked both ways; on a malformed document the fast read may
+// still answer, since it does not validate the parts it skips.
+TEST(UsageTest, TheFastReadGivesTheParsersAnswerOnEveryWellFormedDocument) {
+  const std::vector<std::string> answers = {
+      R"({"id":"chatcmpl-1","object":"chat.completion","created":1700000000,)"
+      R"("model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_1","choices":[{"index":0,)"
+      R"("message":{"role":"assistant","content":"Hello! \"usage\": {} How can I help?",)"
+      R"("refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,)"
+      R"("completion_tokens":9,"total_tokens":18,"prompt_tokens_details":{"cached_tokens":0},)"
+      R"("completion_tokens_details":{"reasoning_tokens":0}}})",
+      R"({"type":"response.completed","response":{"id":"r","model":"gpt-4.1",)"
+      R"("usage":{"input_tokens":7,"output_tokens":3,"x":[1,2,{"y":"\\"}]}}})",
+      "{ \"usage\" : { \"prompt_tokens\" : 12 ,\n \"completion_tokens\":-3 } ,"
+      " \"model\":\"a\\u00e9\\\\b\" , \"z\":[[],{},\"\\\"\"] }",
+  };
+  const std::string interesting = "\"\\{}[]:, 0-1.eE\tnul";
+  std::mt19937 random(20261203);
+  int well_formed = 0;
+  auto check = [&](const std::string& doc) {
+    rapidjson::Document parsed;
+    parsed.Parse(doc.data(), doc.size());
+    if (parsed.HasParseError()) return;
+    ++well_formed;
+    auto fast = usageFromJson(doc);
+    auto reference = usageFromJsonByParser(doc);
+    ASSERT_EQ(fast.has_value(), reference.has_value()) << doc;
+    if (!fast) return;
+    EXPECT_EQ(fast->model, reference->model) << doc;
+    EXPECT_EQ(fast->prompt, reference->prompt) << doc;
+    EXPECT_EQ(fast->completion, reference->completion) << doc;
+  };
+  for (const std::string& answer : answers) {
+    check(answer);
+    for (int round = 0; round < 4000; ++round) {
+      std::string doc = answer;
+      const int edits = 1 + static_cast<int>(random() % 3);
+      for (int e = 0; e < edits; ++e) {
+        const std::size_t at = random() % doc.size();
+        const char c = interesting[random() % interesting.size()];
+        switch (random() % 3) {
+          case 0: doc[at] = c; break;
+          case 1: doc.insert(doc.begin() + static_cast<std::ptrdiff_t>(at), c); break;
+          default: doc.erase(at, 1); break;
+        }
+      }
+      check(doc);
+    }
+  }
+  // The mangling must leave enough documents well formed for the check to mean something.
+  EXPECT_GT(well_formed, 500);
 }
 
 }  // namespace
