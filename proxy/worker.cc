@@ -40,7 +40,7 @@ Worker::Worker(int index, evutil_socket_t listen_fd, ConfigStore& config_store,
   upstream_client_ = std::make_unique<upstream::UpstreamClient>(base_.get());
   context_.reset(new exchange::ExchangeContext{*upstream_client_, base_.get(), clock_, random_,
                                                upstreams, metrics, &Worker::currentConfig, this,
-                                               fleet});
+                                               fleet, &connection_losses_});
   handler_ = std::make_unique<exchange::ExchangeHandler>(*context_);
   std::shared_ptr<const config::Config> cfg = config_store_.current();
   server_ =

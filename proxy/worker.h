@@ -15,6 +15,7 @@
 #include "proxy/fleet/fleet.h"
 #include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/connection_losses.h"
 #include "proxy/resilience/upstream_health.h"
 #include "proxy/server/client_server.h"
 #include "proxy/support/libevent.h"
@@ -64,6 +65,7 @@ class Worker {
   support::EventPtr drain_poll_;
   resilience::SystemClock clock_;
   resilience::SeededRandom random_;
+  resilience::ConnectionLosses connection_losses_;
   std::unique_ptr<upstream::UpstreamClient> upstream_client_;
   std::unique_ptr<exchange::ExchangeContext> context_;
   std::unique_ptr<exchange::ExchangeHandler> handler_;

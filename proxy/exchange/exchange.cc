@@ -896,6 +896,18 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
   facts.policies_apply = policies_apply_;
   resilience::Verdict verdict = resilience::classifyAttempt(route_->retry, facts);
   last_outcome_ = outcome;
+  std::string shared_detail;
+  if (verdict.breaker_counted && context_.connection_losses != nullptr && t.transfer) {
+    std::string_view connection = t.transfer->brokenConnection();
+    if (!connection.empty() &&
+        !context_.connection_losses->firstFailure(connection, context_.clock.now())) {
+      // One broken connection is one failure, counted with the first request it failed.
+      verdict.breaker_counted = false;
+      t.shared_loss = true;
+      shared_detail = detail + " (the connection broke under other requests too: counted once)";
+    }
+  }
+  const std::string& attempt_detail = t.shared_loss ? shared_detail : detail;
 
   if (tries_.size() > 1) {
     // A race goes on: another attempt may still answer. This one lost; nothing to decide
@@ -907,7 +919,7 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
     std::string outcome_name = outcome.name();
     AttemptEnd racing{outcome_name,    verdict.breaker_counted,
                       /*failed=*/true, verdict.retryable,
-                      "hedged",        detail};
+                      "hedged",        attempt_detail};
     endAttempt(t, &racing);
     return;
   }
@@ -956,7 +968,7 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
                  /*failed=*/true,
                  verdict.retryable,
                  why_not,
-                 detail,
+                 attempt_detail,
                  decision.retry ? &decision : nullptr};
   endAttempt(t, &end);
   if (!decision.retry) {
@@ -979,7 +991,9 @@ void Exchange::recordAttempt(Try& t, std::string_view outcome, bool breaker_fail
     t.recorded = true;
     context_.metrics.attempt(t.upstream->name, outcome);
   }
-  // The lease keeps the first outcome it is given.
+  // The lease keeps the first outcome it is given. A loss another attempt counted for the
+  // whole connection records none: the lease gives its admission back.
+  if (t.shared_loss) return;
   if (!success_at_end || breaker_failure || t.lease.probe()) t.lease.recordOutcome(breaker_failure);
 }
 

@@ -107,6 +107,9 @@ class Exchange final : public server::ActiveRequest {
     resilience::SteadyTime started;
     bool first_byte_seen = false;
     bool recorded = false;          // its metric is counted
+    // It failed with a connection whose loss another attempt already counted: nothing goes
+    // to the breaker for it (neither a failure nor a success).
+    bool shared_loss = false;
     bool hedge = false;             // started by the hedge timer, racing the others
     std::string_view hedge_result;  // set once its race is decided ("won", "lost")
     // The (upstream, model) quota the response's x-ratelimit-* headers update, if the

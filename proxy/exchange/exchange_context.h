@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "proxy/observe/metrics.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/connection_losses.h"
 #include "proxy/resilience/quota_arbiter.h"
 #include "proxy/resilience/upstream_health.h"
 #include "proxy/upstream/attempt.h"
@@ -26,6 +27,9 @@ struct ExchangeContext {
   void* current_config_arg;
   // Fleet mode: confirms admissions against every sidecar's reservations (none: alone).
   resilience::QuotaArbiter* arbiter = nullptr;
+  // The worker's broken connections, so that the requests one connection carried count once
+  // for the breaker (none: each failure counts).
+  resilience::ConnectionLosses* connection_losses = nullptr;
 
   std::shared_ptr<const config::Config> config() const {
     return current_config(current_config_arg);

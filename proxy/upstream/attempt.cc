@@ -270,8 +270,13 @@ void Attempt::clearTimer() {
   timer_armed_ = false;
 }
 
-int Attempt::prereqCallback(void* clientp, char*, char*, int, int) {
+int Attempt::prereqCallback(void* clientp, char* conn_primary_ip, char* conn_local_ip,
+                            int conn_primary_port, int conn_local_port) {
   auto* self = static_cast<Attempt*>(clientp);
+  if (self->requests_sent_ == 0) {
+    self->sent_on_.local.set(conn_local_ip, conn_local_port);
+    self->sent_on_.remote.set(conn_primary_ip, conn_primary_port);
+  }
   if (++self->requests_sent_ > 1) {
     // curl re-sends a request silently when a reused connection dies before answering. The
     // upstream may have processed the first copy: that is Bulwark's policy to judge, with
@@ -482,7 +487,22 @@ void Attempt::onCurlDone(CURLcode result) {
   } else if (result != CURLE_OK) {
     detail = error_buffer_[0] != '\0' ? error_buffer_ : curl_easy_strerror(result);
   }
+  // A reset of this stream alone is its own failure; anything else broke the connection.
+  if (error == TransferError::kReset && result != CURLE_HTTP2_STREAM) nameBrokenConnection();
   finish(error, detail);
+}
+
+void Attempt::nameBrokenConnection() {
+  // The connection the request first went out on (a silent re-send, see prereqCallback, is
+  // on another one).
+  if (requests_sent_ == 0 || sent_on_.local.port <= 0 || sent_on_.remote.port <= 0) return;
+  broken_connection_.append(sent_on_.local.ip.data())
+      .append(":")
+      .append(std::to_string(sent_on_.local.port))
+      .append("->")
+      .append(sent_on_.remote.ip.data())
+      .append(":")
+      .append(std::to_string(sent_on_.remote.port));
 }
 
 void Attempt::finish(TransferError error, const std::string& detail) {

@@ -6,11 +6,14 @@
 
 #include <curl/curl.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "proxy/http/header.h"
 #include "proxy/support/curl.h"
@@ -101,6 +104,10 @@ class Transfer {
   virtual void resume() = 0;
   // A streamed body has more bytes (or has ended, or failed): the upload goes on.
   virtual void bodyReadable() = 0;
+  // After onDone(kReset) for a connection that broke under the transfer (not a reset of its
+  // stream alone): the connection, named by its local and remote addresses, the same name
+  // for every request it carried. Empty when the connection is unknown or did not break.
+  virtual std::string_view brokenConnection() const { return {}; }
 };
 
 // Where an exchange's attempts come from: the worker's UpstreamClient (libcurl), or a
@@ -122,6 +129,7 @@ class Attempt final : public Transfer {
   void start() override;
   void resume() override;
   void bodyReadable() override;
+  std::string_view brokenConnection() const override { return broken_connection_; }
   bool paused() const { return paused_; }
   bool receivedBody() const { return body_started_; }
 
@@ -138,6 +146,7 @@ class Attempt final : public Transfer {
   static void onDeferredFailure(evutil_socket_t, short, void* arg);
 
   void onCurlDone(CURLcode result);
+  void nameBrokenConnection();
   void finish(TransferError error, const std::string& detail);
   void detach();
   // Sets the handle's options; on a warm handle (see UpstreamClient::acquireHandle) only
@@ -191,6 +200,22 @@ class Attempt final : public Transfer {
   int requests_sent_ = 0;
   bool done_ = false;
   bool completed_ = false;  // curl finished the transfer successfully
+  // The addresses of the connection the request first went out on (see brokenConnection()).
+  struct Address {
+    std::array<char, 48> ip{};  // an IPv6 address in text is at most 45 bytes
+    int port = 0;
+    void set(const char* text, int p) {
+      std::size_t n = text == nullptr ? 0 : strnlen(text, ip.size() - 1);
+      if (n > 0) std::memcpy(ip.data(), text, n);
+      ip[n] = '\0';
+      port = p;
+    }
+  };
+  struct {
+    Address local;
+    Address remote;
+  } sent_on_;
+  std::string broken_connection_;  // see brokenConnection()
   char error_buffer_[CURL_ERROR_SIZE] = {};
 };
 

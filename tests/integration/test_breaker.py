@@ -25,7 +25,7 @@ from typing import Callable
 
 from harness import (Bulwark, FakeUpstream, HttpResult, RawConnection, RawResponse, chat_chunk,
                      chat_completion, http_request, raw_request)
-from harness import CHAT_PATH, closed_port, merged  # shared helpers
+from harness import CHAT_PATH, TRANSPORT, closed_port, merged  # shared helpers
 
 TRANSITION = "circuit breaker transition"
 ATTEMPT_FAILED = "upstream attempt failed"
@@ -844,6 +844,37 @@ class CountedFailureTest(BreakerTestCase):
         self.assert_circuit_open(self.chat(bulwark))
         self.assertEqual(len(fake.requests), 3, "a request reached the OPEN upstream")
         self.assertEqual(fake.queued, 1)
+
+
+
+class SharedConnectionLossTest(BreakerTestCase):
+    """An HTTP/2 connection carries many requests at once, and when it breaks they all fail
+    together: one event for the breaker, however many streams it carried, and every one of
+    its requests is retried. (Over HTTP/1.1 each request in flight has a connection of its
+    own, so the same script breaks one request's connection.)"""
+
+    def test_a_broken_connection_counts_once_and_its_requests_are_retried(self):
+        streams = 8
+        fake = self.start_fake()
+        # The first seven wait at the upstream; the eighth breaks the connection (with a TCP
+        # reset) under them all when it shares theirs.
+        fake.script([{"delay": 1}] * (streams - 1) + [{"reset": True}])
+        bulwark = self.start_bulwark([fake], merged(QUICK_RETRY, {
+            "circuit_breaker": {"failure_threshold": 2}}))
+
+        results = run_concurrently(lambda i: self.chat(bulwark), streams, streams)
+
+        self.assertEqual([r.status for r in results], [200] * streams,
+                         bulwark.output(tail=40))
+        self.settle(bulwark, streams)
+        failed = [e for e in bulwark.logs if e.get("msg") == ATTEMPT_FAILED]
+        lost = streams if TRANSPORT == "h2" else 1
+        self.assertEqual(len(failed), lost, bulwark.output(tail=30))
+        self.assertEqual({e["outcome"] for e in failed}, {"reset"}, failed)
+        self.assertEqual(sum(1 for e in failed if e["breaker_counted"]), 1, failed)
+        self.assertEqual({e["not_retried_because"] for e in failed}, {""}, failed)
+        self.assertEqual(self.transitions(bulwark), [])
+        self.assertEqual(len(fake.requests), streams + lost)
 
 
 if __name__ == "__main__":
