@@ -45,7 +45,7 @@ if [ "${QUICK:-0}" != "1" ]; then
     ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
     ctest --output-on-failure --timeout 300 -j2 \
-      -E '^(bench|deploy)\.|^integration_h2\.test_(passthrough|retries|breaker|fault_matrix|observability|backpressure|openai_sdk|responses_stream|uploads|admission|fleet)$')
+      -E '^(bench|deploy)\.|^integration_h2\.test_(passthrough|retries|breaker|fault_matrix|observability|backpressure|openai_sdk|responses_stream|uploads|admission|fleet|soak_short)$')
   # (Under ASan the h2 transport runs its own file only; the release stage runs all of it.)
 
   echo "== libFuzzer: every target for a bounded time"

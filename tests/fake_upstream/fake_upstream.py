@@ -469,6 +469,10 @@ class FakeUpstream:
         self._tls_key = tls_key
         self._rng = random.Random(seed)
         self.responder = responder  # asked when the queue is empty; None -> the default
+        # Called on the fake's loop with the requests whose HTTP/2 streams a connection reset
+        # took with it (the streams still open on the connection another request's "reset"
+        # aborted, that one excepted); None: nobody asks.
+        self.on_streams_lost: "Callable[[list[Request]], None] | None" = None
         self._outage: tuple[float, Action] | None = None  # (until, action): see outage()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -1602,7 +1606,12 @@ class _H2Wire:
 
     def abort(self, request: Request) -> None:
         """The whole connection goes, with RST: every stream on it fails."""
-        self.connection.fake._abort(self.connection.conn, request)
+        lost = [s.request for s in self.connection.streams.values()
+                if s is not self.stream and not s.ended and s.request is not None]
+        fake = self.connection.fake
+        fake._abort(self.connection.conn, request)
+        if lost and fake.on_streams_lost is not None:
+            fake.on_streams_lost(lost)
 
     async def drop(self, request: Request) -> None:
         self._reset_stream(request)

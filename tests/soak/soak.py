@@ -17,6 +17,10 @@ configurable time, checking that
     python3 tests/soak/soak.py --seconds 600      # the documented 10-minute run
     python3 tests/soak/soak.py --seconds 20       # what CI runs (test_soak_short.py)
 
+It runs over the transport BULWARK_TEST_TRANSPORT picks (plain HTTP/1.1, or h2: TLS with a
+test CA, ALPN h2, compressed bodies). Over h2 a "reset" breaks the whole connection, and the
+fake reports the other requests' attempts it broke as "lost" (see judge()).
+
 The fake upstream runs in a process of its own (this script with --serve-upstream), so that
 its timing does not depend on the client threads; it reports each attempt's behaviour through
 a pipe. Binary: $BULWARK_BIN, else build/bulwark. Prints a summary; exits 0 when all checks
@@ -43,7 +47,8 @@ for path in (TESTS_DIR, TESTS_DIR / "integration"):
 
 from harness import (Bulwark, FakeUpstream, RawConnection, RawResponse,  # noqa: E402
                      chat_chunk, chat_completion, openai_error, raw_request)
-from harness import fd_census, rss_kib, scrape, sse_data  # noqa: E402
+from harness import fd_census, rss_kib, scrape, sse_data, test_pki  # noqa: E402
+from harness import TRANSPORT as HARNESS_TRANSPORT  # noqa: E402
 
 CHAT_PATH = "/v1/chat/completions"
 TOTAL_TIMEOUT = 8.0
@@ -64,8 +69,14 @@ FAULTS = {
     "stream_error": 8, "cut": 12, "stall_mid": 6, "slow": 13,
 }
 GOOD = {"ok", "slow"}
-TRANSPORT = {"drop", "reset", "hang", "head_stall"}
-COMMITTED = {"cut", "stall_mid"}
+TRANSPORT = {"drop", "reset", "hang", "head_stall", "lost"}
+# Over HTTP/2 a reset that breaks the connection under a response whose 200 head was sent may
+# reach Bulwark before or after that head (and a cut, a stream reset, may overtake the bytes
+# before it): the answer is then either the cut or what a transport fault gives.
+AMBIGUOUS_ON_H2 = {"lost_after_head", "cut"}
+# Over the h2 transport (BULWARK_TEST_TRANSPORT=h2) requests share connections: see judge().
+MULTIPLEXED = HARNESS_TRANSPORT == "h2"
+COMMITTED = {"cut", "stall_mid", "lost_after_head"}
 
 
 # --- the upstream ----------------------------------------------------------------------------
@@ -81,6 +92,7 @@ class SoakUpstream:
         self.weights = [FAULTS[k] for k in self.kinds]
         self.report = report  # report(sid, kind), on the fake's event loop: must not block
         self.fake = FakeUpstream(responder=self.respond)
+        self.fake.on_streams_lost = self.lost
 
     def draw(self, stream: bool) -> str:
         if self.rng.random() >= self.fault_rate:
@@ -97,6 +109,7 @@ class SoakUpstream:
         stream = b'"stream": true' in req.body
         kind = self.draw(stream)
         self.report(sid, kind)
+        req.soak_sid = sid
         cid = f"chatcmpl-soak-{sid}"
         events = ([chat_chunk("", role="assistant", id=cid)] +
                   [chat_chunk(piece, id=cid) for piece in ("soak", " says", " hello")] +
@@ -130,6 +143,17 @@ class SoakUpstream:
         return {"sse": events} if stream else {"body": body}
 
 
+    def lost(self, requests) -> None:
+        """Over HTTP/2: attempts whose connection another request's reset broke before their
+        answer was whole. Whatever was drawn for them, they failed as a transport fault."""
+        for req in requests:
+            sid = getattr(req, "soak_sid", None)
+            if sid is not None:
+                # After a 200 head Bulwark may have committed the answer (then the client's
+                # answer is cut), or the reset may have overtaken the head (then a retry).
+                self.report(sid, "lost_after_head" if req.status == 200 else "lost")
+
+
 def serve_upstream(seed: int, fault_rate: float) -> int:
     """The fake upstream's own process (soak.py --serve-upstream): its event loop must not
     compete for a GIL with the clients, or its stalls would look like Bulwark's. Prints
@@ -138,7 +162,11 @@ def serve_upstream(seed: int, fault_rate: float) -> int:
     lines: queue.SimpleQueue = queue.SimpleQueue()
     upstream = SoakUpstream(seed, fault_rate, lambda sid, kind: lines.put(f"{sid} {kind}\n"))
     upstream.fake.start()
-    sys.stdout.write(json.dumps({"port": upstream.fake.port}) + "\n")
+    # Over TLS (BULWARK_TEST_TRANSPORT=h2) the driver's Bulwark must trust this process's CA.
+    tls = {"base_url": upstream.fake.base_url}
+    if upstream.fake.base_url.startswith("https://"):
+        tls["ca_file"] = test_pki()["ca_file"]
+    sys.stdout.write(json.dumps({"port": upstream.fake.port, **tls}) + "\n")
     sys.stdout.flush()
 
     def write():  # off the event loop: a full pipe must not stall the fake
@@ -171,22 +199,30 @@ class UpstreamProcess:
         first = self.proc.stdout.readline()
         if not first:
             raise RuntimeError("the fake upstream process did not start")
-        self.port = json.loads(first)["port"]
+        started = json.loads(first)
+        self.port = started["port"]
+        # The upstream's entry in Bulwark's configuration: its URL (https over the h2
+        # transport) and the CA that signed its certificate, if any.
+        self.entry = {"base_url": started["base_url"]}
+        if "ca_file" in started:
+            self.entry["ca_file"] = started["ca_file"]
         self.cond = threading.Condition()
         self.attempts: dict[str, list[str]] = collections.defaultdict(list)
+        self.lost = 0  # attempts the fake saw that another request's reset broke (HTTP/2)
         self.reader = threading.Thread(target=self._read, name="soak-upstream-reader",
                                        daemon=True)
         self.reader.start()
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def _read(self) -> None:
         for line in self.proc.stdout:
             sid, _, kind = line.strip().partition(" ")
             with self.cond:
-                self.attempts[sid].append(kind)
+                if kind.startswith("lost") and self.attempts[sid]:
+                    self.attempts[sid][-1] = kind  # its latest attempt: see SoakUpstream.lost
+                    self.lost += 1
+                else:
+                    self.attempts[sid].append(kind)
                 self.cond.notify_all()
 
     def attempts_of(self, sid: str, at_least: int = 0, timeout: float = 2.0) -> list[str]:
@@ -217,6 +253,11 @@ class Tally:
         self.failures: list[str] = []
         self.failure_count = 0
         self.latencies: list[float] = []
+        self.lost_attempts = 0  # over HTTP/2: attempts lost with another request's connection
+
+    def add_lost(self, n: int) -> None:
+        with self.lock:
+            self.lost_attempts += n
 
     def record(self, klass: str, latency: float, problem: str | None) -> None:
         with self.lock:
@@ -231,7 +272,30 @@ class Tally:
 def judge(sid: str, stream: bool, resp: RawResponse, closed: bool,
           attempts: list[str]) -> tuple[str, str | None]:
     """Classify one answer and say what is wrong with it (None: nothing)."""
+    verdict = judge_as(sid, stream, resp, closed, attempts)
+    if verdict[1] is not None and MULTIPLEXED:
+        transport = [("lost" if k in AMBIGUOUS_ON_H2 else k) for k in attempts]
+        if transport != attempts:
+            other = judge_as(sid, stream, resp, closed, transport)
+            if other[1] is None:
+                return other
+    return verdict
+
+
+def judge_as(sid: str, stream: bool, resp: RawResponse, closed: bool,
+             attempts: list[str]) -> tuple[str, str | None]:
     body = bytes(resp.body)
+    try:
+        claimed = int(resp.header("x-bulwark-attempts") or -1)
+    except ValueError:
+        claimed = -1
+    if MULTIPLEXED and claimed > len(attempts):
+        # Over HTTP/2 a "reset" breaks the whole connection, and with it the other requests'
+        # attempts that were on it before the fake read them: Bulwark made those attempts,
+        # the fake never saw them, and each failed as a transport fault. Where they fell in
+        # the request's sequence is not known; in front of the attempts the fake saw is the
+        # one place that never changes what the answer must be (a retry always follows them).
+        attempts = ["lost"] * (claimed - len(attempts)) + attempts
     last = attempts[-1] if attempts else None
     # Giving up, Bulwark hands over the last response the upstream gave: after
     # [503, drop, drop] that is the 503. Only when no attempt got one is the answer its 502.
@@ -398,8 +462,10 @@ class Client(threading.Thread):
             claimed = int(resp.header("x-bulwark-attempts") or 0)
         except ValueError:
             claimed = 0
-        klass, problem = judge(sid, stream, resp, closed,
-                               self.upstream.attempts_of(sid, claimed))
+        seen = self.upstream.attempts_of(sid, claimed)
+        if MULTIPLEXED and claimed > len(seen):
+            self.tally.add_lost(claimed - len(seen))
+        klass, problem = judge(sid, stream, resp, closed, seen)
         if latency > TOTAL_TIMEOUT + 2 and not problem:
             problem = f"{sid}: answered after {latency:.1f} s (timeouts.total {TOTAL_TIMEOUT} s)"
         self.tally.record(klass, latency, problem)
@@ -475,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = UpstreamProcess(args.seed, args.fault_rate)
     tally = Tally()
     problems: list[str] = []
-    bulwark = Bulwark([upstream.base_url], CONFIG, workers=args.workers)
+    bulwark = Bulwark([upstream.entry], CONFIG, workers=args.workers)
     try:
         bulwark.start()
         before = scrape(bulwark)
@@ -566,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
         "latency_p99_ms": round(pct(0.99) * 1000),
         "latency_max_ms": round((latencies[-1] if latencies else 0) * 1000),
         "upstream_attempts": sum(len(v) for v in upstream.attempts.values()),
+        "transport": HARNESS_TRANSPORT,
+        "attempts_lost_with_a_shared_connection": {"unseen": tally.lost_attempts,
+                                                    "seen": upstream.lost},
         "upstream_attempt_kinds": dict(collections.Counter(
             k for v in upstream.attempts.values() for k in v).most_common()),
         "bulwark_error_log_lines": dict(sampler.error_lines),
@@ -609,6 +678,10 @@ def print_summary(s: dict) -> None:
     out.write("  answers:   " + ", ".join(f"{k} {v}" for k, v in s["answers"].items()) + "\n")
     out.write("  upstream:  " + ", ".join(f"{k} {v}" for k, v in
                                          s["upstream_attempt_kinds"].items()) + "\n")
+    if s["transport"] == "h2":
+        lost = s["attempts_lost_with_a_shared_connection"]
+        out.write(f"  over h2:   {lost['seen'] + lost['unseen']} attempts lost with a connection "
+                  f"another request's reset broke ({lost['unseen']} before the fake read them)\n")
     out.write(f"  latency:   p50 {s['latency_p50_ms']} ms, p99 {s['latency_p99_ms']} ms, max "
               f"{s['latency_max_ms']} ms\n")
     g = s["growth_after_warmup"]
