@@ -3,9 +3,11 @@
 // that is one event: counted as one failure per stream, a single broken connection with five
 // requests on it would open a cold breaker and turn each of their retries into a fail-fast
 // error. So only the first failure reported for a connection within `window` counts.
-// Connections are named by their addresses (local and remote), which no other connection
-// holds while the first one's failures are still arriving. Pure and single-threaded (one per
-// worker, as each worker has its own connections); remembers the last kRemembered losses.
+// Connections are named by their addresses (local and remote): a new connection would share
+// a broken one's name only if the kernel handed it the same local port to the same upstream
+// within the window (ports are handed out in turn: that takes thousands of connections in a
+// second). Pure and single-threaded (one per worker, as each worker has its own
+// connections); remembers the last kRemembered losses.
 #pragma once
 
 #include <array>
