@@ -26,6 +26,8 @@ constexpr std::size_t kPauseThreshold = 64 * 1024;
 // The most Bulwark holds before the commit point: an error body read whole before deciding,
 // or the bytes of a stream's first event. Past it the response is committed as it is.
 constexpr std::size_t kMaxHeldBytes = 64 * 1024;
+// Said of a failure whose broken connection another request's failure already counted.
+constexpr char kCountedOnce[] = " (the connection broke under other requests too: counted once)";
 
 Outcome outcomeOfTransfer(TransferError error) {
   switch (error) {
@@ -859,7 +861,11 @@ void Exchange::onDone(Try& t, TransferError error, const std::string& detail) {
       }
       finish(status);
     } else {
-      interruptStream(std::string(upstream::transferErrorName(error)) + ": " + detail);
+      // Answers cut by one broken connection count once, as the ones it failed earlier do.
+      bool shared = error == TransferError::kReset && alreadyCountedLoss(t);
+      interruptStream(std::string(upstream::transferErrorName(error)) + ": " + detail +
+                          (shared ? kCountedOnce : ""),
+                      /*count_for_breaker=*/!shared);
     }
     return;
   }
@@ -885,6 +891,14 @@ void Exchange::onDone(Try& t, TransferError error, const std::string& detail) {
   afterFailedAttempt(t, outcomeOfTransfer(error), detail);
 }
 
+bool Exchange::alreadyCountedLoss(const Try& t) {
+  if (context_.connection_losses == nullptr || !t.transfer) return false;
+  std::string_view connection = t.transfer->brokenConnection();
+  if (connection.empty()) return false;
+  return !context_.connection_losses->firstFailure(connection, t.lease.breaker(),
+                                                   context_.clock.now());
+}
+
 void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::string& detail) {
   // A retry fails over from the upstream that failed (after a race, not the latest started).
   upstream_index_ = t.upstream_index;
@@ -896,16 +910,14 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
   facts.policies_apply = policies_apply_;
   resilience::Verdict verdict = resilience::classifyAttempt(route_->retry, facts);
   last_outcome_ = outcome;
+  // One broken connection is one failure, counted with the first request it failed. Only a
+  // failure the lease will record claims the connection (a probe that recorded its success
+  // at the head records nothing more).
   std::string shared_detail;
-  if (verdict.breaker_counted && context_.connection_losses != nullptr && t.transfer) {
-    std::string_view connection = t.transfer->brokenConnection();
-    if (!connection.empty() &&
-        !context_.connection_losses->firstFailure(connection, context_.clock.now())) {
-      // One broken connection is one failure, counted with the first request it failed.
-      verdict.breaker_counted = false;
-      t.shared_loss = true;
-      shared_detail = detail + " (the connection broke under other requests too: counted once)";
-    }
+  if (verdict.breaker_counted && !t.lease.recorded() && alreadyCountedLoss(t)) {
+    verdict.breaker_counted = false;
+    t.shared_loss = true;
+    shared_detail = detail + kCountedOnce;
   }
   const std::string& attempt_detail = t.shared_loss ? shared_detail : detail;
 
@@ -1110,7 +1122,7 @@ void Exchange::respondWithError(int status, std::string_view code, std::string_v
   finish(status);
 }
 
-void Exchange::interruptStream(const std::string& why) {
+void Exchange::interruptStream(const std::string& why, bool count_for_breaker) {
   observe::logWarn("stream interrupted after the commit point",
                    {{"request_id", requestId()},
                     {"upstream", upstream_->name},
@@ -1132,7 +1144,7 @@ void Exchange::interruptStream(const std::string& why) {
   }
   sink_.abort();
   context_.metrics.streamInterruption(upstream_->name);
-  if (committed_ != nullptr) committed_->lease.recordInterruption();
+  if (committed_ != nullptr && count_for_breaker) committed_->lease.recordInterruption();
   cancelAttempts();
   finish(response_status_);
 }

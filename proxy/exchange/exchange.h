@@ -229,7 +229,13 @@ class Exchange final : public server::ActiveRequest {
   // With `extra` headers; x-should-retry is false unless they set it.
   void respondWithError(int status, std::string_view code, std::string_view message,
                         http::Headers extra);
-  void interruptStream(const std::string& why);
+  // Ends a committed response that cannot go on. `count_for_breaker`: false when a broken
+  // connection that cut it was counted already (see alreadyCountedLoss).
+  void interruptStream(const std::string& why, bool count_for_breaker = true);
+  // Whether `t` failed with a connection that broke under other requests too, and another
+  // attempt already counted that break against the same breaker; the first failure of a
+  // connection claims it.
+  bool alreadyCountedLoss(const Try& t);
   // Sends body bytes to the client, counting them and reading token usage on the way.
   void forward(const char* data, std::size_t len);
   // After the commit point: forward(), in whole events for an event stream.

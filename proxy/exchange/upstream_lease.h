@@ -26,6 +26,9 @@ class UpstreamLease {
   explicit operator bool() const { return health_ != nullptr; }
   resilience::UpstreamHealth* health() const { return health_; }
   bool probe() const { return probe_; }
+  // The breaker its outcome goes to, and whether it has recorded one.
+  const resilience::CircuitBreaker* breaker() const { return breaker_; }
+  bool recorded() const { return recorded_; }
 
   // Reports the attempt's outcome to the breaker; only the first call counts.
   void recordOutcome(bool counted_failure);

@@ -2,7 +2,9 @@
 // GOAWAY with an error) every one of them fails with the same loss. For the circuit breaker
 // that is one event: counted as one failure per stream, a single broken connection with five
 // requests on it would open a cold breaker and turn each of their retries into a fail-fast
-// error. So only the first failure reported for a connection within `window` counts.
+// error. So only the first failure reported for a connection within `window` counts, once
+// for each thing it is counted against (a breaker: one connection may carry requests for
+// several models, each with a breaker of its own).
 // Connections are named by their addresses (local and remote): a new connection would share
 // a broken one's name only if the kernel handed it the same local port to the same upstream
 // within the window (ports are handed out in turn: that takes thousands of connections in a
@@ -24,13 +26,15 @@ class ConnectionLosses {
   static constexpr std::size_t kRemembered = 16;
   explicit ConnectionLosses(Millis window = Millis(1000)) : window_(window) {}
 
-  // Whether a failure of `connection` is the first reported for it within the window (true
-  // for a failure whose connection is unknown: an empty name).
-  bool firstFailure(std::string_view connection, SteadyTime now);
+  // Whether a failure of `connection` is the first reported for it and for `counter` (what
+  // it counts against, compared by address only) within the window; true for a failure
+  // whose connection is unknown (an empty name).
+  bool firstFailure(std::string_view connection, const void* counter, SteadyTime now);
 
  private:
   struct Loss {
     std::string connection;
+    const void* counter = nullptr;
     SteadyTime at{};
   };
   Millis window_;

@@ -3,6 +3,7 @@
 #include <array>
 #include <cassert>
 #include <charconv>
+#include <cstring>
 #include <string_view>
 
 #include "proxy/upstream/upstream_client.h"
@@ -35,6 +36,26 @@ TransferError classifyCurlCode(CURLcode code, bool request_sent) {
     default:
       // A failure before the request went out means the upstream never saw it.
       return request_sent ? TransferError::kReset : TransferError::kConnect;
+  }
+}
+
+// Whether curl ended the transfer because its connection ended (what every transfer on a
+// connection that breaks is told), rather than because of this request alone: a reset of
+// its stream only (RST_STREAM), a callback's abort, and the rest count for the request.
+bool connectionEnded(CURLcode code, const char* error_text) {
+  switch (code) {
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_HTTP2:
+      return true;
+    case CURLE_HTTP2_STREAM:
+      // Later curl versions report the streams a connection's end cut with this code too,
+      // and say so in the message.
+      return std::strstr(error_text, "before end of the underlying") != nullptr;
+    default:
+      return false;
   }
 }
 
@@ -487,8 +508,10 @@ void Attempt::onCurlDone(CURLcode result) {
   } else if (result != CURLE_OK) {
     detail = error_buffer_[0] != '\0' ? error_buffer_ : curl_easy_strerror(result);
   }
-  // A reset of this stream alone is its own failure; anything else broke the connection.
-  if (error == TransferError::kReset && result != CURLE_HTTP2_STREAM) nameBrokenConnection();
+  if (error == TransferError::kReset &&
+      (requests_sent_ > 1 || connectionEnded(result, error_buffer_))) {
+    nameBrokenConnection();
+  }
   finish(error, detail);
 }
 

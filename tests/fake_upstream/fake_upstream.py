@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import dataclasses
 import hashlib
 import http
@@ -469,10 +470,11 @@ class FakeUpstream:
         self._tls_key = tls_key
         self._rng = random.Random(seed)
         self.responder = responder  # asked when the queue is empty; None -> the default
-        # Called on the fake's loop with the requests whose HTTP/2 streams a connection reset
-        # took with it (the streams still open on the connection another request's "reset"
-        # aborted, that one excepted); None: nobody asks.
-        self.on_streams_lost: "Callable[[list[Request]], None] | None" = None
+        # Called on the fake's loop with the HTTP/2 streams a connection reset took with it
+        # (another request's "reset" aborted their connection), as (request, ended): ended,
+        # the stream's last bytes went out so close to the reset that they may or may not
+        # have arrived; otherwise the answer was cut. None: nobody asks.
+        self.on_streams_lost: "Callable[[list[tuple[Request, bool]]], None] | None" = None
         self._outage: tuple[float, Action] | None = None  # (until, action): see outage()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -1011,7 +1013,7 @@ class FakeUpstream:
             await wire.wait_gone(None)
             return False
         if action.reset and action.sse is None and action.truncate is None:
-            wire.abort(request)
+            await wire.break_connection(request)
             return False
         if action.drop:
             await wire.drop(request)
@@ -1345,7 +1347,7 @@ class _H1Wire:
     async def cut(self, request: Request, reset: bool) -> None:
         self.fake._cut(self.conn, request, reset)
 
-    def abort(self, request: Request) -> None:
+    async def break_connection(self, request: Request) -> None:
         self.fake._abort(self.conn, request)
 
     async def drop(self, request: Request) -> None:
@@ -1389,6 +1391,9 @@ class _H2Connection:
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
         self.pings: dict[bytes, asyncio.Future] = {}
+        # Streams whose handlers returned, numbered in order (the latest 256).
+        self.finished: collections.deque = collections.deque(maxlen=256)
+        self.finished_count = 0
 
     async def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -1539,6 +1544,8 @@ class _H2Connection:
             pass
         finally:
             self.streams.pop(stream.id, None)
+            self.finished_count += 1
+            self.finished.append((self.finished_count, stream))
 
 
 class _H2Wire:
@@ -1596,20 +1603,28 @@ class _H2Wire:
 
     async def cut(self, request: Request, reset: bool) -> None:
         if reset:
-            # The client may still be writing frames (SETTINGS ACK, WINDOW_UPDATE): a reset that
-            # overtakes them fails its send before it has read what came before the reset. A
-            # PING round trip proves the client has read everything sent so far.
-            await self.connection.ping_round_trip()
-            self.abort(request)
+            await self.break_connection(request)
             return
         self._reset_stream(request)
 
-    def abort(self, request: Request) -> None:
-        """The whole connection goes, with RST: every stream on it fails."""
-        lost = [s.request for s in self.connection.streams.values()
-                if s is not self.stream and not s.ended and s.request is not None]
-        fake = self.connection.fake
-        fake._abort(self.connection.conn, request)
+    async def break_connection(self, request: Request) -> None:
+        """The whole connection goes, with RST: every stream on it fails. A PING round trip
+        comes first: the client may still be writing frames (SETTINGS ACK, WINDOW_UPDATE),
+        and a reset that overtakes them fails its send before it has read what came before
+        it; once the PING is answered, all that was sent before it has been read. So the
+        streams the reset takes are those not ended when the PING went out, and those that
+        started or ended since (on_streams_lost)."""
+        connection = self.connection
+        ended_before = {id(s) for s in connection.streams.values() if s.ended}
+        finished_before = connection.finished_count
+        await connection.ping_round_trip()
+        taken = {id(s): s for s in connection.streams.values() if id(s) not in ended_before}
+        taken.update((id(s), s) for n, s in connection.finished
+                     if n > finished_before and id(s) not in ended_before)
+        fake = connection.fake
+        fake._abort(connection.conn, request)
+        lost = [(s.request, s.ended) for s in taken.values()
+                if s is not self.stream and s.request is not None]
         if lost and fake.on_streams_lost is not None:
             fake.on_streams_lost(lost)
 

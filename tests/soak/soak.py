@@ -19,7 +19,7 @@ configurable time, checking that
 
 It runs over the transport BULWARK_TEST_TRANSPORT picks (plain HTTP/1.1, or h2: TLS with a
 test CA, ALPN h2, compressed bodies). Over h2 a "reset" breaks the whole connection, and the
-fake reports the other requests' attempts it broke as "lost" (see judge()).
+fake reports the other requests' attempts it broke (SoakUpstream.lost, judge()).
 
 The fake upstream runs in a process of its own (this script with --serve-upstream), so that
 its timing does not depend on the client threads; it reports each attempt's behaviour through
@@ -72,9 +72,11 @@ GOOD = {"ok", "slow"}
 TRANSPORT = {"drop", "reset", "hang", "head_stall", "lost"}
 # Over HTTP/2 a reset that breaks the connection under a response whose 200 head was sent may
 # reach Bulwark before or after that head (and a cut, a stream reset, may overtake the bytes
-# before it): the answer is then either the cut or what a transport fault gives.
+# before it): the answer is then either the cut or what a transport fault gives. So may an
+# attempt whose answer ended just before the reset ("<kind>?": as drawn, or lost).
 AMBIGUOUS_ON_H2 = {"lost_after_head", "cut"}
-# Over the h2 transport (BULWARK_TEST_TRANSPORT=h2) requests share connections: see judge().
+# Over the h2 transport (BULWARK_TEST_TRANSPORT=h2) requests without "stream": true share
+# connections (streamed ones go over HTTP/1.1, a connection each): see judge().
 MULTIPLEXED = HARNESS_TRANSPORT == "h2"
 COMMITTED = {"cut", "stall_mid", "lost_after_head"}
 
@@ -143,14 +145,19 @@ class SoakUpstream:
         return {"sse": events} if stream else {"body": body}
 
 
-    def lost(self, requests) -> None:
-        """Over HTTP/2: attempts whose connection another request's reset broke before their
-        answer was whole. Whatever was drawn for them, they failed as a transport fault."""
-        for req in requests:
+    def lost(self, streams) -> None:
+        """Over HTTP/2: attempts whose connection another request's reset broke (see
+        FakeUpstream.on_streams_lost). Cut before its end, an attempt failed as a transport
+        fault would ("lost"), or, after a 200 head, possibly once Bulwark had committed the
+        answer ("lost_after_head"). Ended just before the reset, it may also have arrived
+        whole: then it is what was drawn, or lost ("maybe_lost")."""
+        for req, ended in streams:
             sid = getattr(req, "soak_sid", None)
-            if sid is not None:
-                # After a 200 head Bulwark may have committed the answer (then the client's
-                # answer is cut), or the reset may have overtaken the head (then a retry).
+            if sid is None:
+                continue
+            if ended:
+                self.report(sid, "maybe_lost")
+            else:
                 self.report(sid, "lost_after_head" if req.status == 200 else "lost")
 
 
@@ -218,8 +225,12 @@ class UpstreamProcess:
         for line in self.proc.stdout:
             sid, _, kind = line.strip().partition(" ")
             with self.cond:
-                if kind.startswith("lost") and self.attempts[sid]:
-                    self.attempts[sid][-1] = kind  # its latest attempt: see SoakUpstream.lost
+                if kind in ("lost", "lost_after_head", "maybe_lost") and self.attempts[sid]:
+                    # Its latest attempt (see SoakUpstream.lost): "maybe_lost" keeps the kind
+                    # drawn, marked with "?" (either that, or lost).
+                    last = self.attempts[sid][-1]
+                    self.attempts[sid][-1] = last.rstrip("?") + "?" if kind == "maybe_lost" \
+                        else kind
                     self.lost += 1
                 else:
                     self.attempts[sid].append(kind)
@@ -272,10 +283,12 @@ class Tally:
 def judge(sid: str, stream: bool, resp: RawResponse, closed: bool,
           attempts: list[str]) -> tuple[str, str | None]:
     """Classify one answer and say what is wrong with it (None: nothing)."""
-    verdict = judge_as(sid, stream, resp, closed, attempts)
-    if verdict[1] is not None and MULTIPLEXED:
-        transport = [("lost" if k in AMBIGUOUS_ON_H2 else k) for k in attempts]
-        if transport != attempts:
+    as_drawn = [k.rstrip("?") for k in attempts]
+    verdict = judge_as(sid, stream, resp, closed, as_drawn)
+    if verdict[1] is not None and MULTIPLEXED and not stream:
+        transport = [("lost" if k in AMBIGUOUS_ON_H2 or k.endswith("?") else k)
+                     for k in attempts]
+        if transport != as_drawn:
             other = judge_as(sid, stream, resp, closed, transport)
             if other[1] is None:
                 return other
@@ -289,7 +302,7 @@ def judge_as(sid: str, stream: bool, resp: RawResponse, closed: bool,
         claimed = int(resp.header("x-bulwark-attempts") or -1)
     except ValueError:
         claimed = -1
-    if MULTIPLEXED and claimed > len(attempts):
+    if MULTIPLEXED and not stream and claimed > len(attempts):
         # Over HTTP/2 a "reset" breaks the whole connection, and with it the other requests'
         # attempts that were on it before the fake read them: Bulwark made those attempts,
         # the fake never saw them, and each failed as a transport fault. Where they fell in
@@ -463,7 +476,7 @@ class Client(threading.Thread):
         except ValueError:
             claimed = 0
         seen = self.upstream.attempts_of(sid, claimed)
-        if MULTIPLEXED and claimed > len(seen):
+        if MULTIPLEXED and not stream and claimed > len(seen):
             self.tally.add_lost(claimed - len(seen))
         klass, problem = judge(sid, stream, resp, closed, seen)
         if latency > TOTAL_TIMEOUT + 2 and not problem:

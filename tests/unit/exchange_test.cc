@@ -61,10 +61,24 @@ class FakeTransfer final : public upstream::Transfer {
     observer.onDone(TransferError::kNone, "");
   }
 
+  // The head of a 200 JSON answer and its first bytes arrive; the rest does not yet.
+  void beginAnswer(const std::string& first_bytes) {
+    upstream::ResponseHead head;
+    head.status = 200;
+    head.headers = {{"content-type", "application/json"}};
+    observer.onRequestStart();
+    observer.onHead(std::move(head));
+    observer.onData(first_bytes.data(), first_bytes.size());
+  }
+  // The transfer ends with `error`. May destroy this transfer.
+  void fail(TransferError error, const std::string& detail) { observer.onDone(error, detail); }
+  std::string_view brokenConnection() const override { return broken; }
+
   FakeAttempts& owner_;
   AttemptObserver& observer;
   bool started = false;
   int resumed = 0;
+  std::string broken;  // what brokenConnection() says
 };
 
 std::unique_ptr<upstream::Transfer> FakeAttempts::createAttempt(AttemptObserver& observer,
@@ -253,6 +267,7 @@ class ExchangeTest : public ::testing::Test {
   event_base* base_;
   FakeAttempts attempts_;
   ExchangeContext context_;
+  resilience::ConnectionLosses losses_;  // given to context_ by the tests that use it
   std::vector<std::unique_ptr<FakeSink>> sinks_;
   std::vector<std::unique_ptr<Exchange>> exchanges_;
 };
@@ -613,6 +628,59 @@ TEST_F(ExchangeTest, ShutdownEndsEachPhaseOnce) {
   EXPECT_TRUE(attempts_.live.empty());
   EXPECT_EQ(inflight(), 0);
   EXPECT_EQ(breaker().snapshot().state, resilience::BreakerState::kClosed);
+}
+
+// One HTTP/2 connection breaking under several requests is one failure for the breaker: the
+// first request it failed counts, the others record nothing (the breaker's last failure is
+// the first one's). Before the commit point, and after it.
+class BrokenConnectionTest : public ExchangeTest {
+ protected:
+  static constexpr char kConnection[] = "127.0.0.1:40000->127.0.0.1:443";
+  // Two requests whose attempts run on one connection; `answering`: each has its answer's
+  // head and first bytes (committed).
+  std::pair<FakeTransfer*, FakeTransfer*> twoOnOneConnection(bool answering) {
+    FakeTransfer* t[2] = {};
+    for (FakeTransfer*& one : t) {
+      request();
+      one = attempts_.current();
+      one->broken = kConnection;
+      if (answering) one->beginAnswer(R"({"id":)");
+    }
+    return {t[0], t[1]};
+  }
+  // Both fail with the connection, 100 ms apart; returns when the first failed.
+  resilience::WallTime breakBoth(std::pair<FakeTransfer*, FakeTransfer*> both) {
+    const resilience::WallTime first_at = clock_.wallNow();
+    both.first->fail(TransferError::kReset, "Recv failure: Connection reset by peer");
+    clock_.advance(std::chrono::milliseconds(100));
+    both.second->fail(TransferError::kReset, "the stream was not closed cleanly");
+    return first_at;
+  }
+};
+
+TEST_F(BrokenConnectionTest, RequestsItCarriedCountOnceForTheBreaker) {
+  context_.connection_losses = &losses_;
+  const resilience::WallTime counted_at = breakBoth(twoOnOneConnection(false));
+  EXPECT_EQ(breaker().snapshot().last_failure, counted_at);
+  EXPECT_EQ(attempts("reset"), 2);
+  EXPECT_EQ(inflight(), 0);  // the second's lease gave its admission back
+}
+
+TEST_F(BrokenConnectionTest, AnswersItCutCountOnceForTheBreaker) {
+  context_.connection_losses = &losses_;
+  auto both = twoOnOneConnection(true);
+  ASSERT_EQ(exchanges_[0]->phase(), Exchange::Phase::kCommitted);
+  ASSERT_EQ(exchanges_[1]->phase(), Exchange::Phase::kCommitted);
+  const resilience::WallTime counted_at = breakBoth(both);
+  EXPECT_EQ(breaker().snapshot().last_failure, counted_at);
+  EXPECT_TRUE(sinks_[0]->aborted);
+  EXPECT_TRUE(sinks_[1]->aborted);
+}
+
+// Without the worker's record (a unit that does not give one), each failure counts.
+TEST_F(BrokenConnectionTest, WithoutARecordEveryFailureCounts) {
+  const resilience::WallTime first_at = breakBoth(twoOnOneConnection(false));
+  EXPECT_GT(breaker().snapshot().last_failure, first_at);
 }
 
 }  // namespace
