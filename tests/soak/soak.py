@@ -283,6 +283,19 @@ class Tally:
 def judge(sid: str, stream: bool, resp: RawResponse, closed: bool,
           attempts: list[str]) -> tuple[str, str | None]:
     """Classify one answer and say what is wrong with it (None: nothing)."""
+    if MULTIPLEXED and not stream:
+        try:
+            claimed = int(resp.header("x-bulwark-attempts") or -1)
+        except ValueError:
+            claimed = -1  # judge_as reports it
+        if claimed > len(attempts):
+            # Over HTTP/2 a "reset" breaks the whole connection, and with it the other
+            # requests' attempts that were on it before the fake read them: Bulwark made those
+            # attempts, the fake never saw them, and each failed as a transport fault. Where
+            # they fell in the request's sequence is not known; in front of the attempts the
+            # fake saw is the one place that never changes what the answer must be (a retry
+            # always follows them).
+            attempts = ["lost"] * (claimed - len(attempts)) + attempts
     as_drawn = [k.rstrip("?") for k in attempts]
     verdict = judge_as(sid, stream, resp, closed, as_drawn)
     if verdict[1] is not None and MULTIPLEXED and not stream:
@@ -298,17 +311,6 @@ def judge(sid: str, stream: bool, resp: RawResponse, closed: bool,
 def judge_as(sid: str, stream: bool, resp: RawResponse, closed: bool,
              attempts: list[str]) -> tuple[str, str | None]:
     body = bytes(resp.body)
-    try:
-        claimed = int(resp.header("x-bulwark-attempts") or -1)
-    except ValueError:
-        claimed = -1
-    if MULTIPLEXED and not stream and claimed > len(attempts):
-        # Over HTTP/2 a "reset" breaks the whole connection, and with it the other requests'
-        # attempts that were on it before the fake read them: Bulwark made those attempts,
-        # the fake never saw them, and each failed as a transport fault. Where they fell in
-        # the request's sequence is not known; in front of the attempts the fake saw is the
-        # one place that never changes what the answer must be (a retry always follows them).
-        attempts = ["lost"] * (claimed - len(attempts)) + attempts
     last = attempts[-1] if attempts else None
     # Giving up, Bulwark hands over the last response the upstream gave: after
     # [503, drop, drop] that is the 503. Only when no attempt got one is the answer its 502.
