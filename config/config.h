@@ -170,6 +170,7 @@ struct AdmissionConfig {
   double bytes_per_token = 4;        // prompt text bytes per estimated token
   int default_output_tokens = 1000;  // the output cap of a request that sets none
   int image_tokens = 800;            // an image part's flat estimate
+  double burst = 0;                  // the enforced burst, a share of the limit; 0 = learned
   bool operator==(const AdmissionConfig&) const = default;
 };
 

@@ -486,6 +486,17 @@ void readAdmission(MappingReader admission, AdmissionConfig& out) {
                   "must be greater than 0" + got(out.bytes_per_token));
   readInt(admission, "default_output_tokens", out.default_output_tokens, 0);
   readInt(admission, "image_tokens", out.image_tokens, 0);
+  // `auto` learns the burst the upstream's limiter enforces; a number fixes it as a share of
+  // the per-minute limit (0.1: the limiter holds a tenth of its minute at once).
+  admission.read(
+      "burst", out.burst,
+      [](const std::string& text) -> std::optional<double> {
+        if (text == "auto") return 0.0;
+        std::optional<double> share = parseNumber(text);
+        if (!share || !(*share > 0 && *share <= 1)) return std::nullopt;
+        return share;
+      },
+      "auto or a share of the minute greater than 0 and at most 1");
   admission.finish();
 }
 

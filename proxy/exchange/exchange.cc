@@ -66,15 +66,12 @@ std::string_view pathWithoutQuery(std::string_view path) {
   return path.substr(0, path.find('?'));
 }
 
-// Embeddings and moderations generate no output tokens: no output cap is charged for them.
-bool generatesOutput(std::string_view path) {
-  path = pathWithoutQuery(path);
-  return !(path.starts_with("/v1/embeddings") || path.starts_with("/v1/moderations"));
-}
-
 // A queued request checks again at least this often: reservations settle, and the headers
 // of responses move the quota, sooner than a refill estimate foresees.
 constexpr resilience::Millis kQueueRecheckMax{100};
+// The time a queued request keeps for its attempt before the deadline while the upstream's
+// time to first byte is not known yet.
+constexpr resilience::Millis kAttemptAllowance{1000};
 // A request the fleet found no room for checks again this soon.
 constexpr resilience::Millis kFleetRecheck{20};
 
@@ -100,7 +97,8 @@ Exchange::~Exchange() {
 
 void Exchange::start() {
   started_ = context_.clock.now();
-  policies_apply_ = resilience::followsRetryPolicies(request_.method, request_.path);
+  endpoint_ = resilience::classifyEndpoint(request_.method, request_.path);
+  policies_apply_ = endpoint_.retry_safe;
   wait_timer_.prepare(context_.base, -1, 0, &Exchange::onWaitOver, this);
   deadline_timer_.assign(context_.base, -1, 0, &Exchange::onDeadline, this);
   hedge_timer_.prepare(context_.base, -1, 0, &Exchange::onHedgeTimer, this);
@@ -163,7 +161,7 @@ void Exchange::startBuffered() {
     resilience::CostRules rules{admission.bytes_per_token,
                                 static_cast<double>(admission.default_output_tokens),
                                 static_cast<double>(admission.image_tokens)};
-    cost_ = counter.cost(rules, generatesOutput(request_.path));
+    cost_ = counter.cost(rules, endpoint_.generates_output);
   }
   admit(false);
 }
@@ -198,7 +196,14 @@ void Exchange::admit(bool retry) {
       continue;
     }
     resilience::Quota& quota = selection.lease.health()->quotaFor(facts_.model);
-    resilience::Quota::Admission fit = quota.tryReserve(cost_, route_->admission.headroom, now);
+    if (!modelAdmits(quota, config_->upstreams[index].name, now)) {
+      // The model keeps being wrong for this (upstream, model): plain behaviour until it
+      // stops, as with admission off.
+      countRejections(refused);
+      startAdmitted(std::move(selection), retry, nullptr);
+      return;
+    }
+    resilience::Quota::Admission fit = quota.tryReserve(cost_, quotaRules(), now);
     if (fit.admitted) {
       countRejections(refused);
       confirmAndStart(std::move(selection), retry, quota, 0);
@@ -236,7 +241,7 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
   // must fit in it. A bucket without a known limit does not bound it.
   const double headroom = route_->admission.headroom;
   auto room = [&](const resilience::Quota::BucketView& b) {
-    return b.limit > 0 ? b.remaining - headroom * b.limit : 1e18;
+    return b.limit > 0 ? b.remaining - std::min(headroom * b.limit, b.capacity / 4) : 1e18;
   };
   resilience::QuotaCost space{room(view.requests), room(view.tokens)};
   int index = selection.index;
@@ -287,7 +292,7 @@ void Exchange::startAdmitted(UpstreamSelection selection, bool retry, resilience
     context_.metrics.retry(pending.upstream, pending.reason, pending.source, pending.delay_seconds);
   }
   startAttempt(std::move(selection));
-  if (quota != nullptr && !tries_.empty()) tries_.back()->reserved = true;
+  if (quota != nullptr && !tries_.empty()) tries_.back()->admittedBy(*quota);
 }
 
 void Exchange::refuse(const UpstreamSelection& selection, bool retry) {
@@ -308,10 +313,13 @@ void Exchange::refuse(const UpstreamSelection& selection, bool retry) {
 void Exchange::enqueue(int index, resilience::Quota& quota, resilience::Millis wait, bool retry) {
   const config::AdmissionConfig& admission = route_->admission;
   resilience::SteadyTime now = context_.clock.now();
-  resilience::SteadyTime until = std::min(deadline_, now + admission.max_wait);
+  // The wait leaves the attempt its time before the deadline: a request admitted with no
+  // time left would only run out of it upstream.
+  resilience::SteadyTime until =
+      std::min(deadline_ - attemptAllowance(index), now + admission.max_wait);
   // A wait that ends past the request's time is refused now: the client hears when to
   // come back at once, instead of after waiting for nothing.
-  if (wait == resilience::Millis::max() || wait > until - now) {
+  if (wait == resilience::Millis::max() || until <= now || wait > until - now) {
     refuseAdmission(index, "wait_exceeded", wait, retry);
     return;
   }
@@ -344,7 +352,24 @@ void Exchange::onQueueTimer(evutil_socket_t, short, void* arg) {
   QueuePlace& place = self->queued_;
   resilience::SteadyTime now = self->context_.clock.now();
   resilience::Quota::Admission fit =
-      place.quota->tryReserve(self->cost_, self->route_->admission.headroom, now, place.ticket);
+      place.quota->tryReserve(self->cost_, self->quotaRules(), now, place.ticket);
+  if (!fit.admitted &&
+      !self->modelAdmits(*place.quota, self->config_->upstreams[place.index].name, now)) {
+    // The quota fell back while this request waited: it goes out as with admission off.
+    int index = place.index;
+    bool retry = place.retry;
+    self->leaveQueue();
+    self->phase_ = retry ? Phase::kWaiting : Phase::kAdmitted;
+    UpstreamSelection selection =
+        selectUpstream(self->context_.upstreams, *self->config_, {index}, self->model_);
+    if (!selection.lease) {
+      self->countRejections(selection);
+      self->refuse(selection, retry);
+      return;
+    }
+    self->startAdmitted(std::move(selection), retry, nullptr);
+    return;
+  }
   if (!fit.admitted) {
     if (now >= place.until) {
       bool retry = place.retry;
@@ -417,6 +442,50 @@ void Exchange::refuseAdmission(int index, std::string_view reason, resilience::M
       http::Headers{{"retry-after-ms", std::to_string(ms)},
                     {"Retry-After", std::to_string((ms + 999) / 1000)},
                     {"x-should-retry", "true"}});
+}
+
+resilience::QuotaRules Exchange::quotaRules() const {
+  return {route_->admission.headroom, route_->admission.burst};
+}
+
+bool Exchange::modelAdmits(resilience::Quota& quota, const std::string& upstream,
+                           resilience::SteadyTime now) {
+  bool resumed = false;
+  bool admits = quota.admitting(now, &resumed);
+  if (resumed) {
+    observe::logInfo("admission resumes",
+                     {{"upstream", upstream},
+                      {"model", facts_.model},
+                      {"detail", "the fallback to plain retries is over"}});
+  }
+  return admits;
+}
+
+void Exchange::noteSurprise(Try& t) {
+  resilience::SteadyTime now = context_.clock.now();
+  resilience::RateLimitHeaders limits = resilience::parseRateLimitHeaders(t.head.headers);
+  if (!t.quota->surprised(limits, cost_, now)) return;
+  resilience::Quota::View view = t.quota->view(now);
+  long long for_ms = view.fallback_until
+                         ? std::chrono::ceil<resilience::Millis>(*view.fallback_until - now).count()
+                         : 0;
+  observe::logWarn(
+      "admission falls back",
+      {{"request_id", requestId()},
+       {"upstream", t.upstream->name},
+       {"model", facts_.model},
+       {"surprises", view.surprises},
+       {"fallback_ms", for_ms},
+       {"detail",
+        "rate-limit 429s on requests the quota model said would fit keep coming: requests go "
+        "out as with admission off until the fallback ends"}});
+}
+
+resilience::Millis Exchange::attemptAllowance(int index) {
+  resilience::UpstreamHealth* health = context_.upstreams.find(config_->upstreams[index].name);
+  std::optional<resilience::Millis> p95;
+  if (health != nullptr) p95 = health->ttfb().quantile(facts_.model, 0.95);
+  return p95 ? *p95 : kAttemptAllowance;
 }
 
 void Exchange::observeRateLimit(Try& t) {
@@ -642,9 +711,10 @@ void Exchange::onHedgeTimer(evutil_socket_t, short, void* arg) {
   if (self->admission_) {
     // A hedge never waits for room in the rate limit: it is only worth it at once.
     quota = &selection.lease.health()->quotaFor(self->facts_.model);
-    if (!quota
-             ->tryReserve(self->cost_, self->route_->admission.headroom, self->context_.clock.now())
-             .admitted) {
+    resilience::SteadyTime now = self->context_.clock.now();
+    if (!self->modelAdmits(*quota, self->config_->upstreams[selection.index].name, now)) {
+      quota = nullptr;  // plain, as with admission off
+    } else if (!quota->tryReserve(self->cost_, self->quotaRules(), now).admitted) {
       return;
     }
   }
@@ -655,7 +725,7 @@ void Exchange::onHedgeTimer(evutil_socket_t, short, void* arg) {
   }
   ++self->hedges_;
   self->startAttempt(std::move(selection), /*hedge=*/true);
-  if (quota != nullptr) self->tries_.back()->reserved = true;
+  if (quota != nullptr) self->tries_.back()->admittedBy(*quota);
   self->armHedge(*self->tries_.back());  // the next hedge, if more are allowed
 }
 
@@ -690,7 +760,7 @@ void Exchange::onHead(Try& t, upstream::ResponseHead&& head) {
   } else if (t.isEventStream()) {
     t.hold = Hold::kFirstEvent;
     t.event_scan =
-        resilience::CommitPointScanner(resilience::streamKindForPath(request_.path), kMaxHeldBytes);
+        resilience::CommitPointScanner(endpoint_.stream_kind, kMaxHeldBytes);
   } else {
     t.hold = Hold::kNone;
   }
@@ -946,14 +1016,18 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
         resilience::serverRetryHint(t.head.headers, t.head.status, context_.clock.wallNow());
   }
   inputs.now = context_.clock.now();
-  if (admission_ && t.quota != nullptr && t.has_head && t.head.status == 429 && verdict.retryable) {
+  if (t.admitted && t.quota != nullptr && t.has_head && t.head.status == 429 && verdict.retryable) {
     // A rate-limit 429. An explicit wait (retry-after, retry-after-ms) pauses the whole
     // (upstream, model): every worker's requests, queued or new. Without one, the reset
     // headers say when the bucket is full again, far later than this request fits: the
     // retry waits in the admission queue instead, until the quota (just updated from this
     // answer's headers) has room for it.
-    if (std::optional<resilience::Millis> pause =
-            resilience::serverRetryHint(t.head.headers, 0, context_.clock.wallNow())) {
+    if (t.modelled) noteSurprise(t);
+    // The wait the 429 names: an explicit header, else its message's "try again in".
+    std::optional<resilience::Millis> pause =
+        resilience::serverRetryHint(t.head.headers, 0, context_.clock.wallNow());
+    if (!pause) pause = resilience::tryAgainIn(t.held);
+    if (pause) {
       t.quota->cooldown(inputs.now + *pause);
       if (context_.arbiter != nullptr && context_.arbiter->active()) {
         context_.arbiter->cooledDown(t.upstream->name, facts_.model,

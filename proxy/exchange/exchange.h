@@ -33,6 +33,7 @@
 #include "proxy/observe/usage.h"
 #include "proxy/resilience/backoff.h"
 #include "proxy/resilience/classify.h"
+#include "proxy/resilience/endpoint.h"
 #include "proxy/resilience/quota.h"
 #include "proxy/resilience/quota_arbiter.h"
 #include "proxy/resilience/retry_decision.h"
@@ -116,6 +117,14 @@ class Exchange final : public server::ActiveRequest {
     // request names a model; `reserved`: this attempt holds its cost there until the head.
     resilience::Quota* quota = nullptr;
     bool reserved = false;
+    // Admission let it through (not a plain attempt); `modelled`: the quota knew a limit
+    // then, so it said the request would fit.
+    bool admitted = false;
+    bool modelled = false;
+    void admittedBy(const resilience::Quota& q) {
+      reserved = admitted = true;
+      modelled = q.knowsLimit();
+    }
     resilience::QuotaArbiter::Ticket fleet;  // its reservation with the fleet, if any
     bool sent = false;                       // connected, and the request went out
     resilience::SteadyTime sent_at;          // when it went out: when the upstream counts it
@@ -186,6 +195,15 @@ class Exchange final : public server::ActiveRequest {
   // Reads a response head's x-ratelimit-* headers into the try's quota and the metrics, and
   // settles the try's reservation.
   void observeRateLimit(Try& t);
+  // The admission settings of the request's route, as the quota applies them.
+  resilience::QuotaRules quotaRules() const;
+  // Whether `quota` holds requests back now (false in fallback); logs a fallback's end.
+  bool modelAdmits(resilience::Quota& quota, const std::string& upstream, resilience::SteadyTime now);
+  // A rate-limit 429 on an attempt the model said would fit.
+  void noteSurprise(Try& t);
+  // The time an attempt on upstream `index` needs before the deadline: its recent p95 time
+  // to first byte, or kAttemptAllowance before it has one.
+  resilience::Millis attemptAllowance(int index);
   // A try that held a reservation ends without a head: counted if the request went out.
   void dropReservation(Try& t);
   // The (order of) candidate upstreams for the next attempt: the route's chain; for a retry,
@@ -273,6 +291,7 @@ class Exchange final : public server::ActiveRequest {
   // The body streams: an attempt that consumed any of it cannot be repeated.
   bool streamed_ = false;
   std::uint64_t body_bytes_sent_ = 0;  // request body bytes sent upstream, all attempts
+  resilience::EndpointTraits endpoint_;
   bool policies_apply_ = true;
   std::optional<resilience::Backoff> backoff_;  // the route's retry settings
   support::OnDemandEvent wait_timer_;

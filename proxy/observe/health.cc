@@ -16,6 +16,8 @@ void writeBucket(rapidjson::Writer<rapidjson::StringBuffer>& w,
   } else {
     w.Null();  // not reported yet
   }
+  w.Key("capacity");
+  w.Int64(static_cast<std::int64_t>(bucket.capacity));
   w.Key("remaining");
   w.Int64(static_cast<std::int64_t>(bucket.remaining));
   w.Key("reserved");
@@ -43,6 +45,16 @@ void writeQuotas(rapidjson::Writer<rapidjson::StringBuffer>& w,
     w.Int64(view.cooldown_until
                 ? std::chrono::ceil<resilience::Millis>(*view.cooldown_until - now).count()
                 : 0);
+    // "model": admission holds back what would not fit; "fallback": 429s it did not foresee
+    // kept coming, and requests go out as with admission off until fallback_ms ends.
+    w.Key("admission");
+    w.String(view.fallback_until ? "fallback" : "model");
+    w.Key("fallback_ms");
+    w.Int64(view.fallback_until
+                ? std::chrono::ceil<resilience::Millis>(*view.fallback_until - now).count()
+                : 0);
+    w.Key("surprises");
+    w.Int64(view.surprises);
     w.EndObject();
   }
   w.EndObject();

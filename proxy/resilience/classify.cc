@@ -10,17 +10,6 @@
 namespace bulwark::resilience {
 namespace {
 
-constexpr std::array<std::string_view, 4> kIdempotentMethods = {"GET", "HEAD", "OPTIONS", "DELETE"};
-
-// Creating a completion, embedding, moderation or response has no side effect that a second
-// attempt would duplicate; everything else POSTed (files, batches, runs, ...) might.
-constexpr std::array<std::string_view, 5> kInferenceSuffixes = {
-    "/chat/completions", "/completions", "/embeddings", "/moderations", "/responses"};
-
-bool endsWith(std::string_view text, std::string_view suffix) {
-  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
-
 // A JSON string or number (kept as written) as text; anything else (null, objects) as "".
 std::string scalarText(const rapidjson::Value& object, const char* key) {
   auto it = object.FindMember(key);
@@ -41,23 +30,6 @@ bool provablyUnprocessed(const Outcome& outcome) {
 }
 
 }  // namespace
-
-bool followsRetryPolicies(std::string_view method, std::string_view path) {
-  if (std::find(kIdempotentMethods.begin(), kIdempotentMethods.end(), method) !=
-      kIdempotentMethods.end()) {
-    return true;
-  }
-  if (method != "POST") return false;
-  // The path without its query or fragment (one pass: find_first_of runs a memchr per byte).
-  for (std::size_t i = 0; i < path.size(); ++i) {
-    if (path[i] == '?' || path[i] == '#') {
-      path = path.substr(0, i);
-      break;
-    }
-  }
-  return std::any_of(kInferenceSuffixes.begin(), kInferenceSuffixes.end(),
-                     [path](std::string_view suffix) { return endsWith(path, suffix); });
-}
 
 ErrorIdentity parseErrorIdentity(std::string_view body) {
   // Iterative parsing keeps hostile nesting ("[[[[...") off the call stack; numbers stay

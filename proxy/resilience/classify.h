@@ -11,12 +11,6 @@
 
 namespace bulwark::resilience {
 
-// POSTs to inference endpoints (chat/completions, completions, embeddings, moderations,
-// responses — with or without a /v1 prefix or a deployment prefix) and GET/HEAD/OPTIONS/
-// DELETE follow the policies; anything else is retried only when the upstream provably did
-// not process it.
-bool followsRetryPolicies(std::string_view method, std::string_view path);
-
 // The `type` and `code` of an OpenAI error body {"error":{"type":..,"code":..}}; empty
 // strings when absent or when the body is not such JSON. Never throws, any input.
 struct ErrorIdentity {
@@ -29,7 +23,7 @@ struct AttemptFacts {
   Outcome outcome;
   std::optional<bool> x_should_retry;  // the upstream's x-should-retry header, if any
   std::string_view error_body;         // the whole body of a status >= 400 response
-  bool policies_apply = true;          // followsRetryPolicies(method, path)
+  bool policies_apply = true;          // classifyEndpoint(method, path).retry_safe
 };
 
 struct Verdict {

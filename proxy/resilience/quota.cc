@@ -1,6 +1,7 @@
 #include "proxy/resilience/quota.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <string>
@@ -32,6 +33,22 @@ std::optional<Millis> duration(std::string_view value) {
 }
 
 }  // namespace
+
+std::optional<Millis> tryAgainIn(std::string_view error_body) {
+  // Searched in the raw body: the phrase is OpenAI's, and a JSON string holds it verbatim.
+  static constexpr std::string_view kPhrase = "try again in ";
+  std::size_t at = error_body.find(kPhrase);
+  if (at == std::string_view::npos) return std::nullopt;
+  std::string_view rest = error_body.substr(at + kPhrase.size());
+  std::size_t end = 0;
+  while (end < rest.size() && end < 32 &&
+         (std::isalnum(static_cast<unsigned char>(rest[end])) || rest[end] == '.')) {
+    ++end;
+  }
+  std::string_view token = rest.substr(0, end);
+  while (!token.empty() && token.back() == '.') token.remove_suffix(1);  // the sentence's end
+  return parseGoDuration(token);
+}
 
 bool RateLimitHeaders::any() const {
   return limit_requests || limit_tokens || remaining_requests || remaining_tokens ||
@@ -72,11 +89,58 @@ RateLimitHeaders parseRateLimitHeaders(const http::Headers& headers) {
   return out;
 }
 
+double Quota::Bucket::capacity() const {
+  if (limit <= 0) return 0;
+  if (fixed > 0) return fixed * limit;
+  return learned > 0 ? std::min(learned, limit) : limit;
+}
+
 void Quota::Bucket::refill(SteadyTime now) {
   if (now <= updated) return;
   double elapsed_ms = std::chrono::duration<double, std::milli>(now - updated).count();
-  if (limit > 0) remaining = std::min(limit, remaining + rate_per_ms * elapsed_ms);
+  if (limit > 0) remaining = std::min(capacity(), remaining + ratePerMs() * elapsed_ms);
   updated = now;
+}
+
+double Quota::Bucket::peakSeen(SteadyTime now) {
+  const auto half = kPeakWindow / 2;
+  if (now - peak_since >= kPeakWindow) {
+    previous_peak = peak = 0;
+    peak_since = now;
+  } else if (now - peak_since >= half) {
+    previous_peak = peak;
+    peak = 0;
+    peak_since += half;
+  }
+  return std::max(peak, previous_peak);
+}
+
+void Quota::Bucket::learn(double seen, std::optional<Millis> reset, SteadyTime now) {
+  peakSeen(now);
+  peak = std::max(peak, seen);
+  // What the bucket holds when full: what is left now plus what refills until the reset. A
+  // limiter that holds its whole minute says the limit; one with a short bucket, that bucket.
+  double target = learned > 0 ? learned : limit;
+  if (reset) target = seen + static_cast<double>(reset->count()) * ratePerMs();
+  const double floor = peakSeen(now);  // the limiter held that much: proven room
+  target = std::min(std::max(target, floor), limit);
+  if (!lowered_at || target <= learned) {
+    learned = target;
+  } else {
+    // A surprise said the cross-check was wrong for this limiter: trust grows back slowly.
+    double minutes = std::chrono::duration<double>(now - raised_at).count() / 60.0;
+    learned = std::max(floor, std::min(target, learned + kRaisePerMinute * limit *
+                                                             std::max(0.0, minutes)));
+  }
+  raised_at = now;
+}
+
+void Quota::Bucket::lower(SteadyTime now) {
+  if (limit <= 0 || fixed > 0) return;  // a fixed burst is the user's word
+  learned = std::max(peakSeen(now), capacity() / 2);
+  remaining = std::min(remaining, capacity());
+  lowered_at = now;
+  raised_at = now;
 }
 
 bool Quota::Bucket::observe(std::optional<double> new_limit, std::optional<double> new_remaining,
@@ -86,14 +150,9 @@ bool Quota::Bucket::observe(std::optional<double> new_limit, std::optional<doubl
   if (!new_remaining) return true;
   if (seen_as_of < as_of) return false;  // stale: a newer view is held already
   as_of = seen_as_of;
-  remaining = limit > 0 ? std::min(*new_remaining, limit) : *new_remaining;
-  // The server refills (limit - remaining) within `reset`: that is its speed. Without a
-  // usable reset, a per-minute limit refills over a minute.
-  if (limit > 0 && reset && reset->count() > 0 && remaining < limit) {
-    rate_per_ms = (limit - remaining) / static_cast<double>(reset->count());
-  } else if (limit > 0 && rate_per_ms == 0) {
-    rate_per_ms = limit / 60000.0;
-  }
+  double seen = limit > 0 ? std::min(*new_remaining, limit) : *new_remaining;
+  if (limit > 0) learn(seen, reset, now);
+  remaining = limit > 0 ? std::min(seen, capacity()) : seen;
   // No refill is credited for the time since: the upstream counted the request somewhere
   // between when it was sent and now, and its view already holds the refill up to then.
   // (`now` may be a little behind `updated`, read by another worker before it took the lock:
@@ -106,10 +165,9 @@ std::optional<Millis> Quota::Bucket::waitFor(double amount, double keep) const {
   if (limit <= 0 || amount <= 0) return Millis(0);  // unknown limit: never blocks
   double usable = remaining - reserved - keep;
   // More than ever fits: it waits for a full bucket, and the upstream judges it.
-  amount = std::min(amount, limit - keep);
+  amount = std::min(amount, capacity() - keep);
   if (amount <= usable) return Millis(0);
-  if (rate_per_ms <= 0) return std::nullopt;
-  return Millis(static_cast<long long>(std::ceil((amount - usable) / rate_per_ms)));
+  return Millis(static_cast<long long>(std::ceil((amount - usable) / ratePerMs())));
 }
 
 Quota::BucketView Quota::Bucket::view(SteadyTime now) const {
@@ -117,11 +175,12 @@ Quota::BucketView Quota::Bucket::view(SteadyTime now) const {
   b.refill(now);
   BucketView v;
   v.limit = b.limit;
+  v.capacity = b.capacity();
   v.remaining = b.remaining;
   v.reserved = b.reserved;
-  if (b.limit > 0 && b.rate_per_ms > 0 && b.remaining < b.limit) {
+  if (b.limit > 0 && b.remaining < v.capacity) {
     v.until_full =
-        Millis(static_cast<long long>(std::ceil((b.limit - b.remaining) / b.rate_per_ms)));
+        Millis(static_cast<long long>(std::ceil((v.capacity - b.remaining) / b.ratePerMs())));
   }
   return v;
 }
@@ -149,20 +208,26 @@ bool Quota::observeOthers(const RateLimitHeaders& h, SteadyTime now, SteadyTime 
   return taken;
 }
 
-Quota::Admission Quota::tryReserve(const QuotaCost& cost, double headroom, SteadyTime now,
-                                   Ticket ticket) {
+Quota::Admission Quota::tryReserve(const QuotaCost& cost, const QuotaRules& rules,
+                                   SteadyTime now, Ticket ticket) {
   std::lock_guard lock(mutex_);
   if (cooldown_until_ && now < *cooldown_until_) {
     return {false, std::chrono::ceil<Millis>(*cooldown_until_ - now)};
   }
   requests_.refill(now);
   tokens_.refill(now);
+  for (Bucket* bucket : {&requests_, &tokens_}) {
+    bucket->fixed = rules.burst;
+    bucket->remaining = std::min(bucket->remaining, bucket->capacity());
+  }
+  // The headroom is a share of the limit (refill time, for estimate errors and transit),
+  // but never more than a quarter of a short burst, or nothing would ever fit in it.
+  auto keep = [&](const Bucket& b) { return std::min(rules.headroom * b.limit, b.capacity() / 4); };
   // Everything queued ahead goes first: this request fits once their cost and its own do.
   QuotaCost ahead = aheadOf(ticket);
   std::optional<Millis> for_requests =
-      requests_.waitFor(ahead.requests + cost.requests, headroom * requests_.limit);
-  std::optional<Millis> for_tokens =
-      tokens_.waitFor(ahead.tokens + cost.tokens, headroom * tokens_.limit);
+      requests_.waitFor(ahead.requests + cost.requests, keep(requests_));
+  std::optional<Millis> for_tokens = tokens_.waitFor(ahead.tokens + cost.tokens, keep(tokens_));
   if (!for_requests || !for_tokens) return {false, Millis::max()};  // no refill rate known
   Millis wait = std::max(*for_requests, *for_tokens);
   if (ahead.requests > 0) {
@@ -173,7 +238,46 @@ Quota::Admission Quota::tryReserve(const QuotaCost& cost, double headroom, Stead
   requests_.reserved += cost.requests;
   tokens_.reserved += cost.tokens;
   if (ticket != 0) queue_.erase(ticket);
+  window_.addLocked(now, 1, 0);
   return {true, Millis(0)};
+}
+
+bool Quota::admitting(SteadyTime now, bool* resumed) {
+  std::lock_guard lock(mutex_);
+  if (fallback_until_ && now < *fallback_until_) return false;
+  if (fallback_until_) {
+    last_fallback_end_ = fallback_until_;
+    fallback_until_.reset();
+    window_.clearLocked();  // the surprises that caused it are not held against the model again
+  }
+  if (resume_untold_ && resumed != nullptr) {
+    *resumed = true;
+    resume_untold_ = false;
+  }
+  return true;
+}
+
+bool Quota::surprised(const RateLimitHeaders& h, const QuotaCost& cost, SteadyTime now) {
+  std::lock_guard lock(mutex_);
+  // The bucket the request did not fit in is the one that was wrong; if the 429 says of
+  // neither, both are lowered.
+  bool short_requests = h.remaining_requests && *h.remaining_requests < cost.requests;
+  bool short_tokens = h.remaining_tokens && *h.remaining_tokens < cost.tokens;
+  if (short_requests || !short_tokens) requests_.lower(now);
+  if (short_tokens || !short_requests) tokens_.lower(now);
+  if (fallback_until_ && now < *fallback_until_) return false;
+  window_.addLocked(now, 0, 1);
+  SlidingCounts::Totals seen = window_.totals(now);
+  if (seen.second < kFallbackSurprises ||
+      static_cast<double>(seen.second) < kFallbackShare * static_cast<double>(seen.first)) {
+    return false;
+  }
+  // Falling back again soon after the last one: the model is wrong for longer.
+  bool again = last_fallback_end_ && now - *last_fallback_end_ < kFallbackMax;
+  fallback_for_ = again ? std::min(kFallbackMax, fallback_for_ * 2) : kFallbackFor;
+  fallback_until_ = now + fallback_for_;
+  resume_untold_ = true;
+  return true;
 }
 
 QuotaCost Quota::aheadOf(Ticket ticket) const {
@@ -227,6 +331,11 @@ void Quota::cooldown(SteadyTime until) {
   if (!cooldown_until_ || until > *cooldown_until_) cooldown_until_ = until;
 }
 
+bool Quota::knowsLimit() const {
+  std::lock_guard lock(mutex_);
+  return requests_.limit > 0 || tokens_.limit > 0;
+}
+
 Quota::View Quota::view(SteadyTime now) const {
   std::lock_guard lock(mutex_);
   View v;
@@ -234,6 +343,8 @@ Quota::View Quota::view(SteadyTime now) const {
   v.tokens = tokens_.view(now);
   if (cooldown_until_ && now < *cooldown_until_) v.cooldown_until = cooldown_until_;
   v.queued = queue_.size();
+  v.surprises = window_.totals(now).second;
+  if (fallback_until_ && now < *fallback_until_) v.fallback_until = fallback_until_;
   return v;
 }
 

@@ -1,13 +1,23 @@
 // The rate-limit quota of one (upstream, model), learned from the x-ratelimit-* headers that
 // OpenAI (and Azure OpenAI) send on every response, success or error. Two buckets, requests
-// and tokens, each with a limit, what remains, and when it is full again. Between responses
-// the model accounts for what is in flight: a request reserves its estimated cost when it is
-// sent, and the reservation is settled when its response's headers arrive (they already
-// count it) or released when it never reached the upstream. A bucket refills continuously
-// toward its limit, at the rate the last headers imply, as OpenAI's limiter does.
+// and tokens. Each has two separate facts:
+//   - the rate: what the limit says, `limit` per minute, whatever the limiter's bucket size;
+//   - the capacity: the burst the limiter enforces at once. A limiter may hold its whole minute,
+//     or enforce it in short buckets ("quantized": 60,000 a minute as 1,000 a second), and then
+//     reports `remaining` and `reset` for the short bucket. The capacity is learned: the
+//     `reset` cross-check (remaining + reset * rate is what the bucket holds when full), never
+//     below the largest `remaining` seen lately, halved by a 429 the model said would fit, and
+//     raised slowly after that. Or it is fixed as a share of the minute (QuotaRules::burst).
+// Between responses the model accounts for what is in flight: a request reserves its
+// estimated cost when it is sent, and the reservation is settled when its response's headers
+// arrive (they already count it) or released when it never reached the upstream.
 //
 // Requests that do not fit wait in a FIFO: each takes a ticket, and a request is admitted only
 // when everything queued before it has been (a large request is not starved by small ones).
+//
+// 429s the model did not foresee ("surprises") are counted; when they keep coming, the quota
+// falls back: admission stops holding requests back for a while (they go out as with admission
+// off), and tries again after it.
 //
 // Pure (no I/O, no clock of its own: every call takes `now`) and thread-safe: every worker
 // reserves from the same quota.
@@ -21,6 +31,7 @@
 
 #include "proxy/http/header.h"
 #include "proxy/resilience/clock.h"
+#include "proxy/resilience/sliding_counts.h"
 
 namespace bulwark::resilience {
 
@@ -33,9 +44,22 @@ struct RateLimitHeaders {
 };
 RateLimitHeaders parseRateLimitHeaders(const http::Headers& headers);
 
+// The wait an OpenAI rate-limit error's message names ("... Please try again in 1.2s."), if
+// the body is such an error; nullopt otherwise. Never throws, any input.
+std::optional<Millis> tryAgainIn(std::string_view error_body);
+
 struct QuotaCost {
   double requests = 1;
   double tokens = 0;
+};
+
+// A route's admission settings that the quota applies.
+struct QuotaRules {
+  // Implicit from a headroom alone: the burst is then learned.
+  QuotaRules(double headroom_share = 0, double burst_share = 0)  // NOLINT(google-explicit-constructor)
+      : headroom(headroom_share), burst(burst_share) {}
+  double headroom;  // the share of each limit kept free (at most a quarter of the burst)
+  double burst;     // the enforced burst as a share of the limit; 0: learned
 };
 
 class Quota {
@@ -43,6 +67,7 @@ class Quota {
   // One bucket as the model sees it now.
   struct BucketView {
     double limit = 0;      // 0: not known yet
+    double capacity = 0;   // the burst the limiter enforces (the limit until learned)
     double remaining = 0;  // refilled to now, before reservations
     double reserved = 0;   // in flight, not yet settled
     Millis until_full{0};
@@ -51,10 +76,30 @@ class Quota {
     BucketView requests, tokens;
     std::optional<SteadyTime> cooldown_until;
     std::size_t queued = 0;
+    std::int64_t surprises = 0;                 // in the last kSurpriseWindow
+    std::optional<SteadyTime> fallback_until;  // admission is off for now
   };
   using Ticket = std::uint64_t;  // a place in the queue; 0 is none
   // The wait a queued request is told when only those ahead of it hold it back.
   static constexpr Millis kQueueRecheck{10};
+  // A rate limit is per minute: the rate every bucket refills at is its limit over this.
+  static constexpr Millis kMinute{60000};
+  // The largest `remaining` seen within this long bounds the learned capacity from below.
+  static constexpr Millis kPeakWindow{120000};
+  // After a surprise the capacity grows back by at most this share of the limit a minute.
+  static constexpr double kRaisePerMinute = 0.1;
+  // Surprises in this window, at least kFallbackSurprises of them and kFallbackShare of the
+  // admitted requests, put the quota in fallback for kFallbackFor (doubled, up to
+  // kFallbackMax, when it falls back again within kFallbackMax of the last one ending).
+  static constexpr Millis kSurpriseWindow{60000};
+  static constexpr int kFallbackSurprises = 5;
+  static constexpr double kFallbackShare = 0.02;
+  static constexpr Millis kFallbackFor{60000};
+  static constexpr Millis kFallbackMax{600000};
+
+  Quota() : window_(kSurpriseWindow) {}
+  Quota(const Quota&) = delete;
+  Quota& operator=(const Quota&) = delete;
 
   // A response's headers: the buckets take what the server says it has left. `as_of` is when
   // the server counted it: when its request was sent, which can be long before the answer
@@ -71,18 +116,28 @@ class Quota {
   // held), as the sender counts its own request when its view is stale.
   bool observeOthers(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of,
                      const QuotaCost& cost);
-  // Reserves `cost` if it fits, keeping `headroom` (a share of each limit) free, and nothing
+  // Reserves `cost` if it fits, keeping the headroom (a share of each limit) free, and nothing
   // queued is ahead of it: a newcomer (ticket 0) is behind every queued request, a queued one
   // behind those with smaller tickets (an admitted ticket leaves the queue). Without a wait
   // the reservation is held: settle(), charge() or release() it. Otherwise `wait` is how
   // long until it (and everything ahead of it) would fit, by refill or the cooldown, and
   // nothing is held. A bucket whose limit is not known yet never blocks; a cost larger than
-  // the limit waits for a full bucket (the upstream judges it then).
+  // the capacity waits for a full bucket (the upstream judges it then). `rules.burst` fixes
+  // the capacity from then on (the last route's setting applies to the quota).
   struct Admission {
     bool admitted = false;
     Millis wait{0};
   };
-  Admission tryReserve(const QuotaCost& cost, double headroom, SteadyTime now, Ticket ticket = 0);
+  Admission tryReserve(const QuotaCost& cost, const QuotaRules& rules, SteadyTime now,
+                       Ticket ticket = 0);
+  // Whether admission holds requests back now: false while in fallback. `resumed` is set
+  // to true by the one call that finds a fallback over.
+  bool admitting(SteadyTime now, bool* resumed = nullptr);
+  // A rate-limit 429 (its headers, observed already) on a request that admission let through
+  // as fitting: the buckets it did not fit in (by the 429's own `remaining`) lower their
+  // learned capacity at once, for every worker. Returns true when this surprise put the quota
+  // in fallback.
+  bool surprised(const RateLimitHeaders& headers, const QuotaCost& cost, SteadyTime now);
   // A place in the queue for a request that did not fit; nullopt when `max_queue` are
   // already waiting. Every ticket leaves, admitted by tryReserve() or by leave().
   std::optional<Ticket> enqueue(const QuotaCost& cost, std::size_t max_queue);
@@ -99,15 +154,28 @@ class Quota {
   void cooldown(SteadyTime until);
 
   View view(SteadyTime now) const;
+  // Whether a response has reported a limit yet (before it, nothing is held back).
+  bool knowsLimit() const;
 
  private:
   struct Bucket {
     double limit = 0;
     double remaining = 0;
     double reserved = 0;
-    double rate_per_ms = 0;  // refill speed implied by the last headers
+    double learned = 0;  // the learned capacity; 0 until a `remaining` was seen
+    double fixed = 0;    // a fixed capacity as a share of the limit; 0: the learned one
+    // The largest `remaining` in the current and the previous kPeakWindow / 2.
+    double peak = 0, previous_peak = 0;
+    SteadyTime peak_since{};
+    std::optional<SteadyTime> lowered_at;  // the last surprise; raised slowly after it
+    SteadyTime raised_at{};
     SteadyTime updated{};
+    double ratePerMs() const { return limit / static_cast<double>(kMinute.count()); }
+    double capacity() const;
     void refill(SteadyTime now);
+    double peakSeen(SteadyTime now);
+    void learn(double seen, std::optional<Millis> reset, SteadyTime now);
+    void lower(SteadyTime now);
     // Whether `remaining` (if any) was taken.
     bool observe(std::optional<double> limit, std::optional<double> remaining,
                  std::optional<Millis> reset, SteadyTime now, SteadyTime as_of);
@@ -125,6 +193,11 @@ class Quota {
   QuotaCost aheadOf(Ticket ticket) const;
 
   mutable std::mutex mutex_;
+  SlidingCounts window_;  // admitted requests, surprises
+  std::optional<SteadyTime> fallback_until_;
+  std::optional<SteadyTime> last_fallback_end_;
+  Millis fallback_for_ = kFallbackFor;
+  bool resume_untold_ = false;
   std::map<Ticket, QuotaCost> queue_;
   Ticket next_ticket_ = 1;
   Bucket requests_;

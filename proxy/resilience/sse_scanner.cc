@@ -102,11 +102,6 @@ FirstEvent scanFirstEvent(std::string_view buffered) {
   return {true, event.name == "error" || readData(event).has_error, event.end};
 }
 
-StreamKind streamKindForPath(std::string_view path) {
-  std::string_view without_query = path.substr(0, path.find('?'));
-  return without_query.ends_with("/responses") ? StreamKind::kResponses : StreamKind::kFirstEvent;
-}
-
 CommitPointScanner::Decision CommitPointScanner::scan(std::string_view held) {
   if (resume_ == 0) resume_ = afterBom(held);
   for (;;) {

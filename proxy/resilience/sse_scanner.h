@@ -26,9 +26,6 @@ enum class StreamKind {
   kResponses,   // the Responses API: its preamble events are held too
 };
 
-// kResponses for a path (the query ignored) that ends with "/responses", as POST /v1/responses.
-StreamKind streamKindForPath(std::string_view path);
-
 // Walks the events held before the commit point as they arrive. Each call to scan() is given
 // every byte held so far (the previous call's bytes are its prefix) and resumes where the last
 // one stopped, so a stream trickling in byte by byte is still scanned once. Not thread-safe.

@@ -4,13 +4,22 @@
 A fake OpenAI upstream with OpenAI's per-model limiter (gpt-4o-mini: 120 RPM, 20,000 TPM) sits
 behind Bulwark; tests/e2e/ratelimit_load.mjs (the official openai SDK, SDK retries off) sends
 a burst of chat completions through Bulwark from many concurrent clients. The scenario runs
-once with `admission: {enabled: false}` and once with `admission: {enabled: true}`, each with a
-fresh limiter and a fresh Bulwark, and reports upstream 429s, client success, how much of the
-limiter's capacity was used, and client latency, off and on side by side.
+with `admission: {enabled: false}` and with `admission: {enabled: true}` against two kinds of
+limiter, each run with a fresh limiter and a fresh Bulwark, and reports upstream 429s, client
+success, how much of the limiter's capacity was used, and client latency, side by side:
+  - whole: the limiter holds its whole minute, and `remaining` / `reset` speak of it;
+  - short: the limiter enforces its minute in short buckets (--bucket, a tenth of the minute
+    by default), as OpenAI documents its "quantized" limits, and `remaining` / `reset` speak
+    of the bucket.
 
-    python3 tests/bench/admission.py                 # real time: ~12 limiter minutes a mode
-    python3 tests/bench/admission.py --window 6      # the limiter's minute is 6 s: 10x faster
+    python3 tests/bench/admission.py                 # real time: ~6 minutes a run, 4 runs
+    python3 tests/bench/admission.py --kinds short   # one kind
     python3 tests/bench/admission.py --smoke         # < 1 min: runs end to end, goals not judged
+
+Bulwark takes a limit as per minute, so the limiter runs in real time. --window W < 60
+compresses a run by scaling the limiter instead: its limits times 60 / W, its bucket times
+W / 60 (the refill per second and the bucket are then those of a W-second minute); that makes
+every kind a short-bucket one, which is why the smoke run uses only that kind.
 
 Run from the repository root. Binary: --binary, else $BULWARK_BIN, else build-dev/bulwark,
 else build/bulwark; it is copied to a temp directory first, so a rebuild during the run changes
@@ -61,6 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="repeat both modes; the order alternates (off,on / on,off); the table "
                         "shows the median of the rounds (default 1)")
     p.add_argument("--modes", default="off,on", help="comma-separated subset of off,on")
+    p.add_argument("--kinds", help="comma-separated subset of whole,short (default both; "
+                                   "smoke: short)")
+    p.add_argument("--bucket", type=float, default=0.1,
+                   help="the short kind's bucket, a share of the minute (default 0.1)")
+    p.add_argument("--max-attempts", type=int, default=10,
+                   help="Bulwark's retry.max_attempts in every run (default 10)")
     p.add_argument("--seed", type=int, default=1, help="the driver's seed: same requests per mode")
     p.add_argument("--deadline", type=float, default=120,
                    help="client per-request timeout in limiter seconds (default 120 = 2 limiter "
@@ -78,7 +93,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.window = args.window or (3.0 if args.smoke else 60.0)
     args.clients = args.clients or (8 if args.smoke else 20)
-    args.requests = args.requests or (40 if args.smoke else 300)
+    args.requests = args.requests or (40 if args.smoke else 150)
+    args.kinds = [k.strip() for k in (args.kinds or ("short" if args.smoke else "whole,short"))
+                  .split(",") if k.strip()]
+    if not args.kinds or set(args.kinds) - {"whole", "short"}:
+        p.error("--kinds takes whole, short or whole,short")
+    if not 0 < args.bucket <= 1:
+        p.error("--bucket is a share of the minute in (0, 1]")
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or set(args.modes) - {"off", "on"}:
         p.error("--modes takes off, on or off,on")
@@ -133,11 +154,21 @@ def label(labels: str, name: str) -> str:
     return m.group(1) if m else ""
 
 
-def run_mode(mode: str, args: argparse.Namespace) -> dict:
+def limiter_settings(kind: str, args: argparse.Namespace) -> dict:
+    """The fake limiter of a kind, in real time: a compressed window scales it (see above)."""
+    scale = 60.0 / args.window
+    bucket = 1.0 if kind == "whole" else args.bucket
+    return {"rpm": RPM * scale, "tpm": TPM * scale, "window": 60.0,
+            "bucket": min(1.0, bucket / scale)}
+
+
+def run_mode(mode: str, args: argparse.Namespace, kind: str = "whole") -> dict:
     from harness import Bulwark, BulwarkDied, FakeUpstream  # after BULWARK_BIN is set
 
-    limits = {MODEL: {"rpm": RPM, "tpm": TPM, "window": args.window}}
-    config: dict = {}  # log level info: the harness waits for the "listening" line
+    settings = limiter_settings(kind, args)
+    limits = {MODEL: settings}
+    # log level info: the harness waits for the "listening" line
+    config: dict = {"retry": {"max_attempts": args.max_attempts}}
     deadline_ms = round(args.deadline * args.window / 60 * 1000)
     if mode == "on":
         # A request may wait for room as long as its client waits for it (the default
@@ -147,7 +178,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
         pass  # a binary from before the admission key: mode off is its only behaviour
     else:
         config["admission"] = {"enabled": False}
-    result: dict = {"mode": mode, "admission_config": config.get("admission", "(key omitted)"),
+    result: dict = {"mode": mode, "kind": kind, "limiter": settings,
+                    "admission_config": config.get("admission", "(key omitted)"),
                     "deadline_ms": deadline_ms}
     with FakeUpstream(rate_limits=limits, responder=delay_responder(*args.delay)) as fake:
         limiter = fake.limiters[MODEL]
@@ -172,6 +204,9 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
             except BulwarkDied as error:
                 result["bulwark_exit"] = str(error)[:2000]
         accepted, rejected, charged = limiter.accepted, limiter.rejected, limiter.tokens_charged
+        token_capacity = limiter.token_capacity()
+        charged_span_min = ((limiter.last_charge_at - limiter.first_charge_at) / 60
+                            if limiter.first_charge_at is not None else 0.0)
         fake_requests = len(fake.requests)
     try:
         driver = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -184,7 +219,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
         return result
 
     elapsed = driver["duration_s"]              # first request sent -> last answer received
-    minutes = elapsed / args.window             # in limiter minutes
+    minutes = elapsed / 60                      # the limiter runs in real time
     attempts = accepted + rejected
     bw_attempts = metrics.get("bulwark_upstream_attempts_total", {})
     by_outcome: dict = {}
@@ -213,9 +248,10 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
         "tokens_charged": charged,
         "achieved_tpm": charged / minutes if minutes else 0.0,
         "achieved_rpm": accepted / minutes if minutes else 0.0,
-        # capacity available over the run = the initial full bucket + the refill meanwhile
-        "token_capacity": TPM * (1 + minutes),
-        "request_capacity": RPM * (1 + minutes),
+        # capacity available = the initial full bucket + the refill between the limiter's
+        # first and last admitted request (the fake's own account)
+        "token_capacity": token_capacity,
+        "request_capacity": settings["rpm"] * (settings["bucket"] + charged_span_min),
         "p50_ms": driver["p50_ms"], "p99_ms": driver["p99_ms"], "max_ms": driver["max_ms"],
         "ok_p50_ms": driver["ok_p50_ms"], "ok_p99_ms": driver["ok_p99_ms"],
         "driver": driver,
@@ -227,7 +263,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
     result["delivered_share"] = (driver["ok_est_tokens"] / result["token_capacity"]
                                  if driver.get("ok_est_tokens") is not None else None)
     result["rpm_share"] = accepted / result["request_capacity"]
-    result["steady_tpm_ratio"] = result["achieved_tpm"] / TPM
+    result["steady_tpm_ratio"] = result["achieved_tpm"] / settings["tpm"]
     result["binding"] = "tokens" if result["tpm_share"] >= result["rpm_share"] else "requests"
     result["capacity_used"] = max(result["tpm_share"], result["rpm_share"])
     result["goals"] = {
@@ -247,9 +283,9 @@ NUMERIC = ("upstream_attempts", "upstream_429", "upstream_429_share", "success_r
 def summarise(runs: list[dict]) -> dict:
     """Per mode: the median of each number over its rounds (the only value with one round)."""
     out: dict = {}
-    for mode in ("off", "on"):
-        good = [r for r in runs if r["mode"] == mode and "error" not in r]
-        bad = [r for r in runs if r["mode"] == mode and "error" in r]
+    for mode in dict.fromkeys(r["label"] for r in runs):  # kind-mode, in run order
+        good = [r for r in runs if r["label"] == mode and "error" not in r]
+        bad = [r for r in runs if r["label"] == mode and "error" in r]
         if not good:
             if bad:
                 out[mode] = {"error": bad[0]["error"]}
@@ -277,7 +313,7 @@ def pct(x: float) -> str:
 def markdown(report: dict) -> str:
     s = report["settings"]
     modes = report["summary"]
-    cols = [m for m in ("off", "on") if m in modes]
+    cols = list(modes)
 
     def cell(mode: str, fn) -> str:
         m = modes[mode]
@@ -311,7 +347,7 @@ def markdown(report: dict) -> str:
         ("… of it for answers the client got", lambda m: f"{pct(m['delivered_share'])} "
          f"({m['client_ok']:.0f} of {m['upstream_accepted']:.0f} admitted)", "", None),
         ("Requests admitted / request capacity", lambda m: f"{pct(m['rpm_share'])}", "", None),
-        ("Achieved TPM (steady ratio to 20,000)",
+        ("Achieved TPM (steady ratio to the limit)",
          lambda m: f"{m['achieved_tpm']:.0f} ({pct(m['steady_tpm_ratio'])})", "", None),
         ("Elapsed (limiter minutes)",
          lambda m: f"{m['elapsed_s']:.1f} s ({m['elapsed_limiter_min']:.2f})", "", None),
@@ -319,17 +355,20 @@ def markdown(report: dict) -> str:
          lambda m: f"{m['p50_ms']:.0f} / {m['p99_ms']:.0f} / {m['max_ms']:.0f} ms", "", None),
     ]
     lines = [
-        f"# Quota-aware admission: off vs on",
+        f"# Quota-aware admission: off vs on, two kinds of limiter",
         "",
-        f"{s['clients']} SDK clients, {s['requests']} chat completions per mode (prompt 50-2000 "
-        f"chars, max_tokens 100-1000, seed {s['seed']}); limiter {MODEL}: {RPM} RPM, "
-        f"{TPM:,} TPM, one limiter minute = {s['window']:g} s; client timeout "
+        f"{s['clients']} SDK clients, {s['requests']} chat completions per run (prompt 50-2000 "
+        f"chars, max_tokens 100-1000, seed {s['seed']}), Bulwark's retry.max_attempts "
+        f"{s['max_attempts']}; limiter {MODEL}: {RPM} RPM, {TPM:,} TPM (times 60 / window "
+        f"{s['window']:g} s), kinds: whole = the limiter holds its minute, short = it holds "
+        f"{s['bucket']:g} of it and reports that bucket; client timeout "
         f"{s['deadline_limiter_s']:g} limiter s ({s['deadline_ms']} ms); fake latency "
         f"{s['delay_ms']} ms per admitted request; {s['rounds']} round(s)"
         f"{' (median)' if s['rounds'] > 1 else ''}. {report['when']}, load average "
         f"{report['loadavg']}.",
         "",
-        "| Metric | " + " | ".join(f"admission {c}" for c in cols) + " | Goal |",
+        "| Metric | " + " | ".join(f"{c.replace('-', ', admission ')}" for c in cols)
+        + " | Goal |",
         "| --- | " + " | ".join("---" for _ in cols) + " | --- |",
     ]
     for name, fn, goal, key in rows:
@@ -340,11 +379,11 @@ def markdown(report: dict) -> str:
             lines += ["", f"Mode {c} did not run: `{modes[c]['error'][:300]}`"]
     lines += [
         "",
-        "Capacity: the limiter starts full (one minute's worth: 20,000 tokens, 120 requests) and "
-        "refills continuously, so over a run of T limiter minutes it can admit at most "
-        "limit × (1 + T). Capacity used = tokens charged / (20,000 × (1 + T)), and likewise "
-        "requests admitted / (120 × (1 + T)); the larger (the binding bucket) is judged. "
-        "T = client makespan (first request sent to last answer) / window. Tokens charged are "
+        "Capacity: the limiter starts full (its bucket: the whole minute, or the short bucket) "
+        "and refills continuously at its limit per minute, so between its first and last "
+        "admitted request (T minutes) it can admit at most limit × (bucket + T). Capacity used "
+        "= tokens charged / (TPM × (bucket + T)), and likewise for requests; the larger (the "
+        "binding bucket) is judged. Tokens charged are "
         "the limiter's own: prompt estimate (bytes / 4) + max_tokens, per admitted request. "
         "The steady ratio (tokens / T / 20,000) leaves out the burst and can exceed 100 %. "
         "An attempt the limiter admitted can still fail the client (its deadline, which Bulwark "
@@ -374,10 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[dict] = []
         for round_no in range(args.rounds):
             order = args.modes if round_no % 2 == 0 else list(reversed(args.modes))
-            for mode in order:
-                print(f"admission.py: round {round_no + 1}/{args.rounds}, mode {mode} ...",
-                      file=sys.stderr, flush=True)
-                result = run_mode(mode, args)
+            for kind, mode in ((k, m) for k in args.kinds for m in order):
+                print(f"admission.py: round {round_no + 1}/{args.rounds}, {kind} limiter, "
+                      f"mode {mode} ...", file=sys.stderr, flush=True)
+                result = run_mode(mode, args, kind)
+                result["label"] = f"{kind}-{mode}"
                 result["round"] = round_no + 1
                 runs.append(result)
                 brief = {k: result.get(k) for k in ("upstream_attempts", "upstream_429",
@@ -397,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                      "rounds": args.rounds, "modes": args.modes, "seed": args.seed,
                      "deadline_limiter_s": args.deadline,
                      "deadline_ms": round(args.deadline * args.window / 60 * 1000),
-                     "delay_ms": args.delay_ms, "smoke": args.smoke,
+                     "delay_ms": args.delay_ms, "smoke": args.smoke, "kinds": args.kinds,
+                     "bucket": args.bucket, "max_attempts": args.max_attempts,
                      "limits": {MODEL: {"rpm": RPM, "tpm": TPM}},
                      "admission_key_missing": os.environ.get("ADMISSION_KEY_MISSING", "")
                      not in ("", "0")},
@@ -414,9 +455,10 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     if any("error" in r for r in runs):
         return 1
-    if args.check_goals and not args.smoke and "on" in report["summary"]:
-        if not all(report["summary"]["on"]["goals"].values()):
-            return 1
+    if args.check_goals and not args.smoke:
+        for label, summary in report["summary"].items():
+            if label.endswith("-on") and not all(summary.get("goals", {"ran": False}).values()):
+                return 1
     return 0
 
 

@@ -186,17 +186,31 @@ class RateLimiter:
     not fit gets OpenAI's 429 rate_limit_exceeded. `window` is the length of the limiter's
     "minute" in seconds (default 60): a test compresses time with a shorter one (window=6:
     the limits refill per 6 s, ten times faster, and the reset headers and "try again in"
-    waits shrink with them)."""
+    waits shrink with them).
+
+    `bucket` is the share of the minute the limiter holds at once (default 1: the whole
+    minute). OpenAI documents that a limit "may be quantized, meaning it's enforced over a
+    shorter period of time" (60,000 requests a minute as 1,000 a second): with bucket=0.1 the
+    limiter holds a tenth of its minute, refilling at the same per-minute rate, and reports
+    `remaining` as what that short bucket holds and `reset` as the time to refill it; the
+    limit headers still say the per-minute limit. What it leaves out: OpenAI does not publish
+    its bucket lengths, nor whether its reset speaks of the bucket or of the minute; this
+    fake takes the bucket. A compressed window with bucket 1 behaves like a real-time minute
+    with a short bucket, except for the limit it reports."""
 
     def __init__(self, model: str, rpm: float, tpm: float, default_output: int = 1000,
-                 clock: Callable[[], float] = time.monotonic, window: float = 60):
+                 clock: Callable[[], float] = time.monotonic, window: float = 60,
+                 bucket: float = 1.0):
         if not window > 0:
             raise ValueError(f"window must be a positive number of seconds, not {window!r}")
+        if not 0 < bucket <= 1:
+            raise ValueError(f"bucket must be a share of the minute in (0, 1], not {bucket!r}")
         self.model, self.rpm, self.tpm = model, float(rpm), float(tpm)
         self.window = window
+        self.bucket = float(bucket)
         self.default_output = default_output
         self._clock = clock
-        self._requests, self._tokens = float(rpm), float(tpm)
+        self._requests, self._tokens = self.rpm * self.bucket, self.tpm * self.bucket
         self._at = clock()
         self.accepted = self.rejected = 0
         self.tokens_charged = 0.0
@@ -209,8 +223,8 @@ class RateLimiter:
         now = self._clock()
         elapsed = max(0.0, now - self._at)
         self._at = now
-        self._requests = min(self.rpm, self._requests + elapsed * self.rpm / self.window)
-        self._tokens = min(self.tpm, self._tokens + elapsed * self.tpm / self.window)
+        self._requests = min(self.rpm * self.bucket, self._requests + elapsed * self.rpm / self.window)
+        self._tokens = min(self.tpm * self.bucket, self._tokens + elapsed * self.tpm / self.window)
 
     def cost(self, payload: Any) -> int:
         cap = self.default_output
@@ -226,7 +240,7 @@ class RateLimiter:
         request: the full bucket at the start plus the refill meanwhile (0 before any)."""
         if self.first_charge_at is None:
             return 0.0
-        return self.tpm * (1 + (self.last_charge_at - self.first_charge_at) / self.window)
+        return self.tpm * (self.bucket + (self.last_charge_at - self.first_charge_at) / self.window)
 
     def headers(self) -> list[tuple[str, str]]:
         return [("x-ratelimit-limit-requests", str(int(self.rpm))),
@@ -234,8 +248,9 @@ class RateLimiter:
                 ("x-ratelimit-remaining-requests", str(int(self._requests))),
                 ("x-ratelimit-remaining-tokens", str(int(self._tokens))),
                 ("x-ratelimit-reset-requests",
-                 go_duration((self.rpm - self._requests) * self.window / self.rpm)),
-                ("x-ratelimit-reset-tokens", go_duration((self.tpm - self._tokens) * self.window / self.tpm))]
+                 go_duration((self.rpm * self.bucket - self._requests) * self.window / self.rpm)),
+                ("x-ratelimit-reset-tokens",
+                 go_duration((self.tpm * self.bucket - self._tokens) * self.window / self.tpm))]
 
     def charge(self, payload: Any) -> "Action | None":
         """None when admitted (the caller adds headers()); else the 429 to send."""

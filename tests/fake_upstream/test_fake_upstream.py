@@ -437,6 +437,31 @@ class RateLimiterTest(unittest.TestCase):
         with FakeUpstream(rate_limits={"m": {"rpm": 1, "tpm": 100, "window": 2}}) as fake:
             self.assertEqual(fake.limiters["m"].window, 2)
 
+    def test_a_short_bucket_holds_a_share_of_the_minute_and_reports_it(self):
+        now = [0.0]
+        limiter = RateLimiter("gpt-4o-mini", rpm=600, tpm=10_000, clock=lambda: now[0],
+                              bucket=0.1)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 399}
+        self.assertIsNone(limiter.charge(body))
+        self.assertIsNone(limiter.charge(body))
+        headers = dict(limiter.headers())
+        # The limit is per minute; remaining and reset speak of the 1000-token bucket.
+        self.assertEqual(headers["x-ratelimit-limit-tokens"], "10000")
+        self.assertEqual(headers["x-ratelimit-remaining-tokens"], "200")
+        self.assertEqual(headers["x-ratelimit-reset-tokens"], "4.8s")
+        self.assertEqual(headers["x-ratelimit-remaining-requests"], "58")
+        refused = limiter.charge(body)
+        self.assertEqual(refused.status, 429)
+        self.assertIn("Please try again in 1.2s.", refused.body["error"]["message"])
+        now[0] = 60.0  # a minute later the bucket is full: a tenth of the minute, no more
+        self.assertEqual(dict(limiter.headers())["x-ratelimit-remaining-tokens"], "200")
+        limiter._refill()
+        self.assertEqual(dict(limiter.headers())["x-ratelimit-remaining-tokens"], "1000")
+        self.assertEqual(limiter.token_capacity(), 1000)  # both admitted at 0: one bucket
+        with self.assertRaises(ValueError):
+            RateLimiter("m", rpm=1, tpm=1, bucket=0)
+
     def test_the_fake_charges_tokens_and_answers_429_with_headers(self):
         limits = {"gpt-4o-mini": {"rpm": 60, "tpm": 2000}}
         with FakeUpstream(rate_limits=limits) as fake:

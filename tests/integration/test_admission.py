@@ -1,7 +1,11 @@
 """Quota-aware admission: Bulwark learns each (upstream, model) rate limit from the
 x-ratelimit-* headers and holds requests that would not fit, instead of sending them into a
 429. The fake upstream runs OpenAI's limiter (per-model request and token buckets, refilled
-continuously; `window` shortens its minute so the tests run in seconds)."""
+continuously at their limit per minute), of two kinds: one that holds its whole minute, and one
+that enforces it in short buckets (`bucket`, a share of the minute) and reports that bucket in
+`remaining` and `reset`, as OpenAI documents its "quantized" limits. Tests that must run in
+seconds use a large limit in a short bucket: it refills as fast as a small limit's compressed
+minute would."""
 
 from __future__ import annotations
 
@@ -85,53 +89,83 @@ class AdmissionTestCase(unittest.TestCase):
 
 
 class BurstTest(AdmissionTestCase):
-    """A burst beyond what the limit has left waits for room instead of colliding with it."""
+    """A burst beyond what the limit has left waits for room instead of colliding with it,
+    whichever way the limiter holds its minute."""
 
-    # 4000 tokens per 4-second "minute": 1000 tokens/s. Each request costs 301 tokens.
-    LIMITS = {"rpm": 1000, "tpm": 4000, "window": 4}
+    # Each request costs 301 tokens. short: 60,000 a minute (1000 tokens/s) in buckets of a
+    # fifteenth of the minute (4000 tokens); whole: 28,000 a minute (467 tokens/s), all of it
+    # at once. `burst` requests follow the first; `waiters` of them at least find no room.
+    KINDS = {
+        "short": {"limits": {"rpm": 15000, "tpm": 60000, "bucket": 1 / 15}, "burst": 30,
+                  "waiters": 10},
+        "whole": {"limits": {"rpm": 6000, "tpm": 28000}, "burst": 100, "waiters": 5},
+    }
 
-    def run_burst(self, admission: bool) -> tuple[FakeUpstream, list, float, Bulwark]:
-        fake = self.fake(**self.LIMITS)
-        # The headroom (2 % of the limit) covers the refill a view gains between a request's
-        # send and the upstream's count of it: 1.2 s of transit in a real minute, but only
-        # 80 ms in this 4-second one, and a sanitizer's build can take longer than that to
-        # get a request to the fake. There, a headroom covering 240 ms.
+    def run_burst(self, kind: str, admission: bool) -> tuple[FakeUpstream, list, float, Bulwark]:
+        fake = self.fake(**self.KINDS[kind]["limits"])
+        # The headroom (2 % of the limit, at most a quarter of a short bucket) covers the
+        # refill a view gains between a request's send and the upstream's count of it: 1.2 s
+        # at most. A sanitizer's build can take longer than that to get a request to the fake.
         settings = {"enabled": admission}
         if SANITIZED:
             settings["headroom"] = 0.06
         bulwark = self.bulwark([fake], {"admission": settings})
         self.assertEqual(post(bulwark, chat(300)).status, 200)  # the limit is learned here
         started = time.monotonic()
-        results = burst(bulwark, [chat(300) for _ in range(30)])
+        results = burst(bulwark, [chat(300) for _ in range(self.KINDS[kind]["burst"])])
         return fake, results, time.monotonic() - started, bulwark
 
-    def test_a_burst_past_the_limit_waits_for_room_and_draws_no_429(self):
-        fake, results, elapsed, bulwark = self.run_burst(admission=True)
-        self.assertEqual([r.status for r in results], [200] * 30,
+    def expected_wait(self, kind: str) -> float:
+        """Seconds of refill the burst needs beyond what the bucket holds after the first."""
+        limits = self.KINDS[kind]["limits"]
+        capacity = limits["tpm"] * limits.get("bucket", 1)
+        keep = min((0.06 if SANITIZED else 0.02) * limits["tpm"], capacity / 4)
+        usable = capacity - 301 - keep
+        return (self.KINDS[kind]["burst"] * 301 - usable) / (limits["tpm"] / 60)
+
+    def check_burst_waits_for_room(self, kind: str) -> None:
+        fake, results, elapsed, bulwark = self.run_burst(kind, admission=True)
+        n = self.KINDS[kind]["burst"]
+        self.assertEqual([r.status for r in results], [200] * n,
                          [r.body[:200] for r in results if r.status != 200])
         limiter = fake.limiters[MODEL]
         self.assertEqual(limiter.rejected, 0, "the upstream answered 429")
-        self.assertEqual(limiter.accepted, 31)
-        self.assertEqual(len(fake.requests), 31)  # one attempt each
-        # 9030 tokens with ~3700 left: about 5.3 s of refill at 1000 tokens/s. The requests
-        # really waited, no longer than the refill needed (and some scheduling).
-        self.assertGreater(elapsed, 4.0)
-        self.assertLess(elapsed, 15.0 if SANITIZED else 9.0)
+        self.assertEqual(limiter.accepted, n + 1)
+        self.assertEqual(len(fake.requests), n + 1)  # one attempt each
+        # The requests really waited, no longer than the refill needed (and some scheduling).
+        expected = self.expected_wait(kind)
+        self.assertGreater(elapsed, 0.7 * expected)
+        self.assertLess(elapsed, expected + (9.0 if SANITIZED else 3.0))
         m = scrape(bulwark)
         self.assertEqual(m.value("bulwark_admission_queue_depth", upstream="fake0"), 0)
         waited = (m.value("bulwark_admission_wait_seconds_count", upstream="fake0") -
                   m.value("bulwark_admission_wait_seconds_bucket", upstream="fake0", le="0.01"))
-        self.assertGreater(waited, 10, "few requests waited in the queue")
+        self.assertGreater(waited, self.KINDS[kind]["waiters"], "few requests waited")
         self.assertEqual(m.value("bulwark_ratelimit_limit", upstream="fake0", model=MODEL,
-                                 kind="tokens"), 4000)
+                                 kind="tokens"), self.KINDS[kind]["limits"]["tpm"])
         self.assertEqual(m.value("bulwark_upstream_attempts_total", upstream="fake0",
                                  outcome="429"), 0)
+        # The burst the limiter enforces was learned from its reset headers.
+        limits = self.KINDS[kind]["limits"]
+        quota = health(bulwark)["services"]["fake0"]["quotas"][MODEL]
+        self.assertAlmostEqual(quota["tokens"]["capacity"], limits["tpm"] * limits.get("bucket", 1),
+                               delta=0.01 * limits["tpm"])
+        self.assertEqual(quota["admission"], "model")
+        self.assertEqual(quota["surprises"], 0)
 
-    def test_control_without_admission_the_same_burst_collides(self):
-        """The control experiment: the same burst with admission off draws 429s (and
-        Bulwark's retries then wait for the until-full reset)."""
-        fake, results, _, _ = self.run_burst(admission=False)
-        self.assertGreater(fake.limiters[MODEL].rejected, 5)
+    def test_a_burst_past_a_short_bucket_waits_for_room_and_draws_no_429(self):
+        self.check_burst_waits_for_room("short")
+
+    def test_a_burst_past_a_whole_minute_waits_for_room_and_draws_no_429(self):
+        self.check_burst_waits_for_room("whole")
+
+    def test_control_without_admission_the_same_bursts_collide(self):
+        """The control experiment: the same bursts with admission off draw 429s (and
+        Bulwark's retries then wait for the server's hint)."""
+        for kind, at_least in (("short", 5), ("whole", 3)):
+            with self.subTest(kind=kind):
+                fake, _, _, _ = self.run_burst(kind, admission=False)
+                self.assertGreater(fake.limiters[MODEL].rejected, at_least)
 
 
 class QueueTest(AdmissionTestCase):
@@ -241,6 +275,62 @@ class CooldownTest(AdmissionTestCase):
         self.assertEqual(fake.requests[0].status, 429)
 
 
+class SurpriseTest(AdmissionTestCase):
+    """429s the quota model did not foresee: when they keep coming, admission falls back to
+    plain behaviour for that (upstream, model), and says so."""
+
+    ROOM = [("x-ratelimit-limit-requests", "1000"), ("x-ratelimit-limit-tokens", "100000"),
+            ("x-ratelimit-remaining-requests", "999"),
+            ("x-ratelimit-remaining-tokens", "99000"),
+            ("x-ratelimit-reset-requests", "60ms"), ("x-ratelimit-reset-tokens", "600ms")]
+    FULL = [("x-ratelimit-limit-requests", "1000"), ("x-ratelimit-limit-tokens", "100000"),
+            ("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-requests", "1m0s"), ("x-ratelimit-reset-tokens", "1m0s")]
+    RATE_LIMITED = {"error": {"message": "Rate limit reached for gpt-4o-mini in organization "
+                              "org-x on requests per min (RPM): Limit 1000, Used 1000, "
+                              "Requested 1. Please try again in 20ms. Visit https://x",
+                              "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+
+    def run_surprises(self, surprises: int) -> tuple[FakeUpstream, Bulwark]:
+        """One answer that says there is room, `surprises` 429s on requests the model said
+        would fit (another tenant of the account, say), then one answer that says it is
+        full."""
+        fake = self.fake()
+        bulwark = self.bulwark([fake], {"retry": {"max_attempts": 1},
+                                        "admission": {"max_wait": "200ms"}})
+        fake.script([{"status": 200, "headers": self.ROOM}] +
+                    [{"status": 429, "body": self.RATE_LIMITED, "headers": self.ROOM}] * surprises
+                    + [{"status": 200, "headers": self.FULL}])
+        for _ in range(surprises + 1):
+            post(bulwark, chat(10))
+        self.assertEqual(post(bulwark, chat(10)).status, 200)  # the FULL answer
+        return fake, bulwark
+
+    def test_surprises_that_keep_coming_fall_back_to_plain_retries(self):
+        fake, bulwark = self.run_surprises(5)
+        log = bulwark.wait_for_log(lambda e: e.get("msg") == "admission falls back")
+        self.assertEqual((log["upstream"], log["model"], log["surprises"]), ("fake0", MODEL, 5))
+        self.assertGreater(log["fallback_ms"], 50_000)
+        quota = health(bulwark)["services"]["fake0"]["quotas"][MODEL]
+        self.assertEqual(quota["admission"], "fallback")
+        self.assertGreater(quota["fallback_ms"], 50_000)
+        # The quota says it is full, but in fallback the request goes out as with admission
+        # off, and the upstream judges it.
+        seen = len(fake.requests)
+        resp = post(bulwark, chat(10))
+        self.assertEqual(resp.status, 200, resp.body[:300])
+        self.assertEqual(len(fake.requests), seen + 1)
+
+    def test_control_few_surprises_keep_the_model_holding_back(self):
+        fake, bulwark = self.run_surprises(4)
+        quota = health(bulwark)["services"]["fake0"]["quotas"][MODEL]
+        self.assertEqual((quota["admission"], quota["surprises"]), ("model", 4))
+        seen = len(fake.requests)
+        self.assert_own_429(post(bulwark, chat(10)), "rate_limit_wait_exceeded")
+        self.assertEqual(len(fake.requests), seen)
+        self.assertFalse(any(e.get("msg") == "admission falls back" for e in bulwark.logs))
+
+
 class SdkLoadTest(AdmissionTestCase):
     """The measure's small version: the official SDK (its retries off), many clients, a
     limiter far smaller than their demand."""
@@ -248,9 +338,10 @@ class SdkLoadTest(AdmissionTestCase):
     def test_many_sdk_clients_at_the_limit_draw_almost_no_429_and_all_succeed(self):
         if not (E2E / "node_modules" / "openai").exists():
             self.skipTest("tests/e2e/node_modules missing (npm ci in tests/e2e)")
-        # 20,000 tokens per 3-second "minute"; 40 requests of ~110-1500 tokens from 8 clients:
-        # about 32,000 tokens, so most of them wait for refill.
-        fake = self.fake(rpm=120, tpm=20000, window=3)
+        # 400,000 tokens a minute in buckets of 20,000 (a twentieth of the minute: it refills in
+        # 3 s); 40 requests of ~110-1500 tokens from 8 clients: about 32,000 tokens, so most of
+        # them wait for refill.
+        fake = self.fake(rpm=2400, tpm=400000, bucket=0.05)
         bulwark = self.bulwark([fake], {"admission": {"max_wait": "6s"}})
         env = dict(os.environ, BASE_URL=bulwark.openai_base_url, CLIENTS="8", REQUESTS="40",
                    SEED="7", DEADLINE_MS="6000")

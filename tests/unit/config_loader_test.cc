@@ -1000,14 +1000,15 @@ TEST(RouteConfigTest, AdmissionHasItsDefaultsAndARouteOverridesIt) {
   EXPECT_DOUBLE_EQ(defaults.admission.bytes_per_token, 4);
   EXPECT_EQ(defaults.admission.default_output_tokens, 1000);
   EXPECT_EQ(defaults.admission.image_tokens, 800);
+  EXPECT_DOUBLE_EQ(defaults.admission.burst, 0);  // auto: learned
   EXPECT_EQ(defaults.default_route.admission, defaults.admission);
 
   const Config config = loadValid(R"yaml(
-admission: {max_wait: 5s, headroom: 0.1}
+admission: {max_wait: 5s, headroom: 0.1, burst: auto}
 routes:
   - name: batchy
     match: {path: /v1/embeddings}
-    admission: {max_wait: 120s, max_queue: 10}
+    admission: {max_wait: 120s, max_queue: 10, burst: 0.1}
   - name: off
     match: {path: /v1/chat/completions}
     admission: {enabled: false}
@@ -1016,6 +1017,8 @@ routes:
   EXPECT_EQ(config.routes[0].admission.max_wait, seconds(120));
   EXPECT_EQ(config.routes[0].admission.max_queue, 10);
   EXPECT_DOUBLE_EQ(config.routes[0].admission.headroom, 0.1);  // from the top level
+  EXPECT_DOUBLE_EQ(config.routes[0].admission.burst, 0.1);
+  EXPECT_DOUBLE_EQ(config.routes[1].admission.burst, 0);
   EXPECT_FALSE(config.routes[1].admission.enabled);
   EXPECT_EQ(config.routes[1].admission.max_wait, seconds(5));
 }
@@ -1119,6 +1122,12 @@ TEST(RouteConfigTest, MistakesAreErrorsWithTheirLine) {
        "at least 0"},
       {"  - name: a\n    admission: {max_wiat: 1s}\n", "routes[0].admission.max_wiat", 6,
        "unknown key"},
+      {"  - name: a\n    admission: {burst: 0}\n", "routes[0].admission.burst", 6,
+       "expected auto or a share"},
+      {"  - name: a\n    admission: {burst: 1.5}\n", "routes[0].admission.burst", 6,
+       "at most 1"},
+      {"  - name: a\n    admission: {burst: often}\n", "routes[0].admission.burst", 6,
+       "expected auto"},
   };
   for (const Case& c : cases) {
     LoadResult result = load(base + c.routes);

@@ -151,51 +151,6 @@ TEST(ClassifyAttemptTest, UnsafePostStillObeysTheOtherRules) {
   EXPECT_EQ(client_error.reason, "policy");
 }
 
-struct MethodPathCase {
-  const char* method;
-  const char* path;
-  bool follows;
-};
-
-class FollowsRetryPoliciesTest : public testing::TestWithParam<MethodPathCase> {};
-
-TEST_P(FollowsRetryPoliciesTest, Decides) {
-  EXPECT_EQ(followsRetryPolicies(GetParam().method, GetParam().path), GetParam().follows)
-      << GetParam().method << " " << GetParam().path;
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    Table, FollowsRetryPoliciesTest,
-    testing::Values(MethodPathCase{"GET", "/v1/models", true},
-                    MethodPathCase{"GET", "/v1/files/file-abc/content", true},
-                    MethodPathCase{"HEAD", "/v1/models", true},
-                    MethodPathCase{"OPTIONS", "/v1/chat/completions", true},
-                    MethodPathCase{"DELETE", "/v1/files/file-abc", true},
-                    MethodPathCase{"POST", "/v1/chat/completions", true},
-                    MethodPathCase{"POST", "/chat/completions", true},
-                    MethodPathCase{"POST", "/openai/deployments/x/chat/completions", true},
-                    MethodPathCase{"POST", "/v1/chat/completions?api-version=2024-06-01", true},
-                    MethodPathCase{"POST", "/v1/completions", true},
-                    MethodPathCase{"POST", "/v1/embeddings", true},
-                    MethodPathCase{"POST", "/v1/moderations", true},
-                    MethodPathCase{"POST", "/v1/responses", true},
-                    MethodPathCase{"POST", "/v1/responses/abc/cancel", false},
-                    MethodPathCase{"POST", "/v1/chat/completions/abc", false},
-                    MethodPathCase{"POST", "/v1/files", false},
-                    MethodPathCase{"POST", "/v1/uploads", false},
-                    MethodPathCase{"POST", "/v1/batches", false},
-                    MethodPathCase{"POST", "/v1/fine_tuning/jobs", false},
-                    MethodPathCase{"POST", "/v1/threads/x/runs", false},
-                    MethodPathCase{"POST", "/v1/assistants", false},
-                    MethodPathCase{"POST", "/v1/images/generations", false},
-                    MethodPathCase{"POST", "/v1/audio/transcriptions", false},
-                    MethodPathCase{"POST", "/v1/files?purpose=/v1/embeddings", false},
-                    MethodPathCase{"POST", "/v1/xcompletions", false},
-                    MethodPathCase{"POST", "", false},
-                    MethodPathCase{"PUT", "/v1/chat/completions", false},
-                    MethodPathCase{"PATCH", "/v1/chat/completions", false},
-                    MethodPathCase{"CONNECT", "/v1/models", false}));
-
 TEST(ParseErrorIdentityTest, ReadsOpenAiErrors) {
   ErrorIdentity quota = parseErrorIdentity(kQuotaBody);
   EXPECT_EQ(quota.type, "insufficient_quota");

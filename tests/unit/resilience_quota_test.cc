@@ -79,15 +79,16 @@ TEST(QuotaTest, ReservationsHoldWhatIsInFlightUntilSettled) {
   EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 1100);
 }
 
-TEST(QuotaTest, ABucketRefillsAtTheRateTheHeadersImply) {
+TEST(QuotaTest, ABucketRefillsAtItsLimitPerMinuteWhateverTheResetSays) {
   fakes::FakeClock clock;
   Quota quota;
-  // 18000 of 20000 tokens to come back within 9 s: 2 tokens per ms.
-  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 2000, "9s")), clock.now());
+  // A limiter that holds its whole minute: 18000 of 20000 tokens come back within 54 s.
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 2000, "54s")), clock.now());
+  EXPECT_EQ(quota.view(clock.now()).tokens.capacity, 20000);
   Quota::Admission wait = quota.tryReserve({1, 4000}, 0, clock.now());
   EXPECT_FALSE(wait.admitted);
-  EXPECT_EQ(wait.wait, milliseconds(1000));  // 2000 more tokens at 2/ms
-  clock.advance(milliseconds(999));
+  EXPECT_EQ(wait.wait, milliseconds(6000));  // 2000 more tokens at 20000 a minute
+  clock.advance(milliseconds(5999));
   EXPECT_FALSE(quota.tryReserve({1, 4000}, 0, clock.now()).admitted);
   clock.advance(milliseconds(1));
   EXPECT_TRUE(quota.tryReserve({1, 4000}, 0, clock.now()).admitted);
@@ -95,6 +96,151 @@ TEST(QuotaTest, ABucketRefillsAtTheRateTheHeadersImply) {
   Quota::View v = quota.view(clock.now());
   EXPECT_EQ(v.tokens.remaining, 20000);  // never past the limit
   EXPECT_EQ(v.tokens.until_full, milliseconds(0));
+}
+
+TEST(QuotaTest, AShortBucketIsLearnedFromTheResetCrossCheck) {
+  fakes::FakeClock clock;
+  Quota quota;
+  // 20000 a minute enforced as 2000 per 6 s: the bucket holds 1500 and is full in 1.5 s.
+  // Read as a whole minute, (20000 - 1500) / 1.5 s would be a refill ten times too fast.
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 1500, "1.5s")), clock.now());
+  Quota::View v = quota.view(clock.now());
+  EXPECT_EQ(v.tokens.capacity, 2000);
+  EXPECT_EQ(v.tokens.until_full, milliseconds(1500));
+  Quota::Admission wait = quota.tryReserve({1, 1800}, 0, clock.now());
+  EXPECT_FALSE(wait.admitted);
+  EXPECT_EQ(wait.wait, milliseconds(900));  // 300 tokens at 1/3 per ms
+  clock.advance(seconds(60));
+  EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 2000);  // the bucket, not the minute
+  // More than the bucket ever holds waits for a full bucket; the upstream judges it.
+  EXPECT_TRUE(quota.tryReserve({1, 5000}, 0, clock.now()).admitted);
+}
+
+TEST(QuotaTest, TheLearnedBurstIsNeverBelowTheLargestRemainingSeenLately) {
+  fakes::FakeClock clock;
+  Quota quota;
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 6000, "0s")), clock.now());
+  EXPECT_EQ(quota.view(clock.now()).tokens.capacity, 6000);
+  // A reset that understates the bucket does not take the room the limiter showed.
+  clock.advance(seconds(1));
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 1000, "3s")), clock.now());
+  EXPECT_EQ(quota.view(clock.now()).tokens.capacity, 6000);
+  // Once that sighting is old, the cross-check decides again.
+  clock.advance(Quota::kPeakWindow);
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 1000, "3s")), clock.now());
+  EXPECT_EQ(quota.view(clock.now()).tokens.capacity, 2000);
+}
+
+TEST(QuotaTest, ASurpriseLowersTheBurstAtOnceAndItGrowsBackSlowly) {
+  fakes::FakeClock clock;
+  Quota quota;
+  // A limiter whose reset speaks of the whole minute while it enforces 2000-token buckets.
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 2000, "54s")), clock.now());
+  ASSERT_EQ(quota.view(clock.now()).tokens.capacity, 20000);
+  clock.advance(seconds(30));  // the model refills toward 20000
+  QuotaCost cost{1, 1500};
+  ASSERT_TRUE(quota.tryReserve(cost, 0, clock.now()).admitted);
+  http::Headers rejected = openAiHeaders(119, 300, "59.1s");
+  quota.observe(parseRateLimitHeaders(rejected), clock.now());
+  quota.settle(cost);
+  EXPECT_FALSE(quota.surprised(parseRateLimitHeaders(rejected), cost, clock.now()));
+  Quota::View v = quota.view(clock.now());
+  EXPECT_EQ(v.tokens.capacity, 10000);  // halved, at once, for every worker
+  EXPECT_EQ(v.requests.capacity, 120);  // the request bucket had room: it stays
+  EXPECT_EQ(v.surprises, 1);
+  // A second surprise halves again; never below the largest remaining seen (2000).
+  for (int i = 0; i < 3; ++i) quota.surprised(parseRateLimitHeaders(rejected), cost, clock.now());
+  EXPECT_EQ(quota.view(clock.now()).tokens.capacity, 2000);
+  // The cross-check still says 20000: trust grows back by a tenth of the limit a minute.
+  clock.advance(seconds(30));
+  quota.observe(parseRateLimitHeaders(openAiHeaders(119, 1000, "57s")), clock.now());
+  EXPECT_NEAR(quota.view(clock.now()).tokens.capacity, 3000, 1);
+  // An answer that shows more room than the model holds raises it to that at once.
+  quota.observe(parseRateLimitHeaders(openAiHeaders(119, 5000, "45s")), clock.now());
+  EXPECT_NEAR(quota.view(clock.now()).tokens.capacity, 5000, 1);
+}
+
+TEST(QuotaTest, AFixedBurstIsTheUsersWord) {
+  fakes::FakeClock clock;
+  Quota quota;
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 20000, "0s")), clock.now());
+  QuotaRules tenth{0, 0.1};
+  EXPECT_TRUE(quota.tryReserve({1, 1500}, tenth, clock.now()).admitted);
+  quota.charge({1, 1500});
+  // 2000 tokens at once, whatever the headers said: 500 left.
+  Quota::Admission next = quota.tryReserve({1, 1000}, tenth, clock.now());
+  EXPECT_FALSE(next.admitted);
+  EXPECT_EQ(next.wait, milliseconds(1500));
+  EXPECT_EQ(quota.view(clock.now()).tokens.capacity, 2000);
+  // A surprise does not move it (it still counts toward a fallback).
+  quota.surprised(parseRateLimitHeaders(openAiHeaders(119, 0, "6s")), {1, 1000}, clock.now());
+  EXPECT_EQ(quota.view(clock.now()).tokens.capacity, 2000);
+  EXPECT_EQ(quota.view(clock.now()).surprises, 1);
+}
+
+TEST(QuotaTest, TheHeadroomIsAtMostAQuarterOfAShortBurst) {
+  fakes::FakeClock clock;
+  Quota quota;
+  // 60000 a minute as 1000 a second: 2 % of the limit (1200) would exceed the whole bucket.
+  quota.observe(parseRateLimitHeaders({{"x-ratelimit-limit-tokens", "60000"},
+                                       {"x-ratelimit-remaining-tokens", "1000"},
+                                       {"x-ratelimit-reset-tokens", "0s"}}),
+                clock.now());
+  EXPECT_TRUE(quota.tryReserve({1, 750}, 0.02, clock.now()).admitted);
+  EXPECT_FALSE(quota.tryReserve({1, 1}, 0.02, clock.now()).admitted);  // 250 kept free
+}
+
+TEST(QuotaTest, SurprisesThatKeepComingFallBackUntilTheyStop) {
+  fakes::FakeClock clock;
+  Quota quota;
+  RateLimitHeaders rejected = parseRateLimitHeaders(openAiHeaders(100, 0, "54s"));
+  quota.observe(rejected, clock.now());
+  QuotaCost cost{1, 100};
+  for (int i = 1; i < Quota::kFallbackSurprises; ++i) {
+    EXPECT_FALSE(quota.surprised(rejected, cost, clock.now()));
+  }
+  EXPECT_TRUE(quota.admitting(clock.now()));
+  EXPECT_TRUE(quota.surprised(rejected, cost, clock.now()));  // the fifth within a minute
+  EXPECT_FALSE(quota.admitting(clock.now()));
+  ASSERT_TRUE(quota.view(clock.now()).fallback_until.has_value());
+  EXPECT_EQ(*quota.view(clock.now()).fallback_until, clock.now() + Quota::kFallbackFor);
+  clock.advance(Quota::kFallbackFor);
+  bool resumed = false;
+  EXPECT_TRUE(quota.admitting(clock.now(), &resumed));
+  EXPECT_TRUE(resumed);
+  resumed = false;
+  EXPECT_TRUE(quota.admitting(clock.now(), &resumed));
+  EXPECT_FALSE(resumed);  // said once
+  EXPECT_EQ(quota.view(clock.now()).surprises, 0);  // a fresh start
+  // Falling back again soon after: twice as long.
+  for (int i = 0; i < Quota::kFallbackSurprises; ++i) quota.surprised(rejected, cost, clock.now());
+  EXPECT_EQ(*quota.view(clock.now()).fallback_until, clock.now() + 2 * Quota::kFallbackFor);
+}
+
+TEST(QuotaTest, FewSurprisesAmongManyAdmittedRequestsDoNotFallBack) {
+  fakes::FakeClock clock;
+  Quota quota;
+  quota.observe(parseRateLimitHeaders({{"x-ratelimit-limit-requests", "100000"},
+                                       {"x-ratelimit-remaining-requests", "100000"}}),
+                clock.now());
+  for (int i = 0; i < 500; ++i) ASSERT_TRUE(quota.tryReserve({1, 0}, 0, clock.now()).admitted);
+  RateLimitHeaders rejected = parseRateLimitHeaders({{"x-ratelimit-remaining-requests", "0"}});
+  for (int i = 0; i < 9; ++i) EXPECT_FALSE(quota.surprised(rejected, {1, 0}, clock.now()));
+  EXPECT_TRUE(quota.surprised(rejected, {1, 0}, clock.now()));  // 10 of 500: 2 %
+}
+
+TEST(TryAgainInTest, ReadsOpenAisRateLimitMessage) {
+  EXPECT_EQ(tryAgainIn(R"({"error":{"message":"Rate limit reached for gpt-4o-mini in )"
+                       R"(organization org-x on tokens per min (TPM): Limit 20000, Used 19500, )"
+                       R"(Requested 900. Please try again in 1.2s. Visit https://x","type":)"
+                       R"("tokens","code":"rate_limit_exceeded"}})"),
+            milliseconds(1200));
+  EXPECT_EQ(tryAgainIn("Please try again in 20ms."), milliseconds(20));
+  EXPECT_EQ(tryAgainIn("Please try again in 6m0s"), seconds(360));
+  EXPECT_FALSE(tryAgainIn("Please try again later."));
+  EXPECT_FALSE(tryAgainIn("try again in "));
+  EXPECT_FALSE(tryAgainIn(""));
+  EXPECT_FALSE(tryAgainIn(std::string(100, 'x') + "try again in " + std::string(100, '9')));
 }
 
 TEST(QuotaTest, HeadroomKeepsAShareFreeAndTooLargeWaitsForAFullBucket) {

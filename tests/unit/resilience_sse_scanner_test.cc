@@ -212,16 +212,6 @@ Decision scanOnce(StreamKind kind, std::string_view held) {
   return scanner.scan(held);
 }
 
-TEST(StreamKindTest, ResponsesPathsHoldThePreamble) {
-  EXPECT_EQ(streamKindForPath("/v1/responses"), StreamKind::kResponses);
-  EXPECT_EQ(streamKindForPath("/v1/responses?stream=true"), StreamKind::kResponses);
-  EXPECT_EQ(streamKindForPath("/openai/v1/responses"), StreamKind::kResponses);
-  EXPECT_EQ(streamKindForPath("/v1/chat/completions"), StreamKind::kFirstEvent);
-  EXPECT_EQ(streamKindForPath("/v1/responses/resp_1"), StreamKind::kFirstEvent);
-  EXPECT_EQ(streamKindForPath("/v1/chat/completions?x=/responses"), StreamKind::kFirstEvent);
-  EXPECT_EQ(streamKindForPath("/v1/myresponses"), StreamKind::kFirstEvent);
-}
-
 TEST(CommitPointScannerTest, FirstEventStreamsDecideOnTheirFirstEvent) {
   EXPECT_EQ(scanOnce(StreamKind::kFirstEvent, ""), Decision::kNeedMore);
   EXPECT_EQ(scanOnce(StreamKind::kFirstEvent, kChunk), Decision::kNeedMore);
