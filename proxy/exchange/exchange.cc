@@ -206,7 +206,7 @@ void Exchange::admit(bool retry) {
     resilience::Quota::Admission fit = quota.tryReserve(cost_, quotaRules(), now);
     if (fit.admitted) {
       countRejections(refused);
-      confirmAndStart(std::move(selection), retry, quota, 0);
+      confirmAndStart(std::move(selection), retry, quota, fit.hold, 0);
       return;
     }
     if (best < 0 || fit.wait < best_wait) {
@@ -224,7 +224,7 @@ void Exchange::admit(bool retry) {
 }
 
 void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilience::Quota& quota,
-                               double waited_seconds) {
+                               resilience::Quota::Hold hold, double waited_seconds) {
   const std::string upstream = config_->upstreams[selection.index].name;
   resilience::QuotaArbiter* arbiter = context_.arbiter;
   const bool fleet = arbiter != nullptr && arbiter->active();
@@ -234,7 +234,7 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
   resilience::Quota::View view = quota.view(context_.clock.now());
   if (!fleet || (view.requests.limit <= 0 && view.tokens.limit <= 0)) {
     context_.metrics.admissionWait(upstream, waited_seconds);
-    startAdmitted(std::move(selection), retry, &quota);
+    startAdmitted(std::move(selection), retry, &quota, hold);
     return;
   }
   // What the local view leaves, less the headroom: every sidecar's reservations together
@@ -245,7 +245,7 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
   };
   resilience::QuotaCost space{room(view.requests), room(view.tokens)};
   int index = selection.index;
-  confirming_ = Confirming{std::move(selection), &quota, retry, waited_seconds};
+  confirming_ = Confirming{std::move(selection), &quota, hold, retry, waited_seconds};
   phase_ = Phase::kQueued;
   if (!alive_) alive_ = std::make_shared<int>(0);  // made only for the fleet's answer
   std::weak_ptr<int> alive = alive_;
@@ -266,13 +266,13 @@ void Exchange::confirmAndStart(UpstreamSelection selection, bool retry, resilien
                      if (!fits) {
                        // Other sidecars hold the room the local view saw: wait in the queue, and
                        // check again soon (the lease goes back meanwhile).
-                       confirmed.quota->release(cost_);
+                       confirmed.quota->release(confirmed.hold);
                        enqueue(index, *confirmed.quota, kFleetRecheck, confirmed.retry);
                        return;
                      }
                      context_.metrics.admissionWait(upstream, confirmed.waited_seconds);
                      startAdmitted(std::move(confirmed.selection), confirmed.retry,
-                                   confirmed.quota);
+                                   confirmed.quota, confirmed.hold);
                      if (!tries_.empty()) tries_.back()->fleet = ticket;
                    });
 }
@@ -283,7 +283,8 @@ void Exchange::endFleetReservation(Try& t) {
   t.fleet = {};
 }
 
-void Exchange::startAdmitted(UpstreamSelection selection, bool retry, resilience::Quota* quota) {
+void Exchange::startAdmitted(UpstreamSelection selection, bool retry, resilience::Quota* quota,
+                             resilience::Quota::Hold hold) {
   if (!retry) {
     selection.lease.health()->budget().recordRequest();
   } else {
@@ -292,7 +293,7 @@ void Exchange::startAdmitted(UpstreamSelection selection, bool retry, resilience
     context_.metrics.retry(pending.upstream, pending.reason, pending.source, pending.delay_seconds);
   }
   startAttempt(std::move(selection));
-  if (quota != nullptr && !tries_.empty()) tries_.back()->admittedBy(*quota);
+  if (quota != nullptr && !tries_.empty()) tries_.back()->admittedBy(*quota, hold);
 }
 
 void Exchange::refuse(const UpstreamSelection& selection, bool retry) {
@@ -393,12 +394,12 @@ void Exchange::onQueueTimer(evutil_socket_t, short, void* arg) {
   UpstreamSelection selection =
       selectUpstream(self->context_.upstreams, *self->config_, {index}, self->model_);
   if (!selection.lease) {
-    quota->release(self->cost_);
+    quota->release(fit.hold);
     self->countRejections(selection);
     self->refuse(selection, retry);
     return;
   }
-  self->confirmAndStart(std::move(selection), retry, *quota, waited.count());
+  self->confirmAndStart(std::move(selection), retry, *quota, fit.hold, waited.count());
 }
 
 void Exchange::leaveQueue() {
@@ -495,7 +496,7 @@ void Exchange::observeRateLimit(Try& t) {
   if (limits.any()) {
     // The upstream counted the request, and took this view of its quota, when it arrived.
     resilience::SteadyTime as_of = t.sent ? t.sent_at : t.started;
-    fresh = t.quota->observe(limits, context_.clock.now(), as_of);
+    fresh = t.quota->observe(limits, context_.clock.now(), as_of, t.reserved ? t.quota_hold : 0);
     if (context_.arbiter != nullptr && context_.arbiter->active()) {
       context_.arbiter->observed(t.upstream->name, facts_.model, limits,
                                  context_.clock.wallNow() - (context_.clock.now() - as_of), cost_);
@@ -509,9 +510,9 @@ void Exchange::observeRateLimit(Try& t) {
   t.reserved = false;
   // A view taken from this answer counts its request; an older view, or none, may not.
   if (fresh) {
-    t.quota->settle(cost_);
+    t.quota->settle(t.quota_hold);
   } else {
-    t.quota->charge(cost_);
+    t.quota->charge(t.quota_hold);
   }
   endFleetReservation(t);
 }
@@ -520,9 +521,9 @@ void Exchange::dropReservation(Try& t) {
   if (!t.reserved) return;
   t.reserved = false;
   if (t.sent) {
-    t.quota->charge(cost_);
+    t.quota->charge(t.quota_hold);
   } else {
-    t.quota->release(cost_);
+    t.quota->release(t.quota_hold);
   }
   endFleetReservation(t);
 }
@@ -585,6 +586,7 @@ void Exchange::failBody() {
 void Exchange::onRequestStart(Try& t) {
   t.sent = true;
   t.sent_at = context_.clock.now();
+  if (t.reserved) t.quota->sent(t.quota_hold, t.sent_at);
   // The upstream is connected and the request about to go: a client waiting for
   // "100 Continue" may send its body now.
   if (streamed_) sink_.sendContinue();
@@ -708,24 +710,29 @@ void Exchange::onHedgeTimer(evutil_socket_t, short, void* arg) {
   UpstreamSelection selection = self->select(true);
   if (!selection.lease) return;
   resilience::Quota* quota = nullptr;
+  resilience::Quota::Hold hold = 0;
   if (self->admission_) {
     // A hedge never waits for room in the rate limit: it is only worth it at once.
     quota = &selection.lease.health()->quotaFor(self->facts_.model);
     resilience::SteadyTime now = self->context_.clock.now();
     if (!self->modelAdmits(*quota, self->config_->upstreams[selection.index].name, now)) {
       quota = nullptr;  // plain, as with admission off
-    } else if (!quota->tryReserve(self->cost_, self->quotaRules(), now).admitted) {
+    } else if (resilience::Quota::Admission fit =
+                   quota->tryReserve(self->cost_, self->quotaRules(), now);
+               fit.admitted) {
+      hold = fit.hold;
+    } else {
       return;
     }
   }
   if (!selection.lease.health()->budget().tryAcquire()) {
-    if (quota != nullptr) quota->release(self->cost_);
+    if (quota != nullptr) quota->release(hold);
     self->context_.metrics.retryBudgetExhausted(self->config_->upstreams[selection.index].name);
     return;  // hedges spend the retry budget
   }
   ++self->hedges_;
   self->startAttempt(std::move(selection), /*hedge=*/true);
-  if (quota != nullptr) self->tries_.back()->admittedBy(*quota);
+  if (quota != nullptr) self->tries_.back()->admittedBy(*quota, hold);
   self->armHedge(*self->tries_.back());  // the next hedge, if more are allowed
 }
 
@@ -1276,7 +1283,7 @@ void Exchange::finish(int status, bool client_left) {
   if (confirming_) {
     // It ends while the fleet confirms: the local reservation goes back (the callback ends
     // the fleet's, when it comes).
-    confirming_->quota->release(cost_);
+    confirming_->quota->release(confirming_->hold);
     confirming_.reset();
   }
   phase_ = Phase::kFinished;

@@ -121,9 +121,11 @@ class Exchange final : public server::ActiveRequest {
     // then, so it said the request would fit.
     bool admitted = false;
     bool modelled = false;
-    void admittedBy(const resilience::Quota& q) {
+    resilience::Quota::Hold quota_hold = 0;  // its reservation in `quota` while `reserved`
+    void admittedBy(const resilience::Quota& q, resilience::Quota::Hold h) {
       reserved = admitted = true;
       modelled = q.knowsLimit();
+      quota_hold = h;
     }
     resilience::QuotaArbiter::Ticket fleet;  // its reservation with the fleet, if any
     bool sent = false;                       // connected, and the request went out
@@ -177,9 +179,11 @@ class Exchange final : public server::ActiveRequest {
   // The local view admitted the attempt (its cost reserved in `quota`): in fleet mode the
   // fleet confirms it first (a short wait, bounded by cluster.timeout), then it starts.
   void confirmAndStart(UpstreamSelection selection, bool retry, resilience::Quota& quota,
-                       double waited_seconds);
-  // An upstream admitted the attempt (its cost reserved in `quota`, if admission applies).
-  void startAdmitted(UpstreamSelection selection, bool retry, resilience::Quota* quota);
+                       resilience::Quota::Hold hold, double waited_seconds);
+  // An upstream admitted the attempt (its cost reserved in `quota` as `hold`, if admission
+  // applies).
+  void startAdmitted(UpstreamSelection selection, bool retry, resilience::Quota* quota,
+                     resilience::Quota::Hold hold = 0);
   // The try's reservation with the fleet ends, if it has one.
   void endFleetReservation(Try& t);
   // Nothing admitted an attempt: the first gets Bulwark's 503, a retry gives up.
@@ -316,6 +320,7 @@ class Exchange final : public server::ActiveRequest {
   struct Confirming {
     UpstreamSelection selection;
     resilience::Quota* quota;
+    resilience::Quota::Hold hold;
     bool retry;
     double waited_seconds;
   };

@@ -189,22 +189,34 @@ bool Quota::observe(const RateLimitHeaders& h, SteadyTime now) {
   return observe(h, now, now);
 }
 
-bool Quota::observe(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of) {
-  return observeOthers(h, now, as_of, QuotaCost{0, 0});  // nothing to count when stale
+bool Quota::observe(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of, Hold own) {
+  std::lock_guard lock(mutex_);
+  return observeLocked(h, now, as_of, QuotaCost{0, 0}, own);  // nothing to count when stale
 }
 
 bool Quota::observeOthers(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of,
                           const QuotaCost& cost) {
   std::lock_guard lock(mutex_);
+  return observeLocked(h, now, as_of, cost, 0);
+}
+
+bool Quota::observeLocked(const RateLimitHeaders& h, SteadyTime now, SteadyTime as_of,
+                          const QuotaCost& cost, Hold own) {
   bool taken = true;
   auto take = [&](Bucket& bucket, std::optional<double> limit, std::optional<double> remaining,
-                  std::optional<Millis> reset, double amount) {
-    if (bucket.observe(limit, remaining, reset, now, as_of)) return;
+                  std::optional<Millis> reset, double amount, bool Reservation::*in_view,
+                  double QuotaCost::*share) {
+    if (bucket.observe(limit, remaining, reset, now, as_of)) {
+      if (remaining) countedBy(bucket, in_view, share, as_of, own);
+      return;
+    }
     taken = false;
     bucket.count(amount);
   };
-  take(requests_, h.limit_requests, h.remaining_requests, h.reset_requests, cost.requests);
-  take(tokens_, h.limit_tokens, h.remaining_tokens, h.reset_tokens, cost.tokens);
+  take(requests_, h.limit_requests, h.remaining_requests, h.reset_requests, cost.requests,
+       &Reservation::in_requests_view, &QuotaCost::requests);
+  take(tokens_, h.limit_tokens, h.remaining_tokens, h.reset_tokens, cost.tokens,
+       &Reservation::in_tokens_view, &QuotaCost::tokens);
   return taken;
 }
 
@@ -239,7 +251,9 @@ Quota::Admission Quota::tryReserve(const QuotaCost& cost, const QuotaRules& rule
   tokens_.reserved += cost.tokens;
   if (ticket != 0) queue_.erase(ticket);
   window_.addLocked(now, 1, 0);
-  return {true, Millis(0)};
+  Hold hold = next_hold_++;
+  holds_.emplace(hold, Reservation{cost, std::nullopt});
+  return {true, Millis(0), hold};
 }
 
 bool Quota::admitting(SteadyTime now, bool* resumed) {
@@ -308,22 +322,55 @@ std::size_t Quota::queued() const {
   return queue_.size();
 }
 
-void Quota::settle(const QuotaCost& cost) {
-  std::lock_guard lock(mutex_);
-  requests_.reserved = std::max(0.0, requests_.reserved - cost.requests);
-  tokens_.reserved = std::max(0.0, tokens_.reserved - cost.tokens);
+void Quota::countedBy(Bucket& bucket, bool Reservation::*in_view, double QuotaCost::*amount,
+                      SteadyTime as_of, Hold own) {
+  for (auto& [hold, r] : holds_) {
+    if (!r.sent_at || r.*in_view) continue;
+    if (hold == own || *r.sent_at + kReorder <= as_of) {
+      r.*in_view = true;
+    } else {
+      bucket.count(r.cost.*amount);  // in flight, and not in this view
+    }
+  }
 }
 
-void Quota::charge(const QuotaCost& cost) {
+void Quota::sent(Hold hold, SteadyTime at) {
   std::lock_guard lock(mutex_);
-  for (auto [bucket, amount] : {std::pair{&requests_, cost.requests}, {&tokens_, cost.tokens}}) {
+  auto it = holds_.find(hold);
+  if (it == holds_.end() || it->second.sent_at) return;
+  it->second.sent_at = at;
+  for (auto [bucket, amount] : {std::pair{&requests_, it->second.cost.requests},
+                                {&tokens_, it->second.cost.tokens}}) {
     bucket->reserved = std::max(0.0, bucket->reserved - amount);
     bucket->count(amount);
   }
 }
 
-void Quota::release(const QuotaCost& cost) {
-  settle(cost);  // the server never counted it: only the reservation goes
+void Quota::end(Hold hold, bool counted) {
+  auto it = holds_.find(hold);
+  if (it == holds_.end()) return;
+  const Reservation r = it->second;
+  holds_.erase(it);
+  if (r.sent_at) return;  // its cost left `remaining` when it was sent
+  for (auto [bucket, amount] : {std::pair{&requests_, r.cost.requests}, {&tokens_, r.cost.tokens}}) {
+    bucket->reserved = std::max(0.0, bucket->reserved - amount);
+    if (counted) bucket->count(amount);
+  }
+}
+
+void Quota::settle(Hold hold) {
+  std::lock_guard lock(mutex_);
+  end(hold, /*counted=*/false);  // the view just taken from its own answer counts it
+}
+
+void Quota::charge(Hold hold) {
+  std::lock_guard lock(mutex_);
+  end(hold, /*counted=*/true);
+}
+
+void Quota::release(Hold hold) {
+  std::lock_guard lock(mutex_);
+  end(hold, /*counted=*/false);  // the server never counted it: only the reservation goes
 }
 
 void Quota::cooldown(SteadyTime until) {

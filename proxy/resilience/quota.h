@@ -10,7 +10,11 @@
 //     raised slowly after that. Or it is fixed as a share of the minute (QuotaRules::burst).
 // Between responses the model accounts for what is in flight: a request reserves its
 // estimated cost when it is sent, and the reservation is settled when its response's headers
-// arrive (they already count it) or released when it never reached the upstream.
+// arrive (they already count it) or released when it never reached the upstream. Once it is
+// sent the upstream has counted it: its cost leaves `remaining` then (so the refill toward the
+// burst starts from below it, as the limiter's does), and a view of what the upstream has left
+// counts it if its request was sent well after (kReorder); a view that does not is taken less
+// the requests in flight that it misses.
 //
 // Requests that do not fit wait in a FIFO: each takes a ticket, and a request is admitted only
 // when everything queued before it has been (a large request is not starved by small ones).
@@ -69,7 +73,7 @@ class Quota {
     double limit = 0;      // 0: not known yet
     double capacity = 0;   // the burst the limiter enforces (the limit until learned)
     double remaining = 0;  // refilled to now, before reservations
-    double reserved = 0;   // in flight, not yet settled
+    double reserved = 0;   // admitted, not sent yet
     Millis until_full{0};
   };
   struct View {
@@ -80,6 +84,10 @@ class Quota {
     std::optional<SteadyTime> fallback_until;  // admission is off for now
   };
   using Ticket = std::uint64_t;  // a place in the queue; 0 is none
+  using Hold = std::uint64_t;    // a reservation of an admitted request; 0 is none
+  // A view counts the requests sent at least this long before its own; closer ones may reach
+  // the upstream after it.
+  static constexpr Millis kReorder{50};
   // The wait a queued request is told when only those ahead of it hold it back.
   static constexpr Millis kQueueRecheck{10};
   // A rate limit is per minute: the rate every bucket refills at is its limit over this.
@@ -109,8 +117,9 @@ class Quota {
   // view was taken (every `remaining` it has): only then does it count its own request, so
   // settle() that one; otherwise charge() it (requests sent close together can reach the
   // upstream in another order, and the view held may not count this one).
+  // `own` is the hold of the view's own request, if any: the view counts it.
   bool observe(const RateLimitHeaders& headers, SteadyTime now);
-  bool observe(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of);
+  bool observe(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of, Hold own = 0);
   // Another sidecar's view, from the answer to its request of `cost`: taken as observe()
   // takes it. A bucket that finds it stale counts that request instead (it may be in no view
   // held), as the sender counts its own request when its view is stale.
@@ -119,7 +128,8 @@ class Quota {
   // Reserves `cost` if it fits, keeping the headroom (a share of each limit) free, and nothing
   // queued is ahead of it: a newcomer (ticket 0) is behind every queued request, a queued one
   // behind those with smaller tickets (an admitted ticket leaves the queue). Without a wait
-  // the reservation is held: settle(), charge() or release() it. Otherwise `wait` is how
+  // the reservation is held as `hold`: sent(), then settle(), charge() or release() it.
+  // Otherwise `wait` is how
   // long until it (and everything ahead of it) would fit, by refill or the cooldown, and
   // nothing is held. A bucket whose limit is not known yet never blocks; a cost larger than
   // the capacity waits for a full bucket (the upstream judges it then). `rules.burst` fixes
@@ -127,6 +137,7 @@ class Quota {
   struct Admission {
     bool admitted = false;
     Millis wait{0};
+    Hold hold = 0;
   };
   Admission tryReserve(const QuotaCost& cost, const QuotaRules& rules, SteadyTime now,
                        Ticket ticket = 0);
@@ -143,13 +154,16 @@ class Quota {
   std::optional<Ticket> enqueue(const QuotaCost& cost, std::size_t max_queue);
   void leave(Ticket ticket);
   std::size_t queued() const;
+  // The reserved request went out at `at`: the upstream counts it now, and so does the model.
+  void sent(Hold hold, SteadyTime at);
   // The reserved request's response headers arrived (observe() them first): they count it.
-  void settle(const QuotaCost& cost);
-  // The reserved request reached the upstream, but no headers said what is left: the
-  // upstream counted it, so the buckets do too.
-  void charge(const QuotaCost& cost);
+  void settle(Hold hold);
+  // The reserved request reached the upstream, but no headers said what is left (or only a
+  // view older than the one held): the upstream counted it, so the buckets do too, unless a
+  // newer view counted it already.
+  void charge(Hold hold);
   // The reserved request never reached the upstream: its cost goes back.
-  void release(const QuotaCost& cost);
+  void release(Hold hold);
   // A rate-limit 429: admission pauses until `until`.
   void cooldown(SteadyTime until);
 
@@ -191,6 +205,20 @@ class Quota {
 
   // The total cost of the queued tickets before `ticket` (all of them for 0).
   QuotaCost aheadOf(Ticket ticket) const;
+  struct Reservation {
+    QuotaCost cost;
+    std::optional<SteadyTime> sent_at;
+    bool in_requests_view = false, in_tokens_view = false;  // counted by that bucket's view
+  };
+  // A fresh view of `bucket`, as of `as_of`, was taken: requests sent kReorder before it (and
+  // its own) are in it; the others in flight still take their cost from it.
+  void countedBy(Bucket& bucket, bool Reservation::*in_view, double QuotaCost::*amount,
+                 SteadyTime as_of, Hold own);
+  bool observeLocked(const RateLimitHeaders& headers, SteadyTime now, SteadyTime as_of,
+                     const QuotaCost& cost, Hold own);
+  // Ends a hold: `counted` says whether the upstream counted it (its cost then leaves the
+  // bucket unless its view holds it already).
+  void end(Hold hold, bool counted);
 
   mutable std::mutex mutex_;
   SlidingCounts window_;  // admitted requests, surprises
@@ -199,6 +227,8 @@ class Quota {
   Millis fallback_for_ = kFallbackFor;
   bool resume_untold_ = false;
   std::map<Ticket, QuotaCost> queue_;
+  std::map<Hold, Reservation> holds_;
+  Hold next_hold_ = 1;
   Ticket next_ticket_ = 1;
   Bucket requests_;
   Bucket tokens_;

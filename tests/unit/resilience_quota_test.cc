@@ -64,17 +64,21 @@ TEST(QuotaTest, ReservationsHoldWhatIsInFlightUntilSettled) {
   Quota quota;
   quota.observe(parseRateLimitHeaders(openAiHeaders(120, 2000, "0s")), clock.now());
   QuotaCost cost{1, 900};
-  EXPECT_TRUE(quota.tryReserve(cost, 0, clock.now()).admitted);
-  EXPECT_TRUE(quota.tryReserve(cost, 0, clock.now()).admitted);
+  Quota::Admission first = quota.tryReserve(cost, 0, clock.now());
+  Quota::Admission second = quota.tryReserve(cost, 0, clock.now());
+  EXPECT_TRUE(first.admitted && second.admitted);
+  EXPECT_NE(first.hold, second.hold);
   Quota::Admission third = quota.tryReserve(cost, 0, clock.now());
   EXPECT_FALSE(third.admitted);  // 2000 - 1800 = 200 left
   EXPECT_GT(third.wait, milliseconds(0));
+  EXPECT_EQ(third.hold, 0u);
   // The first one never reached the upstream: its 900 tokens come back.
-  quota.release(cost);
+  quota.release(first.hold);
   EXPECT_TRUE(quota.tryReserve(cost, 0, clock.now()).admitted);
   // The second one's response says what the server has left; it no longer counts twice.
   quota.observe(parseRateLimitHeaders(openAiHeaders(119, 1100, "3s")), clock.now());
-  quota.settle(cost);
+  quota.settle(second.hold);
+  quota.settle(second.hold);  // ended once: a second end changes nothing
   EXPECT_EQ(quota.view(clock.now()).tokens.reserved, 900);  // the third, still in flight
   EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 1100);
 }
@@ -139,10 +143,11 @@ TEST(QuotaTest, ASurpriseLowersTheBurstAtOnceAndItGrowsBackSlowly) {
   ASSERT_EQ(quota.view(clock.now()).tokens.capacity, 20000);
   clock.advance(seconds(30));  // the model refills toward 20000
   QuotaCost cost{1, 1500};
-  ASSERT_TRUE(quota.tryReserve(cost, 0, clock.now()).admitted);
+  Quota::Admission admitted = quota.tryReserve(cost, 0, clock.now());
+  ASSERT_TRUE(admitted.admitted);
   http::Headers rejected = openAiHeaders(119, 300, "59.1s");
   quota.observe(parseRateLimitHeaders(rejected), clock.now());
-  quota.settle(cost);
+  quota.settle(admitted.hold);
   EXPECT_FALSE(quota.surprised(parseRateLimitHeaders(rejected), cost, clock.now()));
   Quota::View v = quota.view(clock.now());
   EXPECT_EQ(v.tokens.capacity, 10000);  // halved, at once, for every worker
@@ -165,8 +170,9 @@ TEST(QuotaTest, AFixedBurstIsTheUsersWord) {
   Quota quota;
   quota.observe(parseRateLimitHeaders(openAiHeaders(120, 20000, "0s")), clock.now());
   QuotaRules tenth{0, 0.1};
-  EXPECT_TRUE(quota.tryReserve({1, 1500}, tenth, clock.now()).admitted);
-  quota.charge({1, 1500});
+  Quota::Admission first = quota.tryReserve({1, 1500}, tenth, clock.now());
+  EXPECT_TRUE(first.admitted);
+  quota.charge(first.hold);
   // 2000 tokens at once, whatever the headers said: 500 left.
   Quota::Admission next = quota.tryReserve({1, 1000}, tenth, clock.now());
   EXPECT_FALSE(next.admitted);
@@ -247,11 +253,13 @@ TEST(QuotaTest, HeadroomKeepsAShareFreeAndTooLargeWaitsForAFullBucket) {
   fakes::FakeClock clock;
   Quota quota;
   quota.observe(parseRateLimitHeaders(openAiHeaders(120, 20000, "0s")), clock.now());
-  ASSERT_TRUE(quota.tryReserve({1, 1000}, 0.02, clock.now()).admitted);
+  Quota::Admission small = quota.tryReserve({1, 1000}, 0.02, clock.now());
+  ASSERT_TRUE(small.admitted);
   EXPECT_FALSE(quota.tryReserve({1, 18700}, 0.02, clock.now()).admitted);  // 400 kept free
-  EXPECT_TRUE(quota.tryReserve({1, 18600}, 0.02, clock.now()).admitted);
-  quota.settle({1, 1000});
-  quota.settle({1, 18600});
+  Quota::Admission large = quota.tryReserve({1, 18600}, 0.02, clock.now());
+  EXPECT_TRUE(large.admitted);
+  quota.settle(small.hold);
+  quota.settle(large.hold);
   // 10000 tokens left of 20000, refilling at 1/3 token per ms.
   quota.observe(parseRateLimitHeaders(openAiHeaders(118, 10000, "30s")), clock.now());
   // More than the limit less the headroom: it waits for a full bucket, then the upstream
@@ -312,13 +320,16 @@ TEST(QuotaTest, AnswersArrivingOutOfOrderNeverRaiseTheViewWithAStaleCount) {
   const SteadyTime start = clock.now();
   // Request A went out at start, B 100 ms later; B's answer (which counts A and B) comes
   // first, then A's, whose headers were taken before B was counted.
-  ASSERT_TRUE(quota.tryReserve({1, 3000}, 0, clock.now()).admitted);  // A
+  // (Neither says when it went out, so B's view is not known to count A.)
+  Quota::Admission a = quota.tryReserve({1, 3000}, 0, clock.now());
+  ASSERT_TRUE(a.admitted);
   clock.advance(milliseconds(100));
-  ASSERT_TRUE(quota.tryReserve({1, 3000}, 0, clock.now()).admitted);  // B
+  Quota::Admission b = quota.tryReserve({1, 3000}, 0, clock.now());
+  ASSERT_TRUE(b.admitted);
   clock.advance(milliseconds(200));
   EXPECT_TRUE(quota.observe(parseRateLimitHeaders(openAiHeaders(118, 14000, "18s")), clock.now(),
                             start + milliseconds(100)));
-  quota.settle({1, 3000});  // B
+  quota.settle(b.hold);
   clock.advance(milliseconds(100));
   EXPECT_FALSE(
       quota.observe(parseRateLimitHeaders(openAiHeaders(119, 17000, "9s")), clock.now(), start));
@@ -326,8 +337,68 @@ TEST(QuotaTest, AnswersArrivingOutOfOrderNeverRaiseTheViewWithAStaleCount) {
   // since it arrived. And A's own cost is charged against that view, which may not count it
   // (A and B could have reached the upstream in either order).
   EXPECT_NEAR(quota.view(clock.now()).tokens.remaining, 14033.33, 0.01);
-  quota.charge({1, 3000});  // A
+  quota.charge(a.hold);
   EXPECT_NEAR(quota.view(clock.now()).tokens.remaining, 11033.33, 0.01);
+  EXPECT_EQ(quota.view(clock.now()).tokens.reserved, 0);
+}
+
+TEST(QuotaTest, ANewerViewCountsTheRequestsSentWellBeforeItsOwn) {
+  fakes::FakeClock clock;
+  Quota quota;
+  const SteadyTime start = clock.now();
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 20000, "0s")), start);
+  // A went out at start, B 30 ms later, C 200 ms later; all three are in flight.
+  Quota::Admission a = quota.tryReserve({1, 3000}, 0, start);
+  quota.sent(a.hold, start);
+  Quota::Admission b = quota.tryReserve({1, 3000}, 0, start);
+  quota.sent(b.hold, start + milliseconds(30));
+  Quota::Admission c = quota.tryReserve({1, 3000}, 0, start);
+  quota.sent(c.hold, start + milliseconds(200));
+  // Sent, they are counted by the upstream: their cost has left what remains, so the bucket
+  // refills from there.
+  ASSERT_EQ(quota.view(start).tokens.reserved, 0);
+  ASSERT_EQ(quota.view(start).tokens.remaining, 11000);
+  // C's answer: its view counts C, and A and B, sent well before C.
+  clock.advance(milliseconds(400));
+  EXPECT_TRUE(quota.observe(parseRateLimitHeaders(openAiHeaders(117, 11000, "27s")), clock.now(),
+                            start + milliseconds(200), c.hold));
+  quota.settle(c.hold);
+  Quota::View v = quota.view(clock.now());
+  EXPECT_EQ(v.tokens.reserved, 0);  // nothing in flight is counted twice
+  EXPECT_EQ(v.tokens.remaining, 11000);
+  // A's and B's own (older) answers change nothing: C's view counts them already.
+  EXPECT_FALSE(quota.observe(parseRateLimitHeaders(openAiHeaders(119, 17000, "9s")), clock.now(),
+                             start));
+  quota.charge(a.hold);
+  quota.charge(b.hold);
+  EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 11000);
+}
+
+TEST(QuotaTest, AViewDoesNotCountARequestSentJustBeforeItsOwn) {
+  fakes::FakeClock clock;
+  Quota quota;
+  const SteadyTime start = clock.now();
+  quota.observe(parseRateLimitHeaders(openAiHeaders(120, 20000, "0s")), start);
+  Quota::Admission a = quota.tryReserve({1, 3000}, 0, start);
+  quota.sent(a.hold, start + milliseconds(180));  // may reach the upstream after B
+  Quota::Admission b = quota.tryReserve({1, 3000}, 0, start);
+  quota.sent(b.hold, start + milliseconds(200));
+  clock.advance(milliseconds(400));
+  EXPECT_TRUE(quota.observe(parseRateLimitHeaders(openAiHeaders(118, 17000, "9s")), clock.now(),
+                            start + milliseconds(200), b.hold));
+  quota.settle(b.hold);
+  // B's view is taken less A, which it may not count.
+  EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 14000);
+  // A's answer carries no view: it was counted when sent, and is not counted twice.
+  quota.charge(a.hold);
+  EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 14000);
+  // A later view, of a request sent well after A, counts A itself.
+  Quota::Admission c = quota.tryReserve({1, 1000}, 0, clock.now());
+  quota.sent(c.hold, start + milliseconds(400));
+  EXPECT_TRUE(quota.observe(parseRateLimitHeaders(openAiHeaders(117, 13000, "21s")), clock.now(),
+                            start + milliseconds(400), c.hold));
+  quota.settle(c.hold);
+  EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 13000);
   EXPECT_EQ(quota.view(clock.now()).tokens.reserved, 0);
 }
 
@@ -359,8 +430,9 @@ TEST(QuotaTest, AWorkersLateClockReadingNeverCreditsARefillTwice) {
   quota.observe(parseRateLimitHeaders(openAiHeaders(100, 2000, "54s")), start);  // 1/3 per ms
   clock.advance(milliseconds(300));
   quota.view(clock.now());
-  ASSERT_TRUE(quota.tryReserve({1, 1}, 0, clock.now()).admitted);  // refilled to now
-  quota.release({1, 1});
+  Quota::Admission one = quota.tryReserve({1, 1}, 0, clock.now());  // refilled to now
+  ASSERT_TRUE(one.admitted);
+  quota.release(one.hold);
   // Another worker read the clock 150 ms ago, before it took the lock, for a newer view.
   EXPECT_TRUE(quota.observe(parseRateLimitHeaders(openAiHeaders(100, 1000, "57s")),
                             start + milliseconds(150), start + milliseconds(100)));
@@ -371,14 +443,16 @@ TEST(QuotaTest, ChargeCountsWhatReachedTheUpstreamWithoutHeaders) {
   fakes::FakeClock clock;
   Quota quota;
   quota.observe(parseRateLimitHeaders(openAiHeaders(120, 20000, "0s")), clock.now());
-  ASSERT_TRUE(quota.tryReserve({1, 5000}, 0, clock.now()).admitted);
-  quota.charge({1, 5000});  // a timeout after the request went out: the upstream counted it
+  Quota::Admission timed_out = quota.tryReserve({1, 5000}, 0, clock.now());
+  ASSERT_TRUE(timed_out.admitted);
+  quota.charge(timed_out.hold);  // a timeout after the request went out: the upstream counted it
   Quota::View v = quota.view(clock.now());
   EXPECT_EQ(v.tokens.reserved, 0);
   EXPECT_EQ(v.tokens.remaining, 15000);
   EXPECT_EQ(v.requests.remaining, 119);
-  ASSERT_TRUE(quota.tryReserve({1, 5000}, 0, clock.now()).admitted);
-  quota.release({1, 5000});  // a connect failure: never counted
+  Quota::Admission refused = quota.tryReserve({1, 5000}, 0, clock.now());
+  ASSERT_TRUE(refused.admitted);
+  quota.release(refused.hold);  // a connect failure: never counted
   EXPECT_EQ(quota.view(clock.now()).tokens.remaining, 15000);
 }
 
@@ -413,9 +487,9 @@ TEST(QuotaTest, WorkersReservingAtOnceLoseNothing) {
   for (int w = 0; w < 4; ++w) {
     workers.emplace_back([&] {
       for (int i = 0; i < 2000; ++i) {
-        if (quota.tryReserve({1, 10}, 0, clock.now()).admitted) {
+        if (Quota::Admission fit = quota.tryReserve({1, 10}, 0, clock.now()); fit.admitted) {
           ++admitted;
-          quota.release({1, 10});
+          quota.release(fit.hold);
         }
       }
     });
