@@ -449,12 +449,6 @@ resilience::QuotaRules Exchange::quotaRules() const {
   return {route_->admission.headroom, route_->admission.burst};
 }
 
-resilience::QuotaRules Exchange::hedgeQuotaRules() const {
-  resilience::QuotaRules rules = quotaRules();
-  rules.may_wait = false;
-  return rules;
-}
-
 bool Exchange::modelAdmits(resilience::Quota& quota, const std::string& upstream,
                            resilience::SteadyTime now) {
   bool resumed = false;
@@ -512,7 +506,6 @@ void Exchange::observeRateLimit(Try& t) {
     context_.metrics.rateLimit(t.upstream->name, facts_.model, "tokens", limits.limit_tokens,
                                limits.remaining_tokens);
   }
-  t.quota->answered(limits);
   if (!t.reserved) return;
   t.reserved = false;
   // A view taken from this answer counts its request; an older view, or none, may not.
@@ -725,7 +718,7 @@ void Exchange::onHedgeTimer(evutil_socket_t, short, void* arg) {
     if (!self->modelAdmits(*quota, self->config_->upstreams[selection.index].name, now)) {
       quota = nullptr;  // plain, as with admission off
     } else if (resilience::Quota::Admission fit =
-                   quota->tryReserve(self->cost_, self->hedgeQuotaRules(), now);
+                   quota->tryReserve(self->cost_, self->quotaRules(), now);
                fit.admitted) {
       hold = fit.hold;
     } else {
@@ -1031,15 +1024,15 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
   }
   inputs.now = context_.clock.now();
   if (t.admitted && t.quota != nullptr && t.has_head && t.head.status == 429 && verdict.retryable) {
-    // A rate-limit 429. The wait it names (retry-after, retry-after-ms, else its message's
-    // "try again in") pauses the whole (upstream, model): every worker's requests, queued or
-    // new. Without an explicit header, the reset headers say when the bucket is full again,
-    // far later than this request fits: the retry waits in the admission queue instead,
-    // until the quota (just updated from this answer's headers, and paused) has room for it.
+    // A rate-limit 429. An explicit wait (retry-after, retry-after-ms) pauses the whole
+    // (upstream, model): every worker's requests, queued or new. Without one, the reset
+    // headers say when the bucket is full again, far later than this request fits: the
+    // retry waits in the admission queue instead, until the quota (just updated from this
+    // answer's headers) has room for it.
     if (t.modelled) noteSurprise(t);
+    // The wait the 429 names: an explicit header, else its message's "try again in".
     std::optional<resilience::Millis> pause =
         resilience::serverRetryHint(t.head.headers, 0, context_.clock.wallNow());
-    const bool explicit_wait = pause.has_value();
     if (!pause) pause = resilience::tryAgainIn(t.held);
     if (pause) {
       t.quota->cooldown(inputs.now + *pause);
@@ -1047,8 +1040,10 @@ void Exchange::afterFailedAttempt(Try& t, const Outcome& outcome, const std::str
         context_.arbiter->cooledDown(t.upstream->name, facts_.model,
                                      context_.clock.wallNow() + *pause);
       }
+    } else if (resilience::Quota::View quota = t.quota->view(inputs.now);
+               quota.requests.limit > 0 || quota.tokens.limit > 0) {
+      inputs.server_hint = resilience::Millis(0);
     }
-    if (!explicit_wait && t.quota->knowsLimit()) inputs.server_hint = resilience::Millis(0);
   }
   inputs.deadline = deadline_;
   resilience::RetryDecision decision =

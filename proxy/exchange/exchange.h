@@ -201,7 +201,6 @@ class Exchange final : public server::ActiveRequest {
   void observeRateLimit(Try& t);
   // The admission settings of the request's route, as the quota applies them.
   resilience::QuotaRules quotaRules() const;
-  resilience::QuotaRules hedgeQuotaRules() const;  // a hedge never waits
   // Whether `quota` holds requests back now (false in fallback); logs a fallback's end.
   bool modelAdmits(resilience::Quota& quota, const std::string& upstream, resilience::SteadyTime now);
   // A rate-limit 429 on an attempt the model said would fit.

@@ -226,15 +226,6 @@ Quota::Admission Quota::tryReserve(const QuotaCost& cost, const QuotaRules& rule
   if (cooldown_until_ && now < *cooldown_until_) {
     return {false, std::chrono::ceil<Millis>(*cooldown_until_ - now)};
   }
-  if (requests_.limit <= 0 && tokens_.limit <= 0 && !reports_no_limit_ && rules.may_wait) {
-    // Cold: the first request goes, and teaches the limit; the rest wait for its answer.
-    if (!first_sent_) {
-      first_sent_ = now;
-      first_hold_ = next_hold_;  // the hold this admission takes below
-    } else if (now - *first_sent_ < kColdStart) {
-      return {false, std::chrono::ceil<Millis>(*first_sent_ + kColdStart - now)};
-    }
-  }
   requests_.refill(now);
   tokens_.refill(now);
   for (Bucket* bucket : {&requests_, &tokens_}) {
@@ -360,12 +351,6 @@ void Quota::end(Hold hold, bool counted) {
   if (it == holds_.end()) return;
   const Reservation r = it->second;
   holds_.erase(it);
-  if (hold == first_hold_) {
-    // The cold start's first request ended: answered (the limit is known, or that there is
-    // none), or not, and then the next request goes first.
-    first_hold_ = 0;
-    first_sent_.reset();
-  }
   if (r.sent_at) return;  // its cost left `remaining` when it was sent
   for (auto [bucket, amount] : {std::pair{&requests_, r.cost.requests}, {&tokens_, r.cost.tokens}}) {
     bucket->reserved = std::max(0.0, bucket->reserved - amount);
@@ -391,13 +376,6 @@ void Quota::release(Hold hold) {
 void Quota::cooldown(SteadyTime until) {
   std::lock_guard lock(mutex_);
   if (!cooldown_until_ || until > *cooldown_until_) cooldown_until_ = until;
-}
-
-void Quota::answered(const RateLimitHeaders& h) {
-  std::lock_guard lock(mutex_);
-  if (!h.limit_requests && !h.limit_tokens && requests_.limit <= 0 && tokens_.limit <= 0) {
-    reports_no_limit_ = true;
-  }
 }
 
 bool Quota::knowsLimit() const {

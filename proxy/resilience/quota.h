@@ -64,7 +64,6 @@ struct QuotaRules {
       : headroom(headroom_share), burst(burst_share) {}
   double headroom;  // the share of each limit kept free (at most a quarter of the burst)
   double burst;     // the enforced burst as a share of the limit; 0: learned
-  bool may_wait = true;  // false (a hedge): it never waits for the first answer's limit
 };
 
 class Quota {
@@ -105,9 +104,6 @@ class Quota {
   static constexpr double kFallbackShare = 0.02;
   static constexpr Millis kFallbackFor{60000};
   static constexpr Millis kFallbackMax{600000};
-  // Before any answer has said whether there is a limit, one request goes first and the rest
-  // wait for its answer, at most this long (a burst could otherwise overrun a short bucket).
-  static constexpr Millis kColdStart{2000};
 
   Quota() : window_(kSurpriseWindow) {}
   Quota(const Quota&) = delete;
@@ -172,12 +168,8 @@ class Quota {
   void cooldown(SteadyTime until);
 
   View view(SteadyTime now) const;
-  // Whether a response has reported a limit yet (before it, nothing is held back but the
-  // first request's wait for its answer).
+  // Whether a response has reported a limit yet (before it, nothing is held back).
   bool knowsLimit() const;
-  // An answer arrived (observe() its headers first): one without any limit says this
-  // upstream reports none, and nothing waits for one again.
-  void answered(const RateLimitHeaders& headers);
 
  private:
   struct Bucket {
@@ -232,9 +224,6 @@ class Quota {
   SlidingCounts window_;  // admitted requests, surprises
   std::optional<SteadyTime> fallback_until_;
   std::optional<SteadyTime> last_fallback_end_;
-  std::optional<SteadyTime> first_sent_;  // the cold start's first request, admitted then
-  Hold first_hold_ = 0;                   // and its hold: ended unanswered, the next goes
-  bool reports_no_limit_ = false;
   Millis fallback_for_ = kFallbackFor;
   bool resume_untold_ = false;
   std::map<Ticket, QuotaCost> queue_;

@@ -197,12 +197,11 @@ class ExchangeTest : public ::testing::Test {
 
   // A new client request, started. (/v1/embeddings takes the hedged route.)
   Exchange& request(const std::string& body = R"({"model":"gpt-4o"})",
-                    const std::string& path = "/v1/chat/completions", http::Headers extra = {}) {
+                    const std::string& path = "/v1/chat/completions") {
     server::HttpRequest req;
     req.method = "POST";
     req.target = req.path = path;
     req.headers = {{"Content-Type", "application/json"}};
-    for (http::Header& h : extra) req.headers.push_back(std::move(h));
     req.body = body;
     sinks_.push_back(std::make_unique<FakeSink>());
     exchanges_.push_back(std::make_unique<Exchange>(context_, std::move(req), *sinks_.back()));
@@ -541,81 +540,6 @@ TEST_F(ExchangeTest, ARequestThatDoesNotFitWaitsAndIsAdmittedOnceTheRefillMakesR
   EXPECT_GE(metric("bulwark_admission_wait_seconds_sum", {{"upstream", "main"}}), 7.3);
 }
 
-TEST_F(ExchangeTest, AQueuedRequestKeepsItsAttemptsTimeBeforeTheDeadline) {
-  quotaReports(0);  // 100 tokens and the headroom: 7.2 s of refill
-  // The client gives it 8 s: the wait would end 0.8 s before the deadline, less than the
-  // attempt's allowance (1 s while no time to first byte is known). Refused at once, with
-  // when to come back, instead of admitted with no time left.
-  request(kCosts100, "/v1/chat/completions", {{"x-stainless-timeout", "8"}});
-  EXPECT_EQ(sink().status, 429);
-  EXPECT_NE(sink().body.find("rate_limit_wait_exceeded"), std::string::npos);
-  EXPECT_TRUE(attempts_.urls.empty());
-  // The control: with 9 s it waits in the queue.
-  Exchange& ex = request(kCosts100, "/v1/chat/completions", {{"x-stainless-timeout", "9"}});
-  EXPECT_EQ(ex.phase(), Exchange::Phase::kQueued);
-}
-
-constexpr char kRateLimited[] =
-    R"({"error":{"message":"Rate limit reached for gpt-4o in organization org-x on tokens per )"
-    R"(min (TPM): Limit 1000, Used 950, Requested 100. Please try again in 1.5s. Visit )"
-    R"(https://platform.openai.com/account/rate-limits","type":"tokens","param":null,)"
-    R"("code":"rate_limit_exceeded"}})";
-const http::Headers kAlmostEmpty = {{"x-ratelimit-limit-tokens", "1000"},
-                                    {"x-ratelimit-remaining-tokens", "50"},
-                                    {"x-ratelimit-reset-tokens", "57s"}};
-
-TEST_F(ExchangeTest, A429TheModelDidNotForeseeLowersTheBurstAndPausesTheModel) {
-  resilience::Quota& quota = quotaReports(600);  // a full bucket of 1000, 600 seen
-  Exchange& ex = request(kCosts100);
-  attempts_.current()->answer(429, kRateLimited, "application/json", kAlmostEmpty);
-  resilience::Quota::View v = quota.view(clock_.now());
-  EXPECT_EQ(v.surprises, 1);
-  EXPECT_EQ(v.tokens.capacity, 600);  // halved, never below the largest remaining seen
-  // Its "try again in 1.5s" pauses the model; the retry waits in the queue for it, not for
-  // the 57 s reset.
-  ASSERT_TRUE(v.cooldown_until.has_value());
-  EXPECT_EQ(*v.cooldown_until, clock_.now() + std::chrono::milliseconds(1500));
-  turnLoop();
-  EXPECT_EQ(ex.phase(), Exchange::Phase::kQueued);
-  EXPECT_EQ(attempts_.urls.size(), 1u);
-}
-
-TEST_F(ExchangeTest, A429BeforeAnyLimitWasKnownIsNoSurprise) {
-  resilience::Quota& quota = registry_.find("main")->quotaFor("gpt-4o");
-  request(kCosts100);
-  attempts_.current()->answer(429, kRateLimited, "application/json", kAlmostEmpty);
-  EXPECT_EQ(quota.view(clock_.now()).surprises, 0);
-  EXPECT_TRUE(quota.view(clock_.now()).cooldown_until.has_value());  // still paused
-}
-
-TEST_F(ExchangeTest, SurprisesThatKeepComingLetRequestsGoOutAsWithAdmissionOff) {
-  resilience::Quota& quota = quotaReports(1000);
-  for (int i = 0; i < resilience::Quota::kFallbackSurprises; ++i) {
-    ASSERT_TRUE(quota.admitting(clock_.now()));
-    Exchange& ex = request(kCosts100);
-    ASSERT_EQ(ex.phase(), Exchange::Phase::kAttempting) << i;
-    attempts_.current()->answer(429, kRateLimited, "application/json",
-                                {{"x-ratelimit-limit-tokens", "1000"},
-                                 {"x-ratelimit-remaining-tokens", "900"},
-                                 {"x-ratelimit-reset-tokens", "6s"}});
-    clock_.advance(std::chrono::seconds(2));  // past the pause
-    leave();
-  }
-  EXPECT_FALSE(quota.admitting(clock_.now()));
-  EXPECT_TRUE(quota.view(clock_.now()).fallback_until.has_value());
-  // No room in the model, but in fallback the request goes out at once, holding nothing.
-  quotaReports(0);
-  std::size_t sent = attempts_.urls.size();
-  Exchange& ex = request(kCosts100);
-  EXPECT_EQ(ex.phase(), Exchange::Phase::kAttempting);
-  EXPECT_EQ(attempts_.urls.size(), sent + 1);
-  EXPECT_EQ(quota.view(clock_.now()).tokens.reserved, 0);
-  // Its 429 is plain: no pause, no surprise counted.
-  attempts_.current()->answer(429, kRateLimited, "application/json", kAlmostEmpty);
-  EXPECT_FALSE(quota.view(clock_.now()).cooldown_until.has_value());
-  EXPECT_EQ(quota.view(clock_.now()).surprises, resilience::Quota::kFallbackSurprises);
-}
-
 TEST_F(ExchangeTest, LeavingOrShutdownWhileQueuedFreesThePlaceAndSendsNothing) {
   resilience::Quota& quota = quotaReports(0);
   request(kCosts100);
@@ -715,8 +639,6 @@ class BrokenConnectionTest : public ExchangeTest {
   // Two requests whose attempts run on one connection; `answering`: each has its answer's
   // head and first bytes (committed).
   std::pair<FakeTransfer*, FakeTransfer*> twoOnOneConnection(bool answering) {
-    // The upstream has answered before, without a rate limit: neither waits for the other.
-    registry_.find("main")->quotaFor("gpt-4o").answered({});
     FakeTransfer* t[2] = {};
     for (FakeTransfer*& one : t) {
       request();
